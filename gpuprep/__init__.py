@@ -1,0 +1,44 @@
+"""gpuprep: fast, correct 3D medical-image preprocessing and augmentation on GPU or CPU.
+
+Example
+-------
+>>> import gpuprep as gp
+>>> sample = gp.data.phantom(shape=(32, 32, 32), seed=0)
+>>> pipeline = gp.Compose([gp.Orientation(["image", "label"], "RAS")])
+>>> out = pipeline(sample)
+>>> out["image"].shape
+torch.Size([1, 32, 32, 32])
+"""
+
+from . import data, errors
+from ._version import __version__
+from .functional.orientation import axcodes_of
+from .sample import (
+    collate,
+    decollate,
+    get_affine,
+    get_history,
+    get_meta,
+    make_meta,
+    make_sample,
+)
+from .transforms import REGISTRY, Compose, Orientation, Transform, replay
+
+__all__ = [
+    "REGISTRY",
+    "Compose",
+    "Orientation",
+    "Transform",
+    "__version__",
+    "axcodes_of",
+    "collate",
+    "data",
+    "decollate",
+    "errors",
+    "get_affine",
+    "get_history",
+    "get_meta",
+    "make_meta",
+    "make_sample",
+    "replay",
+]

@@ -1,0 +1,1 @@
+"""Reading and writing images with their world coordinates, and sidecars."""

@@ -1,0 +1,1 @@
+"""random layer (see DESIGN.md)."""

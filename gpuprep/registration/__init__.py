@@ -1,0 +1,1 @@
+"""registration layer (see DESIGN.md)."""

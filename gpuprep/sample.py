@@ -1,0 +1,254 @@
+"""The data model: samples, batches, their spatial metadata and history.
+
+A **sample** is a plain ``dict``. Each image entry is a tensor ``[C, D, H, W]`` (floating point
+for intensity images, an integer dtype for label maps) and has a metadata dict beside it under
+``f"{key}_meta"``::
+
+    {
+        "image": tensor [C, D, H, W],
+        "image_meta": {
+            "affine": float64 tensor [4, 4],           # voxel (i, j, k) -> world RAS+ mm
+            "original_affine": float64 tensor [4, 4],  # the affine as read from the file
+            "original_shape": int64 tensor [3],        # spatial shape as read from the file
+            "filename": str or None,                   # where it came from
+        },
+        "history": [record, ...],                      # what was done, in order
+    }
+
+The spatial axes ``D, H, W`` are the file's voxel axes ``i, j, k`` in that order, so the affine
+applies to tensor indices directly. Metadata always stays on the CPU (it is tiny), whatever the
+device of the image, so transforms can do their matrix arithmetic without touching the GPU.
+
+A **batch** has the same keys with a leading batch dimension: images ``[B, C, D, H, W]``,
+affines ``[B, 4, 4]``, filenames a list of ``B`` strings and ``history`` a list of ``B`` lists.
+:func:`collate` and :func:`decollate` turn one into the other.
+
+Users should go through the accessors (:func:`get_affine`, :func:`get_meta`,
+:func:`get_history`) rather than the layout, which may grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .errors import MissingKeyError, TransformError
+
+META_SUFFIX = "_meta"
+HISTORY_KEY = "history"
+
+
+def meta_key(key: str) -> str:
+    """Return the dict key under which the metadata of image ``key`` lives.
+
+    Example
+    -------
+    >>> meta_key("image")
+    'image_meta'
+    """
+    return f"{key}{META_SUFFIX}"
+
+
+def make_meta(
+    affine: Any = None,
+    *,
+    filename: str | None = None,
+    spatial_shape: Sequence[int] | None = None,
+    original_affine: Any = None,
+    original_shape: Sequence[int] | None = None,
+) -> dict:
+    """Build the metadata dict of one (unbatched) image.
+
+    Parameters
+    ----------
+    affine:
+        Voxel-to-world matrix (RAS+ mm), anything ``torch.as_tensor`` accepts; identity if None.
+    filename:
+        The file the image came from, if any.
+    spatial_shape:
+        ``(D, H, W)`` of the image; used as ``original_shape`` when that is not given.
+    original_affine, original_shape:
+        The grid of the file as read; default to ``affine`` and ``spatial_shape``.
+
+    Example
+    -------
+    >>> meta = make_meta(torch.eye(4), spatial_shape=(4, 5, 6))
+    >>> meta["original_shape"].tolist()
+    [4, 5, 6]
+    """
+    affine = torch.eye(4, dtype=torch.float64) if affine is None else _as_affine(affine)
+    original_affine = affine.clone() if original_affine is None else _as_affine(original_affine)
+    shape = original_shape if original_shape is not None else spatial_shape
+    meta = {"affine": affine, "original_affine": original_affine, "filename": filename}
+    if shape is not None:
+        meta["original_shape"] = torch.as_tensor(list(shape), dtype=torch.int64)
+    return meta
+
+
+def make_sample(
+    images: Mapping[str, torch.Tensor],
+    affine: Any = None,
+    *,
+    filenames: Mapping[str, str] | None = None,
+) -> dict:
+    """Wrap tensors ``[C, D, H, W]`` into a sample with metadata and an empty history.
+
+    Parameters
+    ----------
+    images:
+        Mapping from key to a channel-first tensor ``[C, D, H, W]``.
+    affine:
+        One affine for all keys, or a mapping from key to affine; identity if None.
+    filenames:
+        Optional mapping from key to the source path.
+
+    Example
+    -------
+    >>> s = make_sample({"image": torch.zeros(1, 4, 4, 4)}, affine=torch.eye(4))
+    >>> sorted(s)
+    ['history', 'image', 'image_meta']
+    """
+    sample: dict = {}
+    for key, tensor in images.items():
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
+            shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise TransformError(f"make_sample: images[{key!r}] must be a tensor [C, D, H, W], got {shape}")
+        key_affine = affine.get(key) if isinstance(affine, Mapping) else affine
+        filename = (filenames or {}).get(key)
+        sample[key] = tensor
+        sample[meta_key(key)] = make_meta(key_affine, filename=filename, spatial_shape=tensor.shape[1:])
+    sample[HISTORY_KEY] = []
+    return sample
+
+
+def image_keys(sample: Mapping) -> list[str]:
+    """Keys of ``sample`` that hold an image tensor with metadata beside it."""
+    return [k for k, v in sample.items() if isinstance(v, torch.Tensor) and meta_key(k) in sample]
+
+
+def get_meta(sample: Mapping, key: str) -> dict:
+    """Return the metadata dict of image ``key`` (see the module docstring for its fields).
+
+    Raises :class:`~gpuprep.errors.MissingKeyError` naming the available image keys when the
+    sample has no metadata for ``key``.
+    """
+    try:
+        return sample[meta_key(key)]
+    except KeyError:
+        raise MissingKeyError(
+            f"sample has no metadata for key {key!r}; image keys present: {image_keys(sample)}"
+        ) from None
+
+
+def get_affine(sample: Mapping, key: str) -> torch.Tensor:
+    """Return the voxel-to-world affine of image ``key``: float64 ``[4, 4]`` (``[B, 4, 4]`` for a batch).
+
+    Example
+    -------
+    >>> s = make_sample({"image": torch.zeros(1, 2, 2, 2)}, affine=torch.diag(torch.tensor([2., 2, 2, 1])))
+    >>> get_affine(s, "image")[0, 0].item()
+    2.0
+    """
+    return get_meta(sample, key)["affine"]
+
+
+def get_history(sample: Mapping) -> list:
+    """Return the history: a list of records (a list of ``B`` such lists for a batch).
+
+    Each record is a dict ``{"name", "keys", "config", "params"}`` made of JSON types.
+    """
+    return sample.get(HISTORY_KEY, [])
+
+
+def is_batch(sample: Mapping, key: str) -> bool:
+    """Tell whether image ``key`` is batched (``[B, C, D, H, W]``) or single (``[C, D, H, W]``)."""
+    tensor = sample[key]
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (4, 5):
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise TransformError(
+            f"key {key!r} must be a tensor [C, D, H, W] or a batch [B, C, D, H, W], got {shape}"
+        )
+    return tensor.ndim == 5
+
+
+def collate(samples: Sequence[Mapping]) -> dict:
+    """Stack a list of samples into one batch (usable as a DataLoader ``collate_fn``).
+
+    Tensors are stacked along a new first dimension (one sample is unsqueezed, no copy), nested
+    dicts such as the metadata are collated key by key, and every other value (paths,
+    histories, strings) becomes a list with one entry per sample.
+
+    Example
+    -------
+    >>> a = make_sample({"image": torch.zeros(1, 2, 2, 2)})
+    >>> batch = collate([a, a])
+    >>> tuple(batch["image"].shape), tuple(batch["image_meta"]["affine"].shape)
+    ((2, 1, 2, 2, 2), (2, 4, 4))
+    """
+    if not samples:
+        raise ValueError("collate: got an empty list of samples")
+    keys = list(samples[0].keys())
+    for index, sample in enumerate(samples[1:], start=1):
+        if list(sample.keys()) != keys and set(sample.keys()) != set(keys):
+            raise TransformError(
+                f"collate: sample {index} has keys {sorted(sample)}, sample 0 has {sorted(keys)}"
+            )
+    return {key: _collate_values([s[key] for s in samples], key) for key in keys}
+
+
+def _collate_values(values: list, key: str) -> Any:
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        if len(values) == 1:
+            return first.unsqueeze(0)
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            raise TransformError(
+                f"collate: key {key!r} has different shapes across samples {sorted(shapes)}; "
+                "crop or pad to a common shape first"
+            )
+        return torch.stack(values)
+    if isinstance(first, Mapping):
+        return {k: _collate_values([v[k] for v in values], f"{key}.{k}") for k in first}
+    return list(values)
+
+
+def decollate(batch: Mapping) -> list[dict]:
+    """Split a batch into a list of samples, the inverse of :func:`collate`.
+
+    Example
+    -------
+    >>> a = make_sample({"image": torch.zeros(1, 2, 2, 2)})
+    >>> [tuple(s["image"].shape) for s in decollate(collate([a, a]))]
+    [(1, 2, 2, 2), (1, 2, 2, 2)]
+    """
+    size = batch_size(batch)
+    return [{key: _decollate_value(value, i) for key, value in batch.items()} for i in range(size)]
+
+
+def _decollate_value(value: Any, index: int) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _decollate_value(v, index) for k, v in value.items()}
+    return value[index]
+
+
+def batch_size(batch: Mapping) -> int:
+    """Number of samples in a batch, read from its first tensor or list."""
+    for value in batch.values():
+        if isinstance(value, Mapping):
+            try:
+                return batch_size(value)
+            except ValueError:
+                continue
+        if isinstance(value, (torch.Tensor, list)):
+            return len(value)
+    raise ValueError("batch_size: the batch holds no tensor or list to count samples from")
+
+
+def _as_affine(affine: Any) -> torch.Tensor:
+    tensor = torch.as_tensor(affine, dtype=torch.float64).detach().cpu().clone()
+    if tensor.shape != (4, 4):
+        raise TransformError(f"affine must be 4x4, got shape {tuple(tensor.shape)}")
+    return tensor

@@ -1,0 +1,224 @@
+"""The transform contract every gpuprep transform follows.
+
+A transform is constructed with ``keys`` (the image keys it works on), ``allow_missing_keys``
+and its own options, validated at construction. Calling it on a sample ``[C, D, H, W]`` or a
+batch ``[B, C, D, H, W]`` returns a **new** dict; the input is never mutated.
+
+Internally every call works on a batch (a single sample is viewed as a batch of one, without a
+copy) in two steps, as in Kornia and TorchIO 2:
+
+1. :meth:`Transform.make_params` decides the parameters, one JSON-friendly dict per sample
+   (drawn at random, or derived from the metadata, e.g. the axis permutation of
+   :class:`Orientation`);
+2. :meth:`Transform.apply_params` applies them: a pure function of data and parameters.
+
+The base class then appends one record per sample to the history:
+``{"name": class name, "keys": [...], "config": constructor arguments, "params": {...}}``.
+Because the record holds both the configuration and the parameters, :func:`replay` can repeat
+the exact operation later, and invertible transforms can undo themselves from it.
+
+Subclasses register themselves by class name, so a pipeline saved as YAML can be rebuilt.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from ..errors import ConfigError, MissingKeyError, TransformError
+from ..sample import HISTORY_KEY, collate, decollate, is_batch, meta_key
+
+#: Every concrete transform class, by name (filled in by ``Transform.__init_subclass__``).
+REGISTRY: dict[str, type[Transform]] = {}
+
+
+class Transform:
+    """Base class of dictionary transforms.
+
+    Parameters
+    ----------
+    keys:
+        One key or a sequence of keys of the sample to transform.
+    allow_missing_keys:
+        If False (default) a key missing from the sample raises
+        :class:`~gpuprep.errors.MissingKeyError`; if True it is skipped.
+
+    Example
+    -------
+    A subclass implements ``make_params`` and ``apply_params``::
+
+        class Negate(Transform):
+            def apply_params(self, batch, keys, params):
+                return {**batch, **{k: -batch[k] for k in keys}}
+    """
+
+    #: Whether :meth:`invert_params` is implemented.
+    invertible: ClassVar[bool] = False
+    #: Whether the transform changes the voxel grid (and so the affine).
+    spatial: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not inspect.isabstract(cls) and not cls.__name__.startswith("_"):
+            REGISTRY[cls.__name__] = cls
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            cls.__init__ = _recording_init(init)
+
+    def __init__(self, keys: str | Sequence[str], allow_missing_keys: bool = False) -> None:
+        self.keys = _validate_keys(keys, type(self).__name__)
+        self.allow_missing_keys = bool(allow_missing_keys)
+
+    # -- the two steps a subclass implements ------------------------------------------------
+
+    def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
+        """Return one JSON-friendly parameter dict per sample of ``batch``.
+
+        The default suits transforms without parameters.
+        """
+        return [{} for _ in range(_batch_len(batch, keys))]
+
+    def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        """Apply ``params`` to ``batch`` (a shallow copy the method may assign into) and return it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement apply_params")
+
+    def invert_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        """Undo :meth:`apply_params` with the same ``params`` (only for invertible transforms)."""
+        raise TransformError(f"{type(self).__name__} is not invertible")
+
+    # -- calling ---------------------------------------------------------------------------
+
+    def __call__(self, data: Mapping) -> dict:
+        """Transform a sample or a batch and return a new dict with the history extended."""
+        batch, single, keys = self._prepare(data)
+        if not keys:
+            return dict(data)
+        params = self.make_params(batch, keys)
+        out = self.apply_params(batch, keys, params)
+        out = self._record(out, keys, params)
+        return decollate(out)[0] if single else out
+
+    def replay(self, data: Mapping, params: Sequence[dict]) -> dict:
+        """Apply recorded ``params`` (one dict per sample) instead of making new ones."""
+        batch, single, keys = self._prepare(data)
+        params = list(params)
+        if len(params) != _batch_len(batch, keys):
+            raise TransformError(
+                f"{type(self).__name__}.replay: got {len(params)} parameter sets for "
+                f"{_batch_len(batch, keys)} samples"
+            )
+        out = self._record(self.apply_params(batch, keys, params), keys, params)
+        return decollate(out)[0] if single else out
+
+    def get_config(self) -> dict:
+        """The constructor arguments, so that ``type(self)(**self.get_config())`` rebuilds it."""
+        return dict(self._init_args)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- helpers for subclasses ------------------------------------------------------------
+
+    def is_single(self, data: Mapping, keys: list[str]) -> bool:
+        """Tell whether ``data`` is one sample (True) or a batch (False), from its first key."""
+        return not is_batch(data, keys[0])
+
+    def _prepare(self, data: Mapping) -> tuple[dict, bool, list[str]]:
+        if not isinstance(data, Mapping):
+            raise TransformError(
+                f"{type(self).__name__} expects a dict sample, got {type(data).__name__}"
+            )
+        keys = self._present_keys(data)
+        if not keys:
+            return dict(data), True, keys
+        single = self.is_single(data, keys)
+        batch = collate([data]) if single else dict(data)
+        return batch, single, keys
+
+    def _present_keys(self, data: Mapping) -> list[str]:
+        missing = [k for k in self.keys if k not in data]
+        if missing and not self.allow_missing_keys:
+            raise MissingKeyError(
+                f"{type(self).__name__}: key(s) {missing} not found in the sample; "
+                f"it has {sorted(str(k) for k in data)} (pass allow_missing_keys=True to skip)"
+            )
+        return [k for k in self.keys if k in data]
+
+    def _record(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        config = _jsonable(self.get_config())
+        histories = batch.get(HISTORY_KEY) or [[] for _ in params]
+        batch[HISTORY_KEY] = [
+            [*history, {"name": type(self).__name__, "keys": list(keys), "config": config, "params": p}]
+            for history, p in zip(histories, params)
+        ]
+        return batch
+
+
+def replace_meta(batch: dict, key: str, **updates: Any) -> None:
+    """Set fields of ``batch[key]``'s metadata without mutating the dict the caller passed in."""
+    batch[meta_key(key)] = {**batch.get(meta_key(key), {}), **updates}
+
+
+def build_transform(name: str, config: Mapping) -> Transform:
+    """Rebuild a registered transform from its class name and constructor arguments.
+
+    Example
+    -------
+    >>> build_transform("Orientation", {"keys": ["image"], "axcodes": "RAS"})
+    Orientation(keys=['image'], allow_missing_keys=False, axcodes='RAS')
+    """
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown transform {name!r}; known transforms: {sorted(REGISTRY)}")
+    try:
+        return cls(**dict(config))
+    except TypeError as error:
+        raise ConfigError(f"cannot build {name} from config {dict(config)}: {error}") from None
+
+
+def _recording_init(init):
+    """Wrap ``__init__`` so the outermost call stores its arguments for ``get_config``."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapped(self, *args, **kwargs):
+        if "_init_args" not in self.__dict__:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(list(bound.arguments.items())[1:])
+            for name, parameter in signature.parameters.items():
+                if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments.update(arguments.pop(name, {}))
+            self._init_args = arguments
+        init(self, *args, **kwargs)
+
+    return wrapped
+
+
+Transform.__init__ = _recording_init(Transform.__dict__["__init__"])  # noqa: E305
+
+
+def _validate_keys(keys: str | Sequence[str], owner: str) -> list[str]:
+    if isinstance(keys, str):
+        keys = [keys]
+    if not isinstance(keys, Sequence) or not keys or not all(isinstance(k, str) and k for k in keys):
+        raise ConfigError(f"{owner}: keys must be a non-empty string or list of strings, got {keys!r}")
+    return list(keys)
+
+
+def _batch_len(batch: Mapping, keys: list[str]) -> int:
+    return len(batch[keys[0]])
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn tuples into lists and tensors/NumPy values into Python numbers, recursively."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value

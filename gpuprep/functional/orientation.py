@@ -51,7 +51,8 @@ def invert_orientation_transform(ornt: Sequence[Sequence[float]]) -> np.ndarray:
 def reoriented_affine(affine: torch.Tensor, ornt: np.ndarray, spatial_shape: Sequence[int]) -> torch.Tensor:
     """Return the affine of the grid after applying ``ornt`` to a grid of ``spatial_shape``."""
     update = nio.inv_ornt_aff(np.asarray(ornt), tuple(int(s) for s in spatial_shape))
-    return affine @ torch.from_numpy(update).to(affine)
+    # NumPy's product, as nibabel does it, so the result is bit-identical to nibabel's.
+    return torch.from_numpy(affine.numpy() @ update)
 
 
 def reoriented_shape(spatial_shape: Sequence[int], ornt: np.ndarray) -> tuple[int, ...]:

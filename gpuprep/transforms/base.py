@@ -162,6 +162,14 @@ def replace_meta(batch: dict, key: str, **updates: Any) -> None:
     batch[meta_key(key)] = {**batch.get(meta_key(key), {}), **updates}
 
 
+def intensity_keys(batch: Mapping, keys: Sequence[str]) -> list[str]:
+    """The keys among ``keys`` that hold floating-point images.
+
+    Intensity transforms use this to leave label maps and masks (integer or bool dtype) alone.
+    """
+    return [k for k in keys if batch[k].is_floating_point()]
+
+
 def build_transform(name: str, config: Mapping) -> Transform:
     """Rebuild a registered transform from its class name and constructor arguments.
 

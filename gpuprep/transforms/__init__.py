@@ -1,8 +1,37 @@
-"""Dictionary transforms: the base contract, Compose, history replay and the families."""
+"""Dictionary transforms: the base contract, Compose, history replay/inversion and the families."""
 
 from .base import REGISTRY, Transform, build_transform
 from .compose import Compose
 from .history import replay
-from .spatial import Orientation
+from .invert import invert
+from .spatial import (
+    CropForeground,
+    CropOrPad,
+    Flip,
+    Orientation,
+    PadToMultiple,
+    Resample,
+    ResampleToReference,
+    Resize,
+    Rotate90,
+    SpatialTransform,
+)
 
-__all__ = ["REGISTRY", "Compose", "Orientation", "Transform", "build_transform", "replay"]
+__all__ = [
+    "REGISTRY",
+    "Compose",
+    "CropForeground",
+    "CropOrPad",
+    "Flip",
+    "Orientation",
+    "PadToMultiple",
+    "Resample",
+    "ResampleToReference",
+    "Resize",
+    "Rotate90",
+    "SpatialTransform",
+    "Transform",
+    "build_transform",
+    "invert",
+    "replay",
+]

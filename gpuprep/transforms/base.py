@@ -59,9 +59,9 @@ class Transform:
     #: Whether the transform changes the voxel grid (and so the affine).
     spatial: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not inspect.isabstract(cls) and not cls.__name__.startswith("_"):
+        if not abstract and not cls.__name__.startswith("_"):
             REGISTRY[cls.__name__] = cls
         init = cls.__dict__.get("__init__")
         if init is not None:

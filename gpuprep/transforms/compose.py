@@ -11,6 +11,11 @@ import yaml
 from .._version import __version__
 from ..errors import ConfigError
 from .base import Transform, _jsonable, build_transform
+from .spatial.base import SpatialTransform, apply_fused
+
+
+def _fusable(transform: Transform) -> bool:
+    return isinstance(transform, SpatialTransform) and transform.fusable
 
 PIPELINE_FORMAT = 1
 
@@ -25,6 +30,10 @@ class Compose:
     seed:
         Pipeline seed from which random transforms draw their per-sample parameters, so a run
         is reproducible whatever the number of workers or the batch size. None: not seeded.
+    fuse:
+        Run consecutive spatial transforms as one resampling (default). The result agrees with
+        the unfused chain within interpolation tolerance (exactly for crops, pads, flips and
+        reorientation) and the history is the same.
 
     Example
     -------
@@ -34,7 +43,7 @@ class Compose:
     [Orientation(keys=['image'], allow_missing_keys=False, axcodes='RAS')]
     """
 
-    def __init__(self, transforms: Sequence[Transform], seed: int | None = None) -> None:
+    def __init__(self, transforms: Sequence[Transform], seed: int | None = None, fuse: bool = True) -> None:
         transforms = list(transforms)
         for position, transform in enumerate(transforms):
             if not callable(transform):
@@ -45,6 +54,7 @@ class Compose:
             raise ConfigError(f"Compose: seed must be a non-negative integer or None, got {seed!r}")
         self.transforms = transforms
         self.seed = seed
+        self.fuse = bool(fuse)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -53,9 +63,19 @@ class Compose:
 
     def __call__(self, data: Mapping) -> dict:
         """Apply every transform in turn and return the new sample or batch."""
-        for transform in self.transforms:
-            data = transform(data)
+        for run in self._runs():
+            data = apply_fused(run, data) if len(run) > 1 else run[0](data)
         return dict(data)
+
+    def _runs(self) -> list[list[Transform]]:
+        """Group consecutive fusable spatial transforms (when fusing); every other one stands alone."""
+        runs: list[list[Transform]] = []
+        for transform in self.transforms:
+            if self.fuse and _fusable(transform) and runs and _fusable(runs[-1][-1]):
+                runs[-1].append(transform)
+            else:
+                runs.append([transform])
+        return runs
 
     def __len__(self) -> int:
         return len(self.transforms)
@@ -80,6 +100,7 @@ class Compose:
             "gpuprep_pipeline": PIPELINE_FORMAT,
             "gpuprep_version": __version__,
             "seed": self.seed,
+            "fuse": self.fuse,
             "transforms": [{"name": type(t).__name__, "config": _jsonable(t.get_config())} for t in self.transforms],
         }
 
@@ -96,7 +117,7 @@ class Compose:
             if not isinstance(entry, Mapping) or "name" not in entry:
                 raise ConfigError(f"pipeline transforms[{position}] must have a 'name', got {entry!r:.200}")
             transforms.append(build_transform(entry["name"], entry.get("config") or {}))
-        return cls(transforms, seed=config.get("seed"))
+        return cls(transforms, seed=config.get("seed"), fuse=config.get("fuse", True))
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """Return the pipeline as YAML text; also write it to ``path`` when given."""

@@ -126,7 +126,11 @@ def test_input_not_mutated_and_history_recorded():
     assert torch.equal(gp.get_affine(sample, "image"), affine_before)
     assert gp.get_history(sample) == []
     (record,) = gp.get_history(out)
-    assert record["name"] == "Orientation" and record["params"]["image"]["from"] == "LPS"
+    assert record["name"] == "Orientation"
+    step = record["params"]["image"]
+    assert np.array_equal(step["in_affine"], affine_before.numpy())
+    assert np.array_equal(step["out_affine"], gp.get_affine(out, "image").numpy())
+    assert gp.axcodes_of(np.asarray(step["in_affine"])) == "LPS"
 
 
 @pytest.mark.parametrize("bad", ["RA", "RAR", "XYZ", 3, "LRS"])

@@ -1,5 +1,21 @@
 """Spatial dictionary transforms: they change the voxel grid and update the affine."""
 
+from .base import SpatialTransform, apply_fused
+from .crop_pad import CropForeground, CropOrPad, PadToMultiple
+from .flip import Flip, Rotate90
 from .orientation import Orientation
+from .resample import Resample, ResampleToReference, Resize
 
-__all__ = ["Orientation"]
+__all__ = [
+    "CropForeground",
+    "CropOrPad",
+    "Flip",
+    "Orientation",
+    "PadToMultiple",
+    "Resample",
+    "ResampleToReference",
+    "Resize",
+    "Rotate90",
+    "SpatialTransform",
+    "apply_fused",
+]

@@ -5,23 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
+from nibabel import orientations as nio
 
-from ...errors import ConfigError, TransformError
-from ...functional.orientation import (
-    apply_orientation,
-    axcodes_of,
-    invert_orientation_transform,
-    orientation_transform,
-    reoriented_affine,
-)
-from ...sample import meta_key
-from ..base import Transform, replace_meta
+from ...errors import ConfigError
+from ...functional.orientation import orientation_transform, reoriented_shape
+from .base import SpatialTransform
 
 _AXIS_PAIRS = ({"L", "R"}, {"P", "A"}, {"I", "S"})
 
 
-class Orientation(Transform):
+class Orientation(SpatialTransform):
     """Reorder and flip the voxel axes so that they point along ``axcodes`` (no interpolation).
 
     The data are permuted/flipped exactly and the affine is updated so that every voxel keeps
@@ -47,9 +40,6 @@ class Orientation(Transform):
     'RAS'
     """
 
-    invertible = True
-    spatial = True
-
     def __init__(self, keys: str | Sequence[str], axcodes: str = "RAS", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         codes = axcodes.upper() if isinstance(axcodes, str) else axcodes
@@ -62,53 +52,7 @@ class Orientation(Transform):
             )
         self.axcodes = codes
 
-    def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
-        size = len(batch[keys[0]])
-        params: list[dict] = [{} for _ in range(size)]
-        for key in keys:
-            for index, affine in enumerate(batch[meta_key(key)]["affine"]):
-                ornt = orientation_transform(affine.numpy(), self.axcodes)
-                params[index][key] = {"ornt": ornt.astype(int).tolist(), "from": axcodes_of(affine.numpy())}
-        return params
-
-    def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        for key in keys:
-            ornts = [np.asarray(p[key]["ornt"]) for p in params]
-            batch[key] = _orient_batch(batch[key], ornts, key)
-            affines = batch[meta_key(key)]["affine"]
-            shape = batch[key].shape[-3:]
-            new = [reoriented_affine(a, o, _source_shape(shape, o)) for a, o in zip(affines, ornts)]
-            replace_meta(batch, key, affine=torch.stack(new))
-        return batch
-
-    def invert_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        inverse = [
-            {key: {"ornt": invert_orientation_transform(p[key]["ornt"]).astype(int).tolist()} for key in keys}
-            for p in params
-        ]
-        return self.apply_params(batch, keys, inverse)
-
-
-def _source_shape(target_shape: Sequence[int], ornt: np.ndarray) -> tuple[int, ...]:
-    """Spatial shape before ``ornt`` was applied, given the shape after it."""
-    return tuple(int(target_shape[int(ornt[axis, 0])]) for axis in range(3))
-
-
-def _orient_batch(volume: torch.Tensor, ornts: list[np.ndarray], key: str) -> torch.Tensor:
-    """Apply per-sample orientation transforms, one tensor operation per distinct transform."""
-    groups: dict[bytes, list[int]] = {}
-    for index, ornt in enumerate(ornts):
-        groups.setdefault(ornt.astype(int).tobytes(), []).append(index)
-    if len(groups) == 1:
-        return apply_orientation(volume, ornts[0]).contiguous()
-    parts = {tuple(idx): apply_orientation(volume[idx], ornts[idx[0]]) for idx in groups.values()}
-    shapes = {tuple(p.shape[-3:]) for p in parts.values()}
-    if len(shapes) > 1:
-        raise TransformError(
-            f"Orientation: samples of key {key!r} in this batch end with different shapes {sorted(shapes)}; "
-            "reorient before batching"
-        )
-    out = volume.new_empty((volume.shape[0], volume.shape[1], *shapes.pop()))
-    for idx, part in parts.items():
-        out[list(idx)] = part
-    return out
+    def grid_step(self, key: str, shape: tuple[int, ...], affine: np.ndarray):
+        ornt = orientation_transform(affine, self.axcodes)
+        # nibabel's inv_ornt_aff is exactly the output-voxel -> input-voxel map.
+        return reoriented_shape(shape, ornt), nio.inv_ornt_aff(ornt, shape)

@@ -1,0 +1,183 @@
+"""The base of spatial transforms: each one is a choice of output grid plus a voxel map.
+
+A spatial transform never touches data to decide what to do (except the few marked
+``fusable = False``, such as cropping to the foreground). For every sample and key it takes the
+current grid ``(shape, affine)`` and returns a *step*::
+
+    {"in_shape": [D, H, W], "in_affine": 4x4, "out_shape": [...], "out_affine": 4x4, "voxel_map": 4x4}
+
+where ``voxel_map`` maps output voxels to input voxels (see :mod:`gpuprep.functional.grid`).
+The step is the record's parameters, so it documents the operation, replays it and inverts it.
+Because steps are pure metadata, :class:`~gpuprep.Compose` can chain the steps of consecutive
+spatial transforms and resample the data **once** with the product of their maps
+(:func:`apply_fused`): one interpolation instead of several, and no intermediate volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ...errors import ConfigError, TransformError
+from ...functional.grid import is_lattice_map
+from ...functional.resample import MODES, resample, resample_labels
+from ...sample import collate, decollate, image_keys, meta_key
+from ..base import Transform, replace_meta
+
+Grid = tuple[tuple[int, ...], np.ndarray]  # (spatial shape, affines [B, 4, 4])
+_MODE_ORDER = {"nearest": 0, "linear": 1, "cubic": 2}
+
+
+class SpatialTransform(Transform, abstract=True):
+    """Base class of transforms that move data to a new voxel grid.
+
+    Subclasses implement :meth:`grid_step` (or :meth:`plan` when the step depends on more than
+    one key or on the data) and set ``mode`` when they interpolate. Integer (label) images are
+    always resampled with nearest neighbour, so they keep their dtype and set of values.
+    """
+
+    spatial = True
+    invertible = True
+    #: False when the output grid depends on the data (then Compose cannot fuse it with others).
+    fusable: ClassVar[bool] = True
+    #: Interpolation for floating-point images; None for transforms that never interpolate.
+    mode: str | None = None
+    anti_aliasing: bool = False
+    padding_mode: str = "zeros"
+    #: How integer label maps are resampled when a step interpolates: "nearest" or "onehot".
+    label_mode: str = "nearest"
+
+    def grid_step(self, key: str, shape: tuple[int, ...], affine: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+        """Return ``(out_shape, voxel_map)`` for one sample's grid; the world position is kept."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement grid_step")
+
+    def plan(self, grids: Mapping[str, Grid], batch: Mapping, keys: list[str]) -> list[dict]:
+        """Return the per-sample parameters ``{key: step}`` for the given current grids."""
+        size = grids[keys[0]][1].shape[0]
+        params: list[dict] = [{} for _ in range(size)]
+        for key in keys:
+            shape, affines = grids[key]
+            for index in range(size):
+                out_shape, voxel_map = self.grid_step(key, shape, affines[index])
+                params[index][key] = make_step(shape, affines[index], out_shape, voxel_map)
+        return params
+
+    def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
+        return self.plan(current_grids(batch, image_keys(batch)), batch, keys)
+
+    def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        for key in keys:
+            steps = [p[key] for p in params]
+            _resample_key(batch, key, [np.asarray(s["voxel_map"]) for s in steps], steps,
+                          self.mode or "nearest", self.anti_aliasing, self.padding_mode, self.label_mode)
+        return batch
+
+    def invert_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        for key in keys:
+            steps = [inverse_step(p[key]) for p in params]
+            mode = self.mode or "nearest"
+            _resample_key(batch, key, [np.asarray(s["voxel_map"]) for s in steps], steps, mode, False, "zeros",
+                          self.label_mode)
+        return batch
+
+
+def make_step(in_shape, in_affine, out_shape, voxel_map, out_affine=None) -> dict:
+    """Build the JSON-friendly step record of one sample and key (world-preserving by default)."""
+    in_affine = np.asarray(in_affine, dtype=np.float64)
+    voxel_map = np.asarray(voxel_map, dtype=np.float64)
+    if out_affine is None:
+        out_affine = in_affine @ voxel_map
+    return {
+        "in_shape": [int(s) for s in in_shape],
+        "in_affine": in_affine.tolist(),
+        "out_shape": [int(s) for s in out_shape],
+        "out_affine": np.asarray(out_affine, dtype=np.float64).tolist(),
+        "voxel_map": voxel_map.tolist(),
+    }
+
+
+def inverse_step(step: Mapping) -> dict:
+    """The step that maps data on ``step``'s output grid back onto its input grid."""
+    return make_step(step["out_shape"], step["out_affine"], step["in_shape"],
+                     np.linalg.inv(np.asarray(step["voxel_map"])), out_affine=step["in_affine"])
+
+
+def current_grids(batch: Mapping, keys: Sequence[str]) -> dict[str, Grid]:
+    """The grid ``(shape, affines [B, 4, 4])`` of each key of a batch."""
+    return {k: (tuple(int(s) for s in batch[k].shape[-3:]), batch[meta_key(k)]["affine"].numpy()) for k in keys}
+
+
+def validate_mode(mode: str, owner: str) -> str:
+    """Check an interpolation mode argument."""
+    if mode not in MODES:
+        raise ConfigError(f"{owner}: mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def apply_fused(transforms: Sequence[SpatialTransform], data: Mapping) -> dict:
+    """Apply consecutive spatial transforms with a single resampling per key.
+
+    Each transform plans its step on the grid the previous one would have produced; the maps
+    are multiplied, and the data are resampled once with the highest interpolation order of the
+    chain (anti-aliased if any step asks for it). Every transform still appends its own record,
+    so the history is the same as without fusion.
+    """
+    keys_present = [t._present_keys(data) for t in transforms]
+    all_keys = list(dict.fromkeys(k for keys in keys_present for k in keys))
+    if not all_keys:
+        return dict(data)
+    single = not (data[all_keys[0]].ndim == 5)
+    batch = collate([data]) if single else dict(data)
+    grids = current_grids(batch, image_keys(batch))
+    chains: dict[str, list[tuple[SpatialTransform, list[dict]]]] = {k: [] for k in all_keys}
+    planned = []
+    for transform, keys in zip(transforms, keys_present):
+        if not keys:
+            continue
+        params = transform.plan(grids, batch, keys)
+        planned.append((transform, keys, params))
+        for key in keys:
+            steps = [p[key] for p in params]
+            grids[key] = (tuple(steps[0]["out_shape"]), np.stack([np.asarray(s["out_affine"]) for s in steps]))
+            chains[key].append((transform, steps))
+    for key, chain in chains.items():
+        if not chain:
+            continue
+        size = len(chain[0][1])
+        maps = [np.linalg.multi_dot([np.eye(4)] + [np.asarray(steps[i]["voxel_map"]) for _, steps in chain])
+                for i in range(size)]
+        last = chain[-1][1]
+        # Steps that move voxel centres onto voxel centres need no interpolation of their own.
+        modes = [t.mode or "nearest" for t, steps in chain if not _is_exact(steps)]
+        mode = max(modes, key=_MODE_ORDER.__getitem__) if modes else "nearest"
+        anti_aliasing = any(t.anti_aliasing for t, _ in chain)
+        padding = "border" if all(t.padding_mode == "border" for t, _ in chain) else "zeros"
+        label_mode = "onehot" if any(t.label_mode == "onehot" for t, _ in chain) else "nearest"
+        _resample_key(batch, key, maps, last, mode, anti_aliasing, padding, label_mode)
+    for transform, keys, params in planned:
+        batch = transform._record(batch, keys, params)
+    return decollate(batch)[0] if single else batch
+
+
+def _is_exact(steps: list[dict]) -> bool:
+    return all(is_lattice_map(np.asarray(s["voxel_map"])) for s in steps)
+
+
+def _resample_key(batch, key, maps, steps, mode, anti_aliasing, padding_mode, label_mode="nearest") -> None:
+    shapes = {tuple(s["out_shape"]) for s in steps}
+    if len(shapes) > 1:
+        raise TransformError(
+            f"key {key!r}: the samples of this batch would get different shapes {sorted(shapes)}; "
+            "resample them one by one or to a common grid"
+        )
+    volume, maps, out_shape = batch[key], np.stack(maps), shapes.pop()
+    if volume.is_floating_point():
+        batch[key] = resample(volume, maps, out_shape, mode, anti_aliasing, padding_mode)
+    elif label_mode == "onehot" and mode != "nearest" and not all(is_lattice_map(m) for m in maps):
+        batch[key] = resample_labels(volume, maps, out_shape, "linear", padding_mode)
+    else:
+        batch[key] = resample(volume, maps, out_shape, "nearest", False, padding_mode)
+    replace_meta(batch, key, affine=torch.from_numpy(np.stack([np.asarray(s["out_affine"]) for s in steps])))

@@ -1,0 +1,7 @@
+"""Allow ``python -m gpuprep.cli``."""
+
+import sys
+
+from .main import main
+
+sys.exit(main())

@@ -10,9 +10,10 @@ Example
 torch.Size([1, 32, 32, 32])
 """
 
-from . import data, errors
+from . import data, errors, io
 from ._version import __version__
 from .functional.orientation import axcodes_of
+from .io import read_image, read_sidecar, sidecar_path, write_image
 from .sample import (
     collate,
     decollate,
@@ -22,12 +23,39 @@ from .sample import (
     make_meta,
     make_sample,
 )
-from .transforms import REGISTRY, Compose, Orientation, Transform, replay
+from .transforms import (
+    REGISTRY,
+    Compose,
+    CropForeground,
+    CropOrPad,
+    Flip,
+    LoadImage,
+    Orientation,
+    PadToMultiple,
+    Resample,
+    ResampleToReference,
+    Resize,
+    Rotate90,
+    SaveImage,
+    Transform,
+    invert,
+    replay,
+)
 
 __all__ = [
     "REGISTRY",
     "Compose",
+    "CropForeground",
+    "CropOrPad",
+    "Flip",
+    "LoadImage",
     "Orientation",
+    "PadToMultiple",
+    "Resample",
+    "ResampleToReference",
+    "Resize",
+    "Rotate90",
+    "SaveImage",
     "Transform",
     "__version__",
     "axcodes_of",
@@ -38,7 +66,13 @@ __all__ = [
     "get_affine",
     "get_history",
     "get_meta",
+    "invert",
+    "io",
     "make_meta",
     "make_sample",
+    "read_image",
+    "read_sidecar",
     "replay",
+    "sidecar_path",
+    "write_image",
 ]

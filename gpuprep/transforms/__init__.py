@@ -4,6 +4,7 @@ from .base import REGISTRY, Transform, build_transform
 from .compose import Compose
 from .history import replay
 from .invert import invert
+from .io import LoadImage, SaveImage
 from .spatial import (
     CropForeground,
     CropOrPad,
@@ -23,12 +24,14 @@ __all__ = [
     "CropForeground",
     "CropOrPad",
     "Flip",
+    "LoadImage",
     "Orientation",
     "PadToMultiple",
     "Resample",
     "ResampleToReference",
     "Resize",
     "Rotate90",
+    "SaveImage",
     "SpatialTransform",
     "Transform",
     "build_transform",

@@ -1,0 +1,293 @@
+"""LoadImage and SaveImage: the first and last steps of a file-to-file pipeline.
+
+``LoadImage`` turns paths into tensors with metadata; ``SaveImage`` writes tensors to files
+with a JSON sidecar holding the sample's history. Both record what they did (file names,
+formats, output paths) in the history like every other transform.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, TransformError
+from ..io.reader import NONFINITE_POLICIES, dtype_name, read_image, resolve_dtype
+from ..io.sidecar import sidecar_path, strip_image_extension
+from ..io.writer import WRITE_FORMATS, write_format, write_image
+from ..sample import HISTORY_KEY, collate, decollate, meta_key
+from .base import Transform
+
+_PathLike = (str, os.PathLike)
+
+
+class LoadImage(Transform):
+    """Read the files named by ``keys`` into tensors ``[C, D, H, W]`` with metadata.
+
+    A sample whose keys hold paths gives tensors and ``f"{key}_meta"`` dicts (see
+    :func:`gpuprep.io.read_image`); a batch whose keys hold lists of paths gives stacked tensors
+    ``[B, C, D, H, W]`` (all files of a key must have the same shape). The history records, per
+    sample and key, the file name, format and number of replaced non-finite voxels.
+
+    Parameters
+    ----------
+    keys:
+        Keys whose values are paths.
+    dtype:
+        Cast to this dtype (a ``torch.dtype`` or a name such as ``"float32"``), or a dict from
+        key to dtype (keys left out keep the file's dtype); None keeps the file's dtype.
+    nonfinite:
+        ``"error"``, ``"zero"`` or ``"keep"``: what to do with NaN/Inf voxels (see
+        :func:`~gpuprep.io.read_image`).
+    allow_missing_keys:
+        Skip keys that are absent instead of raising.
+
+    Example
+    -------
+    >>> import gpuprep as gp  # doctest: +SKIP
+    >>> load = gp.LoadImage(["image", "label"], dtype={"image": "float32"})  # doctest: +SKIP
+    >>> sample = load({"image": "sub-01_T1w.nii.gz", "label": "sub-01_seg.nii.gz"})  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        dtype: Any = None,
+        nonfinite: str = "error",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ConfigError(f"LoadImage: nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        if isinstance(dtype, Mapping):
+            unknown = sorted(set(dtype) - set(self.keys))
+            if unknown:
+                raise ConfigError(f"LoadImage: dtype has keys {unknown} that are not in keys {self.keys}")
+            self.dtypes = {k: resolve_dtype(dtype.get(k), f"LoadImage: dtype[{k!r}]") for k in self.keys}
+            self._dtype_config: Any = {k: dtype_name(v) for k, v in self.dtypes.items() if k in dtype}
+        else:
+            resolved = resolve_dtype(dtype, "LoadImage: dtype")
+            self.dtypes = dict.fromkeys(self.keys, resolved)
+            self._dtype_config = dtype_name(resolved)
+
+    def get_config(self) -> dict:
+        """Constructor arguments, with dtypes as names so the config survives YAML."""
+        return {**super().get_config(), "dtype": self._dtype_config}
+
+    def is_single(self, data: Mapping, keys: list[str]) -> bool:
+        """A path is one sample; a list of paths is a batch (all keys must agree)."""
+        sizes = {}
+        for key in keys:
+            value = data[key]
+            if isinstance(value, _PathLike):
+                sizes[key] = None
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, _PathLike) for v in value):
+                sizes[key] = len(value)
+            else:
+                shown = repr(value)
+                if isinstance(value, torch.Tensor):
+                    shown = f"a tensor of shape {tuple(value.shape)}"
+                raise TransformError(
+                    f"LoadImage: key {key!r} must hold a path or a non-empty list of paths, got {shown:.200}"
+                )
+        if len(set(sizes.values())) > 1:
+            found = {k: "one path" if n is None else f"{n} paths" for k, n in sizes.items()}
+            raise TransformError(
+                f"LoadImage: keys must all hold one path or lists of the same length, got {found}"
+            )
+        return next(iter(sizes.values())) is None
+
+    def __call__(self, data: Mapping) -> dict:
+        """Load the files of a sample (paths) or a batch (lists of paths); return a new dict."""
+        batch, single, keys = self._prepare(data)
+        if not keys:
+            return dict(data)
+        out, params = self._load(batch, keys)
+        out = self._record(out, keys, params)
+        return decollate(out)[0] if single else out
+
+    def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        """Load the files again (used by :meth:`replay`; the recorded params are informative)."""
+        return self._load(batch, keys)[0]
+
+    def _load(self, batch: dict, keys: list[str]) -> tuple[dict, list[dict]]:
+        params: list[dict] = [{} for _ in batch[keys[0]]]
+        out = dict(batch)
+        for key in keys:
+            loaded = [read_image(p, dtype=self.dtypes[key], nonfinite=self.nonfinite) for p in batch[key]]
+            shapes = {meta["filename"]: tuple(data.shape) for data, meta in loaded}
+            if len(set(shapes.values())) > 1:
+                raise TransformError(
+                    f"LoadImage: the files of key {key!r} in this batch have different shapes {shapes}; "
+                    "load them one at a time, or crop/pad/resample them to a common shape before batching"
+                )
+            tensors = [data for data, _ in loaded]
+            out[key] = tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+            out[meta_key(key)] = collate([meta for _, meta in loaded])
+            for index, (_, meta) in enumerate(loaded):
+                params[index][key] = {
+                    "filename": meta["filename"],
+                    "format": meta["format"],
+                    "nonfinite_replaced": meta["nonfinite_replaced"],
+                }
+        return out, params
+
+
+class SaveImage(Transform):
+    """Write the images of ``keys`` to ``output_dir`` with a JSON sidecar; return the sample unchanged.
+
+    Each image goes to ``output_dir/<source stem><suffix><output_ext>``, the stem being the
+    source file name without its image extension (the key when there is no source file;
+    ``_<key>`` is appended when two keys of a sample would share a name). NIfTI-2 sources are
+    written as NIfTI-2 and the NIfTI qform/sform codes of the source are kept (an sform code
+    of 0 becomes the qform code, or 2, as the sform is what stores the affine exactly). The
+    sidecar (see :mod:`gpuprep.io.sidecar`) holds the sample's history; the SaveImage record,
+    with the output paths, is appended to the returned sample's history. Batches are written
+    sample by sample.
+
+    Parameters
+    ----------
+    keys:
+        Image keys to write.
+    output_dir:
+        Folder for the files; created when missing.
+    suffix:
+        Added to the stem, e.g. ``"_preproc"``.
+    output_ext:
+        ``.nii.gz`` (default), ``.nii``, ``.mgz``, ``.mgh``, ``.nrrd`` or ``.mha``.
+    sidecar:
+        Also write the JSON sidecar.
+    overwrite:
+        If False, an existing output file raises ``FileExistsError`` (before anything is written).
+    allow_missing_keys:
+        Skip keys that are absent instead of raising.
+
+    Raises
+    ------
+    TransformError
+        When an output path would be the source file itself, or two outputs share a path.
+
+    Example
+    -------
+    >>> import gpuprep as gp  # doctest: +SKIP
+    >>> pipeline = gp.Compose([gp.LoadImage("image"), gp.Orientation("image", "RAS"),
+    ...                        gp.SaveImage("image", "derivatives", suffix="_ras")])  # doctest: +SKIP
+    >>> pipeline({"image": "sub-01_T1w.nii.gz"})  # writes derivatives/sub-01_T1w_ras.nii.gz  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        output_dir: str | os.PathLike,
+        suffix: str = "",
+        output_ext: str = ".nii.gz",
+        sidecar: bool = True,
+        overwrite: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not isinstance(output_dir, _PathLike) or not os.fspath(output_dir):
+            raise ConfigError(f"SaveImage: output_dir must be a non-empty path, got {output_dir!r}")
+        if not isinstance(suffix, str) or "/" in suffix or os.sep in suffix:
+            raise ConfigError(f"SaveImage: suffix must be a string without path separators, got {suffix!r}")
+        ext = output_ext
+        if isinstance(ext, str) and not ext.startswith("."):
+            ext = f".{ext}"
+        if not isinstance(ext, str) or ext.lower() not in WRITE_FORMATS:
+            raise ConfigError(
+                f"SaveImage: output_ext must be one of {list(WRITE_FORMATS)}, got {output_ext!r}"
+            )
+        for name, value in (("sidecar", sidecar), ("overwrite", overwrite)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"SaveImage: {name} must be True or False, got {value!r}")
+        self.output_dir = Path(output_dir)
+        self.suffix = suffix
+        self.output_ext = ext
+        self.sidecar = sidecar
+        self.overwrite = overwrite
+
+    def get_config(self) -> dict:
+        """Constructor arguments, with the folder as a string so the config survives YAML."""
+        return {**super().get_config(), "output_dir": os.fspath(self.output_dir)}
+
+    def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
+        """Decide the output paths: ``{key: {"filename": path, "sidecar": path or None}}`` per sample."""
+        params = []
+        for index in range(len(batch[keys[0]])):
+            stems = {key: _stem(_field(batch, key, "filename", index)) or key for key in keys}
+            taken = list(stems.values())
+            entry = {}
+            for key, stem in stems.items():
+                name = f"{stem}_{key}" if taken.count(stem) > 1 else stem
+                target = self.output_dir / f"{name}{self.suffix}{self.output_ext}"
+                entry[key] = {
+                    "filename": os.fspath(target),
+                    "sidecar": os.fspath(sidecar_path(target)) if self.sidecar else None,
+                }
+            params.append(entry)
+        return params
+
+    def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        """Write every sample's images to the paths in ``params``; the data are returned untouched."""
+        self._check_targets(batch, keys, params)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        histories = batch.get(HISTORY_KEY) or [[] for _ in params]
+        nifti = write_format(self.output_ext) == "nifti"
+        for index, entry in enumerate(params):
+            for key in keys:
+                codes = _nifti_options(batch, key, index) if nifti else {}
+                write_image(
+                    entry[key]["filename"],
+                    batch[key][index],
+                    batch[meta_key(key)]["affine"][index],
+                    history=histories[index],
+                    sidecar=self.sidecar,
+                    source=_field(batch, key, "filename", index),
+                    **codes,
+                )
+        return batch
+
+    def _check_targets(self, batch: dict, keys: list[str], params: list[dict]) -> None:
+        seen: dict[Path, tuple[int, str]] = {}
+        for index, entry in enumerate(params):
+            for key in keys:
+                target = Path(entry[key]["filename"])
+                resolved = target.resolve()
+                if resolved in seen:
+                    raise TransformError(
+                        f"SaveImage: sample {seen[resolved][0]} key {seen[resolved][1]!r} and sample {index} "
+                        f"key {key!r} would both be written to {target}; give the sources distinct names"
+                    )
+                seen[resolved] = (index, key)
+                source = _field(batch, key, "filename", index)
+                if source is not None and resolved == Path(source).resolve():
+                    raise TransformError(
+                        f"SaveImage: refusing to write {target} over its own source file; "
+                        "choose another output_dir, suffix or output_ext"
+                    )
+                if not self.overwrite and target.exists():
+                    raise FileExistsError(f"SaveImage: {target} exists and overwrite=False")
+
+
+def _field(batch: dict, key: str, name: str, index: int) -> Any:
+    """Field ``name`` of sample ``index`` in the batched metadata of ``key`` (None if absent)."""
+    values = batch.get(meta_key(key), {}).get(name)
+    return None if values is None else values[index]
+
+
+def _nifti_options(batch: dict, key: str, index: int) -> dict:
+    qform = _field(batch, key, "qform_code", index)
+    sform = _field(batch, key, "sform_code", index)
+    return {
+        "nifti_version": 2 if _field(batch, key, "format", index) == "nifti2" else 1,
+        "qform_code": qform,
+        "sform_code": sform or qform or None,
+    }
+
+
+def _stem(filename: str | None) -> str | None:
+    return None if filename is None else strip_image_extension(Path(filename).name)

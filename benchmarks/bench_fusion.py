@@ -19,7 +19,6 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import machine_line, measure, mni_t1_and_tissue
 
 import gpuprep as gp

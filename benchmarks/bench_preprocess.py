@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import torch
-
 from _common import machine_line, measure, mni_t1_and_tissue
 
 import gpuprep as gp

@@ -32,7 +32,7 @@ def test_make_sample_layout_and_accessors():
 
 
 def test_get_affine_names_missing_key():
-    with pytest.raises(MissingKeyError, match="'mask'.*image"):
+    with pytest.raises(MissingKeyError, match=r"'mask'.*image"):
         gp.get_affine(_sample(0), "mask")
 
 
@@ -57,7 +57,7 @@ def test_collate_decollate_round_trip():
 
 
 def test_collate_rejects_different_shapes():
-    with pytest.raises(TransformError, match="'image'.*different shapes"):
+    with pytest.raises(TransformError, match=r"'image'.*different shapes"):
         gp.collate([_sample(0), _sample(1, shape=(3, 4, 6))])
 
 

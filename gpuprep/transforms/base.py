@@ -206,7 +206,7 @@ def _recording_init(init):
     return wrapped
 
 
-Transform.__init__ = _recording_init(Transform.__dict__["__init__"])  # noqa: E305
+Transform.__init__ = _recording_init(Transform.__dict__["__init__"])
 
 
 def _validate_keys(keys: str | Sequence[str], owner: str) -> list[str]:

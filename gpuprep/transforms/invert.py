@@ -58,7 +58,9 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
         raise TransformError("invert: give one sample, not a batch (use gp.decollate first)")
     expected = tuple(sample[key].shape[-3:])
     if tuple(data.shape[-3:]) != expected:
-        raise TransformError(f"invert: data has spatial shape {tuple(data.shape[-3:])}, the grid of {key!r} is {expected}")
+        raise TransformError(
+            f"invert: data has spatial shape {tuple(data.shape[-3:])}, the grid of {key!r} is {expected}"
+        )
     voxel_map = np.eye(4)
     target_shape, target_affine = expected, get_meta(sample, key)["affine"].numpy()
     for record in reversed(get_history(sample)):

@@ -51,7 +51,8 @@ def test_rescaling_matches_scipy_zoom(mode, out_shape, device):
     """Separable path vs scipy.ndimage.zoom(grid_mode=True); all voxels, tolerance 1e-9 (float64)."""
     volume = _volume()
     zoom = np.array(out_shape) / np.array(volume.shape)
-    out = resample(torch.from_numpy(volume)[None, None].to(device), scaling_map(volume.shape, out_shape), out_shape, mode)
+    voxel_map = scaling_map(volume.shape, out_shape)
+    out = resample(torch.from_numpy(volume)[None, None].to(device), voxel_map, out_shape, mode)
     scipy_mode = {"nearest": "nearest", "linear": "nearest", "cubic": "mirror"}[mode]
     reference = ndi.zoom(volume, zoom, order=ORDERS[mode], grid_mode=True, mode=scipy_mode)
     compared = np.ones(out_shape, dtype=bool)

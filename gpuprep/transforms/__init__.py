@@ -3,8 +3,10 @@
 from .base import REGISTRY, Transform, build_transform
 from .compose import Compose
 from .history import replay
+from .intensity import Clip, HistogramStandardize, RescaleIntensity, ScaleIntensityRange, ZNormalize
 from .invert import invert
 from .io import LoadImage, SaveImage
+from .mask import ForegroundMask, MaskImage
 from .spatial import (
     CropForeground,
     CropOrPad,
@@ -19,21 +21,28 @@ from .spatial import (
 )
 
 __all__ = [
-    "REGISTRY",
+    "Clip",
     "Compose",
     "CropForeground",
     "CropOrPad",
     "Flip",
+    "ForegroundMask",
+    "HistogramStandardize",
     "LoadImage",
+    "MaskImage",
     "Orientation",
     "PadToMultiple",
+    "REGISTRY",
     "Resample",
     "ResampleToReference",
+    "RescaleIntensity",
     "Resize",
     "Rotate90",
     "SaveImage",
+    "ScaleIntensityRange",
     "SpatialTransform",
     "Transform",
+    "ZNormalize",
     "build_transform",
     "invert",
     "replay",

@@ -31,6 +31,13 @@ EXAMPLES = {
     "PadToMultiple": lambda: gp.PadToMultiple(KEYS, 8),
     "Flip": lambda: gp.Flip(KEYS, (0, 1)),
     "Rotate90": lambda: gp.Rotate90(KEYS, 1, (0, 2)),
+    "RescaleIntensity": lambda: gp.RescaleIntensity(KEYS, mask="label"),
+    "ZNormalize": lambda: gp.ZNormalize(KEYS),
+    "ScaleIntensityRange": lambda: gp.ScaleIntensityRange(KEYS, 0.0, 2.0, -1.0, 1.0, clip=True),
+    "Clip": lambda: gp.Clip(KEYS, min=0.6, max=1.5),
+    "HistogramStandardize": lambda: gp.HistogramStandardize(KEYS, mask="nonzero"),
+    "ForegroundMask": lambda: gp.ForegroundMask("image", closing_radius=1),
+    "MaskImage": lambda: gp.MaskImage(KEYS, mask_key="label"),
 }
 NOT_TENSOR_TRANSFORMS = {"LoadImage", "SaveImage"}
 #: Transforms whose inverse is exact (no interpolation on the way there or back).

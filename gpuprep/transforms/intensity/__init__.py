@@ -1,0 +1,20 @@
+"""Intensity transforms: rescaling, clipping, z-scores, histogram standardisation.
+
+They change voxel values only (never the grid), work per sample on the data's device and leave
+integer keys (label maps, masks) alone.
+"""
+
+from .histogram_standardize import HistogramStandardize
+from .landmarks import load_landmarks, save_landmarks
+from .normalize import ZNormalize
+from .rescale import Clip, RescaleIntensity, ScaleIntensityRange
+
+__all__ = [
+    "Clip",
+    "HistogramStandardize",
+    "RescaleIntensity",
+    "ScaleIntensityRange",
+    "ZNormalize",
+    "load_landmarks",
+    "save_landmarks",
+]

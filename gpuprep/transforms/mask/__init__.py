@@ -1,0 +1,5 @@
+"""Mask transforms: foreground (background-removal) masks and masking images with them."""
+
+from .foreground import ForegroundMask, MaskImage
+
+__all__ = ["ForegroundMask", "MaskImage"]

@@ -70,4 +70,5 @@ def mni_t1_and_tissue(resolution: int = 1) -> tuple[np.ndarray, np.ndarray, np.n
     mask = np.asarray(load_mni152_brain_mask(resolution=resolution).dataobj) > 0
     tissue = np.argmax(np.stack([np.clip(1 - gm - wm, 0, 1), gm, wm]), axis=0) + 1
     labels = np.where(mask, tissue, 0).astype(np.uint8)
-    return t1.get_fdata(dtype=np.float32), labels, t1.affine
+    # C-contiguous, as gpuprep.read_image returns them (nibabel's arrays are Fortran-ordered).
+    return np.ascontiguousarray(t1.get_fdata(dtype=np.float32)), np.ascontiguousarray(labels), t1.affine

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .axis_operators import AxisOperator, apply_axis_operator, axis_operator, cubic_bspline_prefilter_matrix
+from .axis_operators import (
+    AxisOperator,
+    apply_axis_operator,
+    apply_separable,
+    axis_operator,
+    cubic_bspline_prefilter_matrix,
+)
 from .axis_operators import _band as band_matrix
 from .grid import axis_permutation, normalized_theta
 
@@ -108,12 +114,10 @@ def _resample_separable(volume, voxel_map, permutation, out_shape, mode, anti_al
         positions = step * np.arange(out_shape[axis]) + voxel_map[source, 3]
         sigma = max(0.0, (abs(step) - 1.0) / 2.0) if anti_aliasing and mode != "nearest" else 0.0
         operators.append((axis, axis_operator(positions, in_shape[axis], mode, sigma, padding_mode)))
-    # Shrinking axes first keeps the intermediate volumes small.
-    operators.sort(key=lambda item: item[1].size / in_shape[item[0]])
-    for axis, operator in operators:
-        if not _is_identity(operator, in_shape[axis]):
-            volume = apply_axis_operator(volume, 2 + axis, operator)
-    return volume.contiguous()
+    identity = [_is_identity(op, in_shape[axis]) for axis, op in operators]
+    if all(identity):
+        return volume.contiguous()
+    return apply_separable(volume, [None if same else op for (_, op), same in zip(operators, identity)])
 
 
 def _is_identity(operator: AxisOperator, n_in: int) -> bool:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..data.sample_data import sample_brain_paths
 from ..io.montage import save_montage
-from ..sample import get_affine
+from ..sample import get_affine, image_keys
 from ..transforms.io import LoadImage, SaveImage
 from ..transforms.presets import brain_mri_preprocessing
 
@@ -93,7 +93,8 @@ def _process(job: dict, label_keys: list[str], device: torch.device, output: Pat
     for transform in pipeline.transforms:
         sample = timed(type(transform).__name__, transform, sample)
     stem = Path(job["image"]).name.split(".")[0]
-    timed("save NIfTI + JSON", SaveImage(keys, output_dir=output, suffix="_preprocessed"), sample)
+    saved = [key for key in image_keys(sample) if key not in keys] + keys
+    timed("save NIfTI + JSON", SaveImage(saved, output_dir=output, suffix="_preprocessed"), sample)
     pipeline.to_yaml(output / f"{stem}_pipeline.yaml")
     timed("QC montage", save_montage, output / f"{stem}_qc.png",
           [("input", *before), ("preprocessed", sample["image"], get_affine(sample, "image"))])

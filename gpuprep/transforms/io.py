@@ -219,10 +219,13 @@ class SaveImage(Transform):
         params = []
         for index in range(len(batch[keys[0]])):
             stems = {key: _stem(_field(batch, key, "filename", index)) or key for key in keys}
-            taken = list(stems.values())
+            used: set[str] = set()
             entry = {}
             for key, stem in stems.items():
-                name = f"{stem}_{key}" if taken.count(stem) > 1 else stem
+                # The first key keeps its source's name; a later key from the same source (e.g. a
+                # mask derived from the image) gets its own key appended.
+                name = f"{stem}_{key}" if stem in used else stem
+                used.add(name)
                 target = self.output_dir / f"{name}{self.suffix}{self.output_ext}"
                 entry[key] = {
                     "filename": os.fspath(target),

@@ -195,7 +195,7 @@ def test_names_without_source_and_collisions(tmp_path):
         filenames={"image": "/x/sub.nii.gz", "mask": "/y/sub.mgz"},
     )
     SaveImage(["image", "mask"], tmp_path / "b", sidecar=False)(sample)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["sub_image.nii.gz", "sub_mask.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["sub.nii.gz", "sub_mask.nii.gz"]
 
 
 def test_batch_samples_with_the_same_name_are_refused(tmp_path):

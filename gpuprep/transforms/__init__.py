@@ -2,6 +2,7 @@
 
 from .base import REGISTRY, Transform, build_transform
 from .compose import Compose
+from .denoise import AnisotropicDiffusion, GaussianDenoise, MedianDenoise, NonLocalMeans, WaveletDenoise
 from .history import replay
 from .intensity import Clip, HistogramStandardize, RescaleIntensity, ScaleIntensityRange, ZNormalize
 from .invert import invert
@@ -21,18 +22,22 @@ from .spatial import (
 )
 
 __all__ = [
+    "REGISTRY",
+    "AnisotropicDiffusion",
     "Clip",
     "Compose",
     "CropForeground",
     "CropOrPad",
     "Flip",
     "ForegroundMask",
+    "GaussianDenoise",
     "HistogramStandardize",
     "LoadImage",
     "MaskImage",
+    "MedianDenoise",
+    "NonLocalMeans",
     "Orientation",
     "PadToMultiple",
-    "REGISTRY",
     "Resample",
     "ResampleToReference",
     "RescaleIntensity",
@@ -42,6 +47,7 @@ __all__ = [
     "ScaleIntensityRange",
     "SpatialTransform",
     "Transform",
+    "WaveletDenoise",
     "ZNormalize",
     "build_transform",
     "invert",

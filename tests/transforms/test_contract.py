@@ -38,6 +38,11 @@ EXAMPLES = {
     "HistogramStandardize": lambda: gp.HistogramStandardize(KEYS, mask="nonzero"),
     "ForegroundMask": lambda: gp.ForegroundMask("image", closing_radius=1),
     "MaskImage": lambda: gp.MaskImage(KEYS, mask_key="label"),
+    "GaussianDenoise": lambda: gp.GaussianDenoise(KEYS, sigma=1.5),
+    "MedianDenoise": lambda: gp.MedianDenoise(KEYS, radius=1),
+    "WaveletDenoise": lambda: gp.WaveletDenoise(KEYS, wavelet="db2"),
+    "AnisotropicDiffusion": lambda: gp.AnisotropicDiffusion(KEYS, iterations=3, kappa=1.0),
+    "NonLocalMeans": lambda: gp.NonLocalMeans(KEYS, patch_size=3, patch_distance=1),
 }
 NOT_TENSOR_TRANSFORMS = {"LoadImage", "SaveImage"}
 #: Transforms whose inverse is exact (no interpolation on the way there or back).

@@ -31,7 +31,8 @@ from .axis_operators import (
     cubic_bspline_prefilter_matrix,
 )
 from .axis_operators import _band as band_matrix
-from .grid import axis_permutation, normalized_theta
+from .filters import gaussian_filter
+from .grid import axis_permutation, is_lattice_map, normalized_theta
 
 MODES = ("nearest", "linear", "cubic")
 
@@ -92,6 +93,8 @@ def resample(
 
 
 def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding_mode) -> torch.Tensor:
+    if padding_mode == "zeros" and is_lattice_map(voxel_map):
+        return _resample_lattice(volume, voxel_map, out_shape)
     permutation = axis_permutation(voxel_map)
     if permutation is not None:
         return _resample_separable(volume, voxel_map, permutation, out_shape, mode, anti_aliasing, padding_mode)
@@ -104,9 +107,38 @@ def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding
     return _linear_general(volume, voxel_map, out_shape, padding_mode)
 
 
+def _resample_lattice(volume: torch.Tensor, voxel_map: np.ndarray, out_shape: tuple[int, ...]) -> torch.Tensor:
+    """Crops, pads, flips and axis permutations by slicing: one copy, exact for any dtype."""
+    permutation = axis_permutation(voxel_map)
+    volume = volume.permute(0, 1, *(2 + p for p in permutation))
+    flips = [axis for axis, source in enumerate(permutation) if voxel_map[source, axis] < 0]
+    if flips:
+        volume = torch.flip(volume, [2 + axis for axis in flips])
+    source_slices, target_slices = [], []
+    for axis, source in enumerate(permutation):
+        n_in, n_out = volume.shape[2 + axis], out_shape[axis]
+        shift = int(round(voxel_map[source, 3]))
+        # Flipped axes read the flipped buffer: in = shift - out becomes flipped[out + n_in - 1 - shift].
+        offset = n_in - 1 - shift if axis in flips else shift
+        start, stop = max(0, offset), min(n_in, offset + n_out)
+        if stop <= start:  # no overlap at all along this axis
+            return volume.new_zeros((*volume.shape[:2], *out_shape))
+        source_slices.append(slice(start, stop))
+        target_slices.append(slice(start - offset, stop - offset))
+    if all(t.start == 0 and t.stop == n for t, n in zip(target_slices, out_shape)):
+        return volume[(..., *source_slices)].contiguous()
+    out = volume.new_zeros((*volume.shape[:2], *out_shape))
+    out[(..., *target_slices)] = volume[(..., *source_slices)]
+    return out
+
+
 def _resample_separable(volume, voxel_map, permutation, out_shape, mode, anti_aliasing, padding_mode):
     # Bring the input axis that feeds output axis j to position j, then resample axis by axis.
     volume = volume.permute(0, 1, *(2 + p for p in permutation))
+    if mode == "linear" and padding_mode == "zeros" and volume.dtype in (torch.float32, torch.float64):
+        fast = _interpolate_then_crop(volume, voxel_map, permutation, out_shape, anti_aliasing)
+        if fast is not None:
+            return fast
     in_shape = volume.shape[2:]
     operators: list[tuple[int, AxisOperator]] = []
     for axis, source in enumerate(permutation):
@@ -118,6 +150,38 @@ def _resample_separable(volume, voxel_map, permutation, out_shape, mode, anti_al
     if all(identity):
         return volume.contiguous()
     return apply_separable(volume, [None if same else op for (_, op), same in zip(operators, identity)])
+
+
+def _interpolate_then_crop(volume, voxel_map, permutation, out_shape, anti_aliasing):
+    """Linear rescaling in one pass of PyTorch's trilinear kernel, then an exact crop/pad/flip.
+
+    ``interpolate`` reads the input at ``(i + 0.5) * step - 0.5`` (clamped to the edge, our rule
+    within half a voxel). When every axis of the map is that sampling shifted by a whole number
+    ``k`` of output voxels (and possibly reversed), the map is that interpolation followed by a
+    lattice map, so the result equals the banded operators' exactly (to float rounding) in one
+    fast pass. Returns None when the map is not of that form.
+    """
+    steps, shifts, flipped, full_shape = [], [], [], []
+    for axis, source in enumerate(permutation):
+        step, offset, n_in = voxel_map[source, axis], voxel_map[source, 3], volume.shape[2 + axis]
+        if step < 0:  # read the output backwards: a positive step from the far end, then flip
+            step, offset = -step, offset + step * (out_shape[axis] - 1)
+            flipped.append(2 + axis)
+        shift = (offset - (0.5 * step - 0.5)) / step
+        if abs(shift - round(shift)) > 1e-6:
+            return None
+        steps.append(step)
+        shifts.append(int(round(shift)))
+        full_shape.append(max(1, round(n_in / step)))  # positions within half a voxel of the input
+    if anti_aliasing:
+        sigma = [max(0.0, (step - 1.0) / 2.0) for step in steps]
+        if any(sigma):
+            volume = gaussian_filter(volume, sigma, truncate=4.0, mode="nearest")
+    full = torch.ops.aten.upsample_trilinear3d.default(volume, full_shape, False, *(1.0 / s for s in steps))
+    crop = np.diag([1.0, 1.0, 1.0, 1.0])
+    crop[:3, 3] = shifts
+    out = _resample_lattice(full, crop, out_shape)
+    return torch.flip(out, flipped) if flipped else out
 
 
 def _is_identity(operator: AxisOperator, n_in: int) -> bool:

@@ -27,11 +27,13 @@ class _Interpolating(SpatialTransform, abstract=True):
 
 
 class Resample(_Interpolating):
-    """Resample to a voxel spacing in mm, keeping the field of view centred and the world position.
+    """Resample to a voxel spacing in mm, keeping the world position of every point.
 
-    The output has ``round(n * spacing_in / spacing_out)`` voxels along each axis, and the centre
-    of the field of view stays where it was (voxel edges at both ends nearly coincide). The
-    affine's directions are kept, only the voxel size changes.
+    The output has ``round(n * spacing_in / spacing_out)`` voxels along each axis and starts at
+    the same corner as the input: the outer edge of the first voxel stays put, so the field of
+    view keeps its start and ends within half an output voxel of where it ended (the grid of
+    ``torch.nn.functional.interpolate(scale_factor=...)``, which makes the common case one fast
+    pass). The affine's directions are kept, only the voxel size changes.
 
     Parameters
     ----------
@@ -77,7 +79,7 @@ class Resample(_Interpolating):
         out_shape = tuple(max(1, round(n * s_in / s_out)) for n, s_in, s_out in zip(shape, spacing_in, spacing_out))
         ratio = spacing_out / spacing_in
         voxel_map = np.diag([*ratio, 1.0])
-        voxel_map[:3, 3] = (np.asarray(shape) - 1) / 2.0 - ratio * (np.asarray(out_shape) - 1) / 2.0
+        voxel_map[:3, 3] = 0.5 * ratio - 0.5  # output voxel edges start at the input's first edge
         return out_shape, voxel_map
 
 

@@ -117,7 +117,7 @@ def _resample_lattice(volume: torch.Tensor, voxel_map: np.ndarray, out_shape: tu
     source_slices, target_slices = [], []
     for axis, source in enumerate(permutation):
         n_in, n_out = volume.shape[2 + axis], out_shape[axis]
-        shift = int(round(voxel_map[source, 3]))
+        shift = round(float(voxel_map[source, 3]))
         # Flipped axes read the flipped buffer: in = shift - out becomes flipped[out + n_in - 1 - shift].
         offset = n_in - 1 - shift if axis in flips else shift
         start, stop = max(0, offset), min(n_in, offset + n_out)
@@ -161,18 +161,33 @@ def _interpolate_then_crop(volume, voxel_map, permutation, out_shape, anti_alias
     lattice map, so the result equals the banded operators' exactly (to float rounding) in one
     fast pass. Returns None when the map is not of that form.
     """
-    steps, shifts, flipped, full_shape = [], [], [], []
+    steps, shifts, flipped_out, flipped_in, full_shape = [], [], [], [], []
     for axis, source in enumerate(permutation):
         step, offset, n_in = voxel_map[source, axis], voxel_map[source, 3], volume.shape[2 + axis]
-        if step < 0:  # read the output backwards: a positive step from the far end, then flip
-            step, offset = -step, offset + step * (out_shape[axis] - 1)
-            flipped.append(2 + axis)
-        shift = (offset - (0.5 * step - 0.5)) / step
-        if abs(shift - round(shift)) > 1e-6:
+        # Reading the input reversed, or writing the output reversed, are exact flips; try the
+        # four combinations for one whose forward sampling lands on whole output voxels (a
+        # reorientation before and a flip after a rescaling, fused, need both).
+        found = None
+        for flip_in, flip_out in ((False, False), (False, True), (True, False), (True, True)):
+            s, o = (-step, n_in - 1 - offset) if flip_in else (step, offset)
+            if flip_out:
+                s, o = -s, o + s * (out_shape[axis] - 1)
+            if s > 0 and _whole(_interpolation_shift(o, s)):
+                found = (flip_in, flip_out, s, o)
+                break
+        if found is None:
             return None
+        flip_in, flip_out, step, offset = found
+        if flip_in:
+            flipped_in.append(2 + axis)
+        if flip_out:
+            flipped_out.append(2 + axis)
+        shift = _interpolation_shift(offset, step)
         steps.append(step)
-        shifts.append(int(round(shift)))
+        shifts.append(round(float(shift)))
         full_shape.append(max(1, round(n_in / step)))  # positions within half a voxel of the input
+    if flipped_in:
+        volume = torch.flip(volume, flipped_in)
     if anti_aliasing:
         sigma = [max(0.0, (step - 1.0) / 2.0) for step in steps]
         if any(sigma):
@@ -181,7 +196,16 @@ def _interpolate_then_crop(volume, voxel_map, permutation, out_shape, anti_alias
     crop = np.diag([1.0, 1.0, 1.0, 1.0])
     crop[:3, 3] = shifts
     out = _resample_lattice(full, crop, out_shape)
-    return torch.flip(out, flipped) if flipped else out
+    return torch.flip(out, flipped_out) if flipped_out else out
+
+
+def _interpolation_shift(offset: float, step: float) -> float:
+    """How many output voxels ``offset`` lies past the trilinear kernel's first sample ``0.5 * step - 0.5``."""
+    return (offset - (0.5 * step - 0.5)) / step
+
+
+def _whole(value: float) -> bool:
+    return abs(value - round(value)) < 1e-6
 
 
 def _is_identity(operator: AxisOperator, n_in: int) -> bool:
@@ -292,13 +316,8 @@ def _antialias(volume: torch.Tensor, voxel_map: np.ndarray) -> torch.Tensor:
     if not volume.is_floating_point():
         return volume
     footprint = np.abs(voxel_map[:3, :3]).max(axis=1)  # input voxels per output step, per input axis
-    for axis, step in enumerate(footprint):
-        sigma = (step - 1.0) / 2.0
-        if sigma > 0:
-            n = volume.shape[2 + axis]
-            operator = axis_operator(np.arange(n, dtype=np.float64), n, "linear", sigma, "border")
-            volume = apply_axis_operator(volume, 2 + axis, operator)
-    return volume
+    sigma = [max(0.0, (step - 1.0) / 2.0) for step in footprint]
+    return gaussian_filter(volume, sigma, truncate=4.0, mode="nearest") if any(sigma) else volume
 
 
 def resample_labels(

@@ -195,10 +195,12 @@ def z_normalize(
     values = x.to(dtype)
     mean = broadcast_stat(mean.to(dtype), values)
     std = broadcast_stat(std.to(dtype), values)
-    std = torch.where(torch.isfinite(std) & (std != 0), std, torch.ones_like(std))
+    # Scale and shift are decided on the tiny [B, ...] statistics, so the volume is touched once.
     mean_ok = torch.isfinite(mean)
-    out = (values - torch.where(mean_ok, mean, torch.zeros_like(mean))) / std
-    out = torch.where(mean_ok, out, values)
+    scale = torch.where(mean_ok & torch.isfinite(std) & (std != 0), 1.0 / std, torch.ones_like(std))
+    scale = torch.where(mean_ok, scale, torch.ones_like(scale))
+    shift = torch.where(mean_ok, -mean * scale, torch.zeros_like(mean))
+    out = torch.addcmul(shift, values, scale)
     if inside is not None:
         out = torch.where(inside.to(device=x.device, dtype=torch.bool), out, values)
     return out.to(_out_dtype(x))

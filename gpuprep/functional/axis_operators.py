@@ -183,7 +183,7 @@ def _interpolation_matrix(positions: np.ndarray, n_in: int, mode: str) -> np.nda
     elif mode == "cubic":
         low = np.floor(positions).astype(np.int64)
         frac = positions - low
-        for tap, weight in enumerate(_cubic_bspline_weights(frac)):
+        for tap, weight in enumerate(cubic_bspline_weights(frac)):
             np.add.at(matrix, (rows, mirror_index(low - 1 + tap, n_in)), weight)
         matrix = matrix @ cubic_bspline_prefilter_matrix(n_in)
     else:
@@ -191,8 +191,11 @@ def _interpolation_matrix(positions: np.ndarray, n_in: int, mode: str) -> np.nda
     return matrix
 
 
-def _cubic_bspline_weights(frac: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Weights of the four taps ``floor(x) - 1 .. floor(x) + 2`` of the cubic B-spline."""
+def cubic_bspline_weights(frac):
+    """Weights of the four taps ``floor(x) - 1 .. floor(x) + 2`` of the cubic B-spline.
+
+    ``frac = x - floor(x)`` may be a NumPy array or a tensor (only arithmetic is used).
+    """
     one = 1.0 - frac
     return (
         one**3 / 6.0,

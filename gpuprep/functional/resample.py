@@ -29,6 +29,7 @@ from .axis_operators import (
     apply_separable,
     axis_operator,
     cubic_bspline_prefilter_matrix,
+    cubic_bspline_weights,
 )
 from .axis_operators import _band as band_matrix
 from .filters import gaussian_filter
@@ -282,7 +283,7 @@ def _cubic_general(volume, voxel_map, out_shape, padding_mode):
     for coordinate in coords:
         low = torch.floor(coordinate)
         frac = coordinate - low
-        w0, w1, w2, w3 = (torch.as_tensor(w) for w in _torch_cubic_weights(frac))
+        w0, w1, w2, w3 = cubic_bspline_weights(frac)
         g0, g1 = w0 + w1, w2 + w3
         lookups.append(((low - 1 + w1 / g0, g0), (low + 1 + w3 / g1, g1)))
     out = torch.zeros((batch, volume.shape[1], *out_shape), dtype=dtype, device=device)
@@ -299,16 +300,6 @@ def _cubic_general(volume, voxel_map, out_shape, padding_mode):
     if padding_mode == "zeros":
         out = out * _inside_mask(voxel_map, in_shape, out_shape, device)
     return out
-
-
-def _torch_cubic_weights(frac: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    one = 1.0 - frac
-    return (
-        one**3 / 6.0,
-        (3.0 * frac**3 - 6.0 * frac**2 + 4.0) / 6.0,
-        (-3.0 * frac**3 + 3.0 * frac**2 + 3.0 * frac + 1.0) / 6.0,
-        frac**3 / 6.0,
-    )
 
 
 def _antialias(volume: torch.Tensor, voxel_map: np.ndarray) -> torch.Tensor:

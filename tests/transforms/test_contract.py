@@ -8,6 +8,7 @@ Each registered transform needs an entry in ``EXAMPLES`` (a factory building it 
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -55,7 +56,8 @@ def _sample(seed: int = 0, device="cpu") -> dict:
     grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n) for n in shape], indexing="ij"))
     radius = (grid**2).sum(0).sqrt()
     label = ((radius < 0.8).to(torch.uint8) + (radius < 0.4).to(torch.uint8))[None]
-    image = (label.float() + 0.1 * torch.rand((1, *shape), generator=generator) + 0.5)
+    # Zero background, so that "nonzero" masks matter.
+    image = (label.float() + 0.1 * torch.rand((1, *shape), generator=generator) + 0.5) * (radius < 0.9)
     sample = gp.make_sample({"image": image.to(device), "label": label.to(device)}, affine=oblique_affine())
     return sample
 
@@ -86,6 +88,18 @@ def test_keys_shapes_dtypes_device(transform, device):
         assert out[key].ndim == 4
         assert gp.get_affine(out, key).dtype == torch.float64
     assert len(gp.get_history(out)) == 1
+
+
+def test_float_dtypes_kept(transform):
+    for dtype in (torch.float64, torch.float16) if not transform.spatial else (torch.float64,):
+        sample = _sample()
+        sample["image"] = sample["image"].to(dtype)
+        assert transform(sample)["image"].dtype == dtype
+
+
+def test_records_are_json(transform):
+    record = gp.get_history(transform(_sample()))[-1]
+    assert json.loads(json.dumps(record)) == record
 
 
 def test_label_values_preserved(transform):

@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import mni_t1_and_tissue  # noqa: E402
-from bench_preprocess import gpuprep_pipeline, monai_pipeline, torchio_pipeline  # noqa: E402
+from _common import mni_t1_and_tissue
+from bench_preprocess import gpuprep_pipeline, monai_pipeline, torchio_pipeline
 
 
 @pytest.fixture(scope="module")

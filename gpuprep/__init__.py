@@ -10,7 +10,7 @@ Example
 torch.Size([1, 32, 32, 32])
 """
 
-from . import data, errors, io
+from . import data, errors, io, random
 from ._version import __version__
 from .functional.orientation import axcodes_of
 from .io import read_image, read_sidecar, sidecar_path, write_image
@@ -40,6 +40,9 @@ from .transforms import (
     NonLocalMeans,
     Orientation,
     PadToMultiple,
+    RandAffine,
+    RandFlip,
+    RandRotate90,
     Resample,
     ResampleToReference,
     RescaleIntensity,
@@ -71,6 +74,9 @@ __all__ = [
     "NonLocalMeans",
     "Orientation",
     "PadToMultiple",
+    "RandAffine",
+    "RandFlip",
+    "RandRotate90",
     "Resample",
     "ResampleToReference",
     "RescaleIntensity",
@@ -94,6 +100,7 @@ __all__ = [
     "io",
     "make_meta",
     "make_sample",
+    "random",
     "read_image",
     "read_sidecar",
     "replay",

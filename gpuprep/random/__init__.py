@@ -1,1 +1,6 @@
-"""random layer (see DESIGN.md)."""
+"""Parameter ranges and seeded per-sample sampling for random transforms."""
+
+from .ranges import symmetric_range, uniform_range
+from .seeding import SAMPLE_INDEX_KEY, sample_rng, sample_seed
+
+__all__ = ["SAMPLE_INDEX_KEY", "sample_rng", "sample_seed", "symmetric_range", "uniform_range"]

@@ -1,5 +1,6 @@
 """Dictionary transforms: the base contract, Compose, history replay/inversion and the families."""
 
+from .augment import RandAffine, RandFlip, RandRotate90
 from .base import REGISTRY, Transform, build_transform
 from .compose import Compose
 from .denoise import AnisotropicDiffusion, GaussianDenoise, MedianDenoise, NonLocalMeans, WaveletDenoise
@@ -38,6 +39,9 @@ __all__ = [
     "NonLocalMeans",
     "Orientation",
     "PadToMultiple",
+    "RandAffine",
+    "RandFlip",
+    "RandRotate90",
     "Resample",
     "ResampleToReference",
     "RescaleIntensity",

@@ -11,6 +11,7 @@ import yaml
 from .._version import __version__
 from ..errors import ConfigError
 from .base import Transform, _jsonable, build_transform
+from .random_base import seed_random_transforms
 from .spatial.base import SpatialTransform, apply_fused
 
 
@@ -56,10 +57,12 @@ class Compose:
         self.seed = seed
         self.fuse = bool(fuse)
         self.epoch = 0
+        seed_random_transforms(self.transforms, seed, self.epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that, with the seed and sample index, determines random parameters."""
         self.epoch = int(epoch)
+        seed_random_transforms(self.transforms, self.seed, self.epoch)
 
     def __call__(self, data: Mapping) -> dict:
         """Apply every transform in turn and return the new sample or batch."""

@@ -17,6 +17,7 @@ import torch
 import gpuprep as gp
 from gpuprep.errors import MissingKeyError
 from gpuprep.transforms.base import REGISTRY
+from gpuprep.transforms.random_base import RandomTransform
 from tests.conftest import oblique_affine
 
 KEYS = ["image", "label"]
@@ -44,21 +45,25 @@ EXAMPLES = {
     "WaveletDenoise": lambda: gp.WaveletDenoise(KEYS, wavelet="db2"),
     "AnisotropicDiffusion": lambda: gp.AnisotropicDiffusion(KEYS, iterations=3, kappa=1.0),
     "NonLocalMeans": lambda: gp.NonLocalMeans(KEYS, patch_size=3, patch_distance=1),
+    "RandFlip": lambda: gp.RandFlip(KEYS, axes=(0, 1, 2), p=0.7, seed=0),
+    "RandRotate90": lambda: gp.RandRotate90(KEYS, axes=(0, 1), p=0.9, seed=0),  # a square plane
+    "RandAffine": lambda: gp.RandAffine(KEYS, rotate=10, scale=0.1, shear=0.05, translate=2, seed=0),
 }
 NOT_TENSOR_TRANSFORMS = {"LoadImage", "SaveImage"}
 #: Transforms whose inverse is exact (no interpolation on the way there or back).
-EXACT_INVERSE = {"Orientation", "Flip", "Rotate90"}
+EXACT_INVERSE = {"Orientation", "Flip", "Rotate90", "RandFlip", "RandRotate90"}
 
 
 def _sample(seed: int = 0, device="cpu") -> dict:
     generator = torch.Generator().manual_seed(seed)
-    shape = (12, 14, 11)
+    shape = (12, 12, 11)
     grid = torch.stack(torch.meshgrid(*[torch.linspace(-1, 1, n) for n in shape], indexing="ij"))
     radius = (grid**2).sum(0).sqrt()
     label = ((radius < 0.8).to(torch.uint8) + (radius < 0.4).to(torch.uint8))[None]
     # Zero background, so that "nonzero" masks matter.
     image = (label.float() + 0.1 * torch.rand((1, *shape), generator=generator) + 0.5) * (radius < 0.9)
     sample = gp.make_sample({"image": image.to(device), "label": label.to(device)}, affine=oblique_affine())
+    sample[gp.random.SAMPLE_INDEX_KEY] = seed  # random transforms draw per dataset index
     return sample
 
 
@@ -151,6 +156,19 @@ def test_yaml_round_trip(transform):
     assert rebuilt.get_config() == pipeline.get_config()
     sample = _sample()
     assert torch.equal(rebuilt(sample)["image"], pipeline(sample)["image"])
+
+
+@pytest.mark.parametrize("name", [n for n in _transforms() if issubclass(REGISTRY[n], RandomTransform)])
+def test_random_p0_is_identity_and_seed_matters(name):
+    transform = EXAMPLES[name]()
+    sample = _sample()
+    skipped = type(transform)(**{**transform.get_config(), "p": 0.0})(sample)
+    for key in KEYS:
+        assert torch.equal(skipped[key], sample[key])
+        assert torch.equal(gp.get_affine(skipped, key), gp.get_affine(sample, key))
+    draws = {json.dumps(gp.get_history(type(transform)(**{**transform.get_config(), "seed": seed})(sample)))
+             for seed in range(8)}
+    assert len(draws) > 1  # parameters really are random
 
 
 @pytest.mark.parametrize("name", [n for n in _transforms() if REGISTRY[n].invertible])

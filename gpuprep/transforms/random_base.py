@@ -1,0 +1,104 @@
+"""The base of random transforms: per-sample parameters from seeded streams, probability ``p``.
+
+Drawing and applying are separate, as for every transform: :meth:`RandomTransform.draw` takes a
+sample's random stream and returns that sample's parameters (plain JSON numbers); applying is the
+same pure function of data and parameters as for deterministic transforms, so a history replays
+exactly. A sample skipped by ``p`` records ``{"apply": False}`` and is left as it is.
+
+Reproducibility: sample *i* draws from ``sample_rng(seed, epoch, index)`` where ``index`` is the
+sample's ``"sample_index"`` entry (datasets set it) or, without one, its position in the batch.
+``seed`` is the transform's own, or one derived from the seed of the :class:`~gpuprep.Compose`
+holding it; with neither, every call draws a fresh seed (from Python's ``random`` module).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from ..errors import ConfigError
+from ..random.seeding import SAMPLE_INDEX_KEY, sample_rng, sample_seed
+from .base import Transform
+
+
+class RandomTransform(Transform, abstract=True):
+    """Base class of random transforms.
+
+    Parameters
+    ----------
+    keys:
+        Image keys.
+    p:
+        Probability that a sample is transformed (drawn per sample).
+    same_on_batch:
+        Give every sample of a batch the parameters of the first one.
+    seed:
+        Seed of this transform's streams; None: derived from the Compose seed, or fresh per call.
+    allow_missing_keys:
+        Skip absent keys instead of raising.
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        p: float = 1.0,
+        same_on_batch: bool = False,
+        seed: int | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        name = type(self).__name__
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise ConfigError(f"{name}: p must be a probability in [0, 1], got {p!r}")
+        if not isinstance(same_on_batch, bool):
+            raise ConfigError(f"{name}: same_on_batch must be True or False, got {same_on_batch!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ConfigError(f"{name}: seed must be a non-negative integer or None, got {seed!r}")
+        self.p = float(p)
+        self.same_on_batch = same_on_batch
+        self.seed = seed
+        self._pipeline_seed: int | None = None
+        self.epoch = 0
+
+    def set_random_state(self, pipeline_seed: int | None, epoch: int = 0) -> None:
+        """Called by :class:`~gpuprep.Compose`: a seed derived from the pipeline's, and the epoch."""
+        self._pipeline_seed = pipeline_seed
+        self.epoch = int(epoch)
+
+    def draw(self, rng: random.Random) -> dict:
+        """Return one sample's random parameters (JSON numbers) drawn from ``rng``."""
+        return {}
+
+    def draw_params(self, batch: Mapping, keys: list[str]) -> list[dict]:
+        """Per-sample ``{"apply": bool, **draw(rng)}`` (just ``{"apply": False}`` when skipped)."""
+        params = []
+        for rng in self._streams(batch, keys):
+            apply = rng.random() < self.p
+            drawn = self.draw(rng)  # drawn even when skipped, so the stream stays aligned
+            params.append({"apply": True, **drawn} if apply else {"apply": False})
+        return params
+
+    def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
+        return self.draw_params(batch, keys)
+
+    def _streams(self, batch: Mapping, keys: list[str]) -> list[random.Random]:
+        size = len(batch[keys[0]])
+        indices = batch.get(SAMPLE_INDEX_KEY)
+        indices = list(range(size)) if indices is None else [int(i) for i in indices]
+        if self.seed is not None:
+            seed = self.seed
+        elif self._pipeline_seed is not None:
+            seed = self._pipeline_seed
+        else:
+            seed = random.getrandbits(63)
+        if self.same_on_batch:
+            indices = [indices[0]] * size
+        return [sample_rng(seed, self.epoch, index) for index in indices]
+
+
+def seed_random_transforms(transforms: Sequence[Transform], pipeline_seed: int | None, epoch: int) -> None:
+    """Give each random transform of a pipeline its own seed derived from the pipeline seed."""
+    for position, transform in enumerate(transforms):
+        if isinstance(transform, RandomTransform):
+            derived = None if pipeline_seed is None else sample_seed(pipeline_seed, position)
+            transform.set_random_state(derived, epoch)

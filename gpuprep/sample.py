@@ -252,3 +252,55 @@ def _as_affine(affine: Any) -> torch.Tensor:
     if tensor.shape != (4, 4):
         raise TransformError(f"affine must be 4x4, got shape {tuple(tensor.shape)}")
     return tensor
+
+
+def select(batch: Mapping, indices: Sequence[int]) -> dict:
+    """The sub-batch of the samples at ``indices`` (tensors indexed, lists picked, dicts recursed).
+
+    Example
+    -------
+    >>> b = collate([make_sample({"image": torch.full((1, 2, 2, 2), float(i))}) for i in range(3)])
+    >>> select(b, [2, 0])["image"][:, 0, 0, 0, 0].tolist()
+    [2.0, 0.0]
+    """
+    index = list(indices)
+    return {key: _select_value(value, index) for key, value in batch.items()}
+
+
+def _select_value(value: Any, index: list[int]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value[index]
+    if isinstance(value, Mapping):
+        return {k: _select_value(v, index) for k, v in value.items()}
+    return [value[i] for i in index]
+
+
+def merge(batch: Mapping, parts: Sequence[tuple[Sequence[int], Mapping]]) -> dict:
+    """Put transformed sub-batches back at their positions; the inverse of :func:`select`.
+
+    ``parts`` are ``(indices, sub_batch)`` pairs covering every sample once; tensors of a key
+    must end with the same shape in every part.
+    """
+    size = batch_size(batch)
+    pieces = [(list(indices), part) for indices, part in parts]
+    keys = list(pieces[0][1].keys()) if pieces else list(batch.keys())
+    return {key: _merge_values([(i, p[key]) for i, p in pieces], size, key) for key in keys}
+
+
+def _merge_values(pieces: list[tuple[list[int], Any]], size: int, key: str) -> Any:
+    first = pieces[0][1]
+    if isinstance(first, torch.Tensor):
+        shapes = {tuple(p.shape[1:]) for _, p in pieces}
+        if len(shapes) > 1:
+            raise TransformError(f"merge: key {key!r} ends with different shapes {sorted(shapes)} in one batch")
+        out = first.new_empty((size, *first.shape[1:]))
+        for index, part in pieces:
+            out[index] = part
+        return out
+    if isinstance(first, Mapping):
+        return {k: _merge_values([(i, p[k]) for i, p in pieces], size, f"{key}.{k}") for k in first}
+    out: list = [None] * size
+    for index, part in pieces:
+        for position, value in zip(index, part):
+            out[position] = value
+    return out

@@ -1,6 +1,6 @@
 """Dictionary transforms: the base contract, Compose, history replay/inversion and the families."""
 
-from .augment import RandAffine, RandFlip, RandRotate90
+from .augment import OneOf, RandAffine, RandFlip, RandRotate90, SomeOf
 from .base import REGISTRY, Transform, build_transform
 from .compose import Compose
 from .denoise import AnisotropicDiffusion, GaussianDenoise, MedianDenoise, NonLocalMeans, WaveletDenoise
@@ -37,6 +37,7 @@ __all__ = [
     "MaskImage",
     "MedianDenoise",
     "NonLocalMeans",
+    "OneOf",
     "Orientation",
     "PadToMultiple",
     "RandAffine",
@@ -49,6 +50,7 @@ __all__ = [
     "Rotate90",
     "SaveImage",
     "ScaleIntensityRange",
+    "SomeOf",
     "SpatialTransform",
     "Transform",
     "WaveletDenoise",

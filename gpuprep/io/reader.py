@@ -118,10 +118,10 @@ def read_image(
 
     Example
     -------
-    >>> import gpuprep as gp  # doctest: +SKIP
-    >>> data, meta = gp.read_image("T1w.nii.gz")  # doctest: +SKIP
-    >>> data.shape, meta["affine"].dtype  # doctest: +SKIP
-    (torch.Size([1, 176, 256, 256]), torch.float64)
+    >>> import gpuprep as gp
+    >>> data, meta = gp.read_image(gp.data.sample_brain_paths()["image"])
+    >>> data.shape, data.dtype, meta["affine"].dtype
+    (torch.Size([1, 99, 117, 95]), torch.uint8, torch.float64)
     """
     if nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(f"read_image: nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")

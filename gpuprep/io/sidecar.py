@@ -142,9 +142,13 @@ def read_sidecar(path: str | os.PathLike) -> dict:
 
     Example
     -------
-    >>> import gpuprep as gp  # doctest: +SKIP
-    >>> sidecar = gp.read_sidecar("out/sub-01_T1w.nii.gz")  # doctest: +SKIP
-    >>> pipeline = gp.Compose.from_config(sidecar["pipeline"])  # doctest: +SKIP
+    >>> import gpuprep as gp, tempfile
+    >>> out = tempfile.mkdtemp()
+    >>> saved = gp.Compose([gp.LoadImage("image"), gp.Orientation("image", "LAS"), gp.SaveImage("image", out)])(
+    ...     {"image": str(gp.data.sample_brain_paths()["image"])})
+    >>> sidecar = gp.read_sidecar(gp.get_history(saved)[-1]["params"]["image"]["filename"])
+    >>> gp.Compose.from_config(sidecar["pipeline"]).transforms
+    [Orientation(keys='image', axcodes='LAS', allow_missing_keys=False)]
     """
     path = Path(path)
     if not path.name.lower().endswith(".json"):

@@ -1,6 +1,18 @@
 """Dictionary transforms: the base contract, Compose, history replay/inversion and the families."""
 
-from .augment import OneOf, RandAffine, RandFlip, RandRotate90, SomeOf
+from .augment import (
+    OneOf,
+    RandAffine,
+    RandBiasField,
+    RandBlur,
+    RandBrightness,
+    RandContrast,
+    RandFlip,
+    RandGamma,
+    RandNoise,
+    RandRotate90,
+    SomeOf,
+)
 from .base import REGISTRY, Transform, build_transform
 from .compose import Compose
 from .denoise import AnisotropicDiffusion, GaussianDenoise, MedianDenoise, NonLocalMeans, WaveletDenoise
@@ -41,7 +53,13 @@ __all__ = [
     "Orientation",
     "PadToMultiple",
     "RandAffine",
+    "RandBiasField",
+    "RandBlur",
+    "RandBrightness",
+    "RandContrast",
     "RandFlip",
+    "RandGamma",
+    "RandNoise",
     "RandRotate90",
     "Resample",
     "ResampleToReference",

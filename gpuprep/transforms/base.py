@@ -176,7 +176,7 @@ def build_transform(name: str, config: Mapping) -> Transform:
     Example
     -------
     >>> build_transform("Orientation", {"keys": ["image"], "axcodes": "RAS"})
-    Orientation(keys=['image'], allow_missing_keys=False, axcodes='RAS')
+    Orientation(keys=['image'], axcodes='RAS', allow_missing_keys=False)
     """
     cls = REGISTRY.get(name)
     if cls is None:

@@ -41,7 +41,7 @@ class Compose:
     >>> import gpuprep as gp
     >>> pipeline = gp.Compose([gp.Orientation("image", "RAS")], seed=0)
     >>> gp.Compose.from_yaml(pipeline.to_yaml()).transforms
-    [Orientation(keys=['image'], allow_missing_keys=False, axcodes='RAS')]
+    [Orientation(keys='image', axcodes='RAS', allow_missing_keys=False)]
     """
 
     def __init__(self, transforms: Sequence[Transform], seed: int | None = None, fuse: bool = True) -> None:

@@ -47,9 +47,12 @@ class LoadImage(Transform):
 
     Example
     -------
-    >>> import gpuprep as gp  # doctest: +SKIP
-    >>> load = gp.LoadImage(["image", "label"], dtype={"image": "float32"})  # doctest: +SKIP
-    >>> sample = load({"image": "sub-01_T1w.nii.gz", "label": "sub-01_seg.nii.gz"})  # doctest: +SKIP
+    >>> import gpuprep as gp
+    >>> paths = gp.data.sample_brain_paths()
+    >>> load = gp.LoadImage(["image", "label"], dtype={"image": "float32"})
+    >>> sample = load({"image": str(paths["image"]), "label": str(paths["label"])})
+    >>> sample["image"].dtype, sample["label"].dtype
+    (torch.float32, torch.uint8)
     """
 
     def __init__(
@@ -173,10 +176,13 @@ class SaveImage(Transform):
 
     Example
     -------
-    >>> import gpuprep as gp  # doctest: +SKIP
+    >>> import gpuprep as gp, pathlib, tempfile
+    >>> out = pathlib.Path(tempfile.mkdtemp())
     >>> pipeline = gp.Compose([gp.LoadImage("image"), gp.Orientation("image", "RAS"),
-    ...                        gp.SaveImage("image", "derivatives", suffix="_ras")])  # doctest: +SKIP
-    >>> pipeline({"image": "sub-01_T1w.nii.gz"})  # writes derivatives/sub-01_T1w_ras.nii.gz  # doctest: +SKIP
+    ...                        gp.SaveImage("image", out, suffix="_ras")])
+    >>> _ = pipeline({"image": str(gp.data.sample_brain_paths()["image"])})
+    >>> sorted(p.name for p in out.iterdir())
+    ['sample_t1w_ras.json', 'sample_t1w_ras.nii.gz']
     """
 
     def __init__(

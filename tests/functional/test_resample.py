@@ -116,7 +116,8 @@ def test_normalized_theta_agrees_with_voxel_map():
 
 
 @pytest.mark.parametrize("anti_aliasing", [False, True])
-def test_one_pass_interpolation_equals_the_banded_operators(anti_aliasing):
+@pytest.mark.parametrize("reversed_input", [False, True])
+def test_one_pass_interpolation_equals_the_banded_operators(anti_aliasing, reversed_input):
     """The fast path (trilinear kernel + exact crop/flip) against the general separable path. Tol 1e-10."""
     from gpuprep.functional.axis_operators import apply_separable, axis_operator
 
@@ -124,6 +125,10 @@ def test_one_pass_interpolation_equals_the_banded_operators(anti_aliasing):
     step = np.array([1.5, 1.25, 0.8])
     voxel_map = np.diag([*step, 1.0])
     voxel_map[:3, 3] = 0.5 * step - 0.5 + step * np.array([2, -3, 1])  # shifted by whole output voxels
+    if reversed_input:  # the input reversed along D first, as after a reorientation
+        reverse = np.diag([-1.0, 1.0, 1.0, 1.0])
+        reverse[0, 3] = volume.shape[2] - 1
+        voxel_map = reverse @ voxel_map
     voxel_map = voxel_map @ np.diag([1.0, -1.0, 1.0, 1.0])  # and read backwards along H
     voxel_map[1, 3] += step[1] * 11
     out_shape = (10, 12, 22)

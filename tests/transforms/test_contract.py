@@ -48,6 +48,12 @@ EXAMPLES = {
     "RandFlip": lambda: gp.RandFlip(KEYS, axes=(0, 1, 2), p=0.7, seed=0),
     "RandRotate90": lambda: gp.RandRotate90(KEYS, axes=(0, 1), p=0.9, seed=0),  # a square plane
     "RandAffine": lambda: gp.RandAffine(KEYS, rotate=10, scale=0.1, shear=0.05, translate=2, seed=0),
+    "RandNoise": lambda: gp.RandNoise(KEYS, std=0.1, seed=0),
+    "RandGamma": lambda: gp.RandGamma(KEYS, log_gamma=0.3, seed=0),
+    "RandBiasField": lambda: gp.RandBiasField(KEYS, coefficients=0.5, order=3, seed=0),
+    "RandContrast": lambda: gp.RandContrast(KEYS, factor=(0.75, 1.25), seed=0),
+    "RandBrightness": lambda: gp.RandBrightness(KEYS, shift=0.1, seed=0),
+    "RandBlur": lambda: gp.RandBlur(KEYS, std=(0.5, 1.5), seed=0),
     "OneOf": lambda: gp.OneOf([gp.RandFlip(KEYS, p=1.0), gp.RandRotate90(KEYS, p=1.0)], weights=[1, 2], seed=0),
     "SomeOf": lambda: gp.SomeOf([gp.RandFlip(KEYS, p=1.0), gp.Rotate90(KEYS), gp.ZNormalize(KEYS)], k=1, seed=0),
 }

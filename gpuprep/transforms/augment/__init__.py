@@ -1,6 +1,20 @@
 """Random augmentation: per-sample parameters, batched, fused with the spatial steps around them."""
 
 from .choice import OneOf, SomeOf
+from .intensity import RandBiasField, RandBlur, RandBrightness, RandContrast, RandGamma
+from .noise import RandNoise
 from .spatial import RandAffine, RandFlip, RandRotate90
 
-__all__ = ["OneOf", "RandAffine", "RandFlip", "RandRotate90", "SomeOf"]
+__all__ = [
+    "OneOf",
+    "RandAffine",
+    "RandBiasField",
+    "RandBlur",
+    "RandBrightness",
+    "RandContrast",
+    "RandFlip",
+    "RandGamma",
+    "RandNoise",
+    "RandRotate90",
+    "SomeOf",
+]

@@ -17,7 +17,8 @@ group (maps are metadata on the CPU, so grouping needs no device synchronisation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -86,6 +87,11 @@ def resample(
         groups.setdefault(voxel_map.tobytes(), []).append(index)
     if len(groups) == 1:
         return _resample_one_map(volume, maps[0], out_shape, mode, anti_aliasing, padding_mode)
+    if _batchable_general(volume, maps, mode):
+        # Different rotations per sample (random augmentation): one grid_sample for the batch.
+        if anti_aliasing:
+            volume = _antialias(volume, maps)
+        return _general_batched(volume, maps, out_shape, mode, padding_mode)
     out = volume.new_empty((volume.shape[0], volume.shape[1], *out_shape))
     for indices in groups.values():
         part = volume[indices]
@@ -218,9 +224,98 @@ def _is_identity(operator: AxisOperator, n_in: int) -> bool:
     )
 
 
+def _batchable_general(volume: torch.Tensor, maps: np.ndarray, mode: str) -> bool:
+    return (
+        mode in ("linear", "nearest")
+        and (volume.is_floating_point() or volume.dtype in _EXACT_IN_FLOAT32)
+        and all(axis_permutation(m) is None for m in maps)
+    )
+
+
+# Values of these dtypes survive a round trip through float32 exactly.
+_EXACT_IN_FLOAT32 = (torch.uint8, torch.int8, torch.int16, torch.bool)
+
+
+def _general_batched(volume, maps, out_shape, mode, padding_mode) -> torch.Tensor:
+    """Linear or nearest resampling with one (possibly different) general map per sample.
+
+    Nearest neighbour here is ``grid_sample``'s, which rounds exact ties (a point midway between
+    two voxels, which random rotations do not produce) half to even; :func:`_nearest_gather`,
+    used for a single map, rounds them up like ``scipy.ndimage``.
+    """
+    in_shape = tuple(volume.shape[2:])
+    work = volume if volume.is_floating_point() else volume.float()
+    grid, inside = _grid_and_mask(np.stack(maps), in_shape, tuple(out_shape), work.dtype, volume.device)
+    out = F.grid_sample(work, grid, mode="bilinear" if mode == "linear" else "nearest", padding_mode="border",
+                        align_corners=True)
+    if padding_mode == "zeros":
+        out = out * inside
+    return out if volume.is_floating_point() else out.round().to(volume.dtype)
+
+
+_GRID_CACHE: dict | None = None
+
+
+@contextlib.contextmanager
+def shared_grids() -> Iterator[None]:
+    """Within this block, keys resampled with the same maps (an image and its labels) share one grid.
+
+    The sampling grid of a general map is as large as the output times three, and building it
+    costs as much as sampling; the cache lives only as long as the block.
+    """
+    global _GRID_CACHE
+    outer, _GRID_CACHE = _GRID_CACHE, {} if _GRID_CACHE is None else _GRID_CACHE
+    try:
+        yield
+    finally:
+        _GRID_CACHE = outer
+
+
+def _grid_and_mask(maps, in_shape, out_shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (maps.tobytes(), in_shape, out_shape, dtype, str(device))
+    if _GRID_CACHE is not None and key in _GRID_CACHE:
+        return _GRID_CACHE[key]
+    theta = torch.as_tensor(np.stack([normalized_theta(m, in_shape, out_shape) for m in maps]),
+                            dtype=dtype, device=device)
+    grid = _affine_grid(theta, out_shape)
+    result = (grid, _inside_grid(grid, in_shape))
+    if _GRID_CACHE is not None:
+        _GRID_CACHE.clear()  # one entry: the maps of the key being resampled now
+        _GRID_CACHE[key] = result
+    return result
+
+
+def _affine_grid(theta: torch.Tensor, out_shape) -> torch.Tensor:
+    """``F.affine_grid(theta, ..., align_corners=True)`` built from three outer sums (about 3x faster on CPU)."""
+    batch = theta.shape[0]
+    depth, height, width = out_shape
+    axes = [torch.linspace(-1, 1, n, dtype=theta.dtype, device=theta.device) if n > 1
+            else torch.zeros(1, dtype=theta.dtype, device=theta.device) for n in (width, height, depth)]
+    grid = torch.empty((batch, depth, height, width, 3), dtype=theta.dtype, device=theta.device)
+    x, y, z = axes  # normalised W, H, D coordinates of the output
+    for component in range(3):
+        row = theta[:, component]  # [B, 4]: coefficients of x, y, z and the constant
+        torch.add(
+            (row[:, 2, None] * z + row[:, 3, None])[:, :, None, None] + (row[:, 1, None] * y)[:, None, :, None],
+            (row[:, 0, None] * x)[:, None, None, :],
+            out=grid[..., component],
+        )
+    return grid
+
+
+def _inside_grid(grid: torch.Tensor, in_shape) -> torch.Tensor:
+    """``[B, 1, D, H, W]``: sample points of a normalised grid within half a voxel of the input."""
+    inside = None
+    for component, n in zip(range(3), reversed(in_shape)):  # grid holds (W, H, D)
+        limit = 1.0 + 1.0 / max(n - 1, 1) + 1e-6
+        within = grid[..., component].abs() <= limit
+        inside = within if inside is None else inside & within
+    return inside[:, None]
+
+
 def _sampling_grid(voxel_map, in_shape, out_shape, batch, device, dtype) -> torch.Tensor:
     theta = torch.as_tensor(normalized_theta(voxel_map, in_shape, out_shape), dtype=dtype, device=device)
-    return F.affine_grid(theta.expand(batch, 3, 4), [batch, 1, *out_shape], align_corners=True)
+    return _affine_grid(theta.expand(batch, 3, 4), tuple(out_shape))
 
 
 def _inside_mask(voxel_map, in_shape, out_shape, device) -> torch.Tensor:
@@ -237,12 +332,8 @@ def _inside_mask(voxel_map, in_shape, out_shape, device) -> torch.Tensor:
 
 
 def _linear_general(volume, voxel_map, out_shape, padding_mode):
-    in_shape = volume.shape[2:]
-    grid = _sampling_grid(voxel_map, in_shape, out_shape, volume.shape[0], volume.device, volume.dtype)
-    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    if padding_mode == "zeros":
-        out = out * _inside_mask(voxel_map, in_shape, out_shape, volume.device)
-    return out
+    return _general_batched(volume, np.asarray(voxel_map)[None].repeat(volume.shape[0], 0), out_shape, "linear",
+                            padding_mode)
 
 
 def _nearest_gather(volume, voxel_map, out_shape, padding_mode):
@@ -303,12 +394,15 @@ def _cubic_general(volume, voxel_map, out_shape, padding_mode):
 
 
 def _antialias(volume: torch.Tensor, voxel_map: np.ndarray) -> torch.Tensor:
-    """Gaussian-smooth each input axis by its sampling step before a general resampling."""
+    """Gaussian-smooth each input axis by its sampling step before a general resampling.
+
+    ``voxel_map`` is one ``[4, 4]`` map or ``[B, 4, 4]`` (one per sample).
+    """
     if not volume.is_floating_point():
         return volume
-    footprint = np.abs(voxel_map[:3, :3]).max(axis=1)  # input voxels per output step, per input axis
-    sigma = [max(0.0, (step - 1.0) / 2.0) for step in footprint]
-    return gaussian_filter(volume, sigma, truncate=4.0, mode="nearest") if any(sigma) else volume
+    footprint = np.abs(np.asarray(voxel_map)[..., :3, :3]).max(axis=-1)  # input voxels per output step
+    sigma = np.clip((footprint - 1.0) / 2.0, 0.0, None)
+    return gaussian_filter(volume, sigma, truncate=4.0, mode="nearest") if sigma.any() else volume
 
 
 def resample_labels(

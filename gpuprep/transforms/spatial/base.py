@@ -23,7 +23,7 @@ import torch
 
 from ...errors import ConfigError, TransformError
 from ...functional.grid import is_lattice_map
-from ...functional.resample import MODES, resample, resample_labels
+from ...functional.resample import MODES, resample, resample_labels, shared_grids
 from ...sample import collate, decollate, image_keys, meta_key
 from ..base import Transform, replace_meta
 
@@ -69,10 +69,11 @@ class SpatialTransform(Transform, abstract=True):
         return self.plan(current_grids(batch, image_keys(batch)), batch, keys)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        for key in keys:
-            steps = [p[key] for p in params]
-            _resample_key(batch, key, [np.asarray(s["voxel_map"]) for s in steps], steps,
-                          self.mode or "nearest", self.anti_aliasing, self.padding_mode, self.label_mode)
+        with shared_grids():
+            for key in keys:
+                steps = [p[key] for p in params]
+                _resample_key(batch, key, [np.asarray(s["voxel_map"]) for s in steps], steps,
+                              self.mode or "nearest", self.anti_aliasing, self.padding_mode, self.label_mode)
         return batch
 
     def invert_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
@@ -143,6 +144,15 @@ def apply_fused(transforms: Sequence[SpatialTransform], data: Mapping) -> dict:
             steps = [p[key] for p in params]
             grids[key] = (tuple(steps[0]["out_shape"]), np.stack([np.asarray(s["out_affine"]) for s in steps]))
             chains[key].append((transform, steps))
+    with shared_grids():
+        _resample_chains(batch, chains)
+    for transform, keys, params in planned:
+        batch = transform._record(batch, keys, params)
+    return decollate(batch)[0] if single else batch
+
+
+def _resample_chains(batch: dict, chains: dict) -> None:
+    """Resample each key once with the product of its chain's maps."""
     for key, chain in chains.items():
         if not chain:
             continue
@@ -157,9 +167,6 @@ def apply_fused(transforms: Sequence[SpatialTransform], data: Mapping) -> dict:
         padding = "border" if all(t.padding_mode == "border" for t, _ in chain) else "zeros"
         label_mode = "onehot" if any(t.label_mode == "onehot" for t, _ in chain) else "nearest"
         _resample_key(batch, key, maps, last, mode, anti_aliasing, padding, label_mode)
-    for transform, keys, params in planned:
-        batch = transform._record(batch, keys, params)
-    return decollate(batch)[0] if single else batch
 
 
 def _is_exact(steps: list[dict]) -> bool:

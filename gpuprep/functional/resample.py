@@ -249,7 +249,7 @@ def _general_batched(volume, maps, out_shape, mode, padding_mode) -> torch.Tenso
     out = F.grid_sample(work, grid, mode="bilinear" if mode == "linear" else "nearest", padding_mode="border",
                         align_corners=True)
     if padding_mode == "zeros":
-        out = out * inside
+        out.mul_(inside)  # grid_sample's output is fresh: masking in place saves a volume
     return out if volume.is_floating_point() else out.round().to(volume.dtype)
 
 

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, MissingKeyError, TransformError
+from ..io.sidecar import to_json
 from ..sample import HISTORY_KEY, collate, decollate, is_batch, meta_key
 
 #: Every concrete transform class, by name (filled in by ``Transform.__init_subclass__``).
@@ -148,7 +149,7 @@ class Transform:
         return [k for k in self.keys if k in data]
 
     def _record(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        config = _jsonable(self.get_config())
+        config = to_json(self.get_config())
         histories = batch.get(HISTORY_KEY) or [[] for _ in params]
         batch[HISTORY_KEY] = [
             [*history, {"name": type(self).__name__, "keys": list(keys), "config": config, "params": p}]
@@ -219,14 +220,3 @@ def _validate_keys(keys: str | Sequence[str], owner: str) -> list[str]:
 
 def _batch_len(batch: Mapping, keys: list[str]) -> int:
     return len(batch[keys[0]])
-
-
-def _jsonable(value: Any) -> Any:
-    """Turn tuples into lists and tensors/NumPy values into Python numbers, recursively."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value

@@ -10,7 +10,8 @@ import yaml
 
 from .._version import __version__
 from ..errors import ConfigError
-from .base import Transform, _jsonable, build_transform
+from ..io.sidecar import to_json
+from .base import Transform, build_transform
 from .random_base import seed_random_transforms
 from .spatial.base import SpatialTransform, apply_fused
 
@@ -104,7 +105,7 @@ class Compose:
             "gpuprep_version": __version__,
             "seed": self.seed,
             "fuse": self.fuse,
-            "transforms": [{"name": type(t).__name__, "config": _jsonable(t.get_config())} for t in self.transforms],
+            "transforms": [{"name": type(t).__name__, "config": to_json(t.get_config())} for t in self.transforms],
         }
 
     @classmethod

@@ -6,9 +6,10 @@ import random
 from collections.abc import Mapping, Sequence
 
 from ...errors import ConfigError
+from ...io.sidecar import to_json
 from ...random.seeding import sample_seed
 from ...sample import decollate, merge, select
-from ..base import Transform, _jsonable, build_transform
+from ..base import Transform, build_transform
 from ..random_base import RandomTransform, seed_random_transforms
 
 
@@ -64,7 +65,7 @@ class OneOf(RandomTransform):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config["transforms"] = [{"name": type(t).__name__, "config": _jsonable(t.get_config())}
+        config["transforms"] = [{"name": type(t).__name__, "config": to_json(t.get_config())}
                                 for t in self.transforms]
         return config
 

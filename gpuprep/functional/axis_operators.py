@@ -151,6 +151,26 @@ def nearest_index(positions: np.ndarray) -> np.ndarray:
     return np.floor(positions + (0.5 + 1e-9)).astype(np.int64)
 
 
+def chain_operators(first: AxisOperator, second: AxisOperator, n_in: int) -> AxisOperator:
+    """The operator applying ``first`` (on a length-``n_in`` axis) and then ``second``, as one band.
+
+    Example
+    -------
+    >>> down = axis_operator(np.array([0.5, 2.5]), 4, "nearest")
+    >>> up = axis_operator(np.array([-0.25, 0.25, 0.75, 1.25]), 2, "linear")
+    >>> chain_operators(down, up, 4).size
+    4
+    """
+    return _band(_dense(second, first.size) @ _dense(first, n_in))
+
+
+def _dense(operator: AxisOperator, n_in: int) -> np.ndarray:
+    matrix = np.zeros((operator.size, n_in))
+    rows = np.repeat(np.arange(operator.size), operator.index.shape[1])
+    np.add.at(matrix, (rows, operator.index.ravel()), operator.weights.ravel())
+    return matrix
+
+
 def mirror_index(index: np.ndarray, n: int) -> np.ndarray:
     """Reflect integer indices into ``[0, n-1]`` without repeating the edge (``d c b | a b c d``)."""
     if n == 1:

@@ -3,6 +3,7 @@
 from .augment import (
     OneOf,
     RandAffine,
+    RandAnisotropy,
     RandBiasField,
     RandBlur,
     RandBrightness,
@@ -53,6 +54,7 @@ __all__ = [
     "Orientation",
     "PadToMultiple",
     "RandAffine",
+    "RandAnisotropy",
     "RandBiasField",
     "RandBlur",
     "RandBrightness",

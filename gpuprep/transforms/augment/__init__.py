@@ -1,6 +1,7 @@
 """Random augmentation: per-sample parameters, batched, fused with the spatial steps around them."""
 
 from .choice import OneOf, SomeOf
+from .degrade import RandAnisotropy
 from .intensity import RandBiasField, RandBlur, RandBrightness, RandContrast, RandGamma
 from .noise import RandNoise
 from .spatial import RandAffine, RandFlip, RandRotate90
@@ -8,6 +9,7 @@ from .spatial import RandAffine, RandFlip, RandRotate90
 __all__ = [
     "OneOf",
     "RandAffine",
+    "RandAnisotropy",
     "RandBiasField",
     "RandBlur",
     "RandBrightness",

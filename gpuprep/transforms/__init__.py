@@ -12,6 +12,7 @@ from .augment import (
     RandGamma,
     RandNoise,
     RandRotate90,
+    RandSwap,
     SomeOf,
 )
 from .base import REGISTRY, Transform, build_transform
@@ -63,6 +64,7 @@ __all__ = [
     "RandGamma",
     "RandNoise",
     "RandRotate90",
+    "RandSwap",
     "Resample",
     "ResampleToReference",
     "RescaleIntensity",

@@ -46,3 +46,20 @@ def test_labels_untouched_and_batch_per_sample():
 def test_bad_arguments(kwargs):
     with pytest.raises(ConfigError, match="RandAnisotropy"):
         gp.RandAnisotropy("image", **kwargs)
+
+
+def test_rand_swap_matches_torchio_swap_with_the_recorded_locations():
+    import torchio as tio
+    from torchio.transforms.augmentation.intensity.random_swap import Swap
+
+    volume = torch.rand(1, 12, 10, 9, generator=torch.Generator().manual_seed(0))
+    out = gp.RandSwap("image", patch_size=(3, 2, 4), num_iterations=20, seed=5)(gp.make_sample({"image": volume}))
+    swaps = [tuple(tuple(corner) for corner in pair) for pair in gp.get_history(out)[-1]["params"]["swaps"]]
+    assert all(first != second for first, second in swaps)
+    reference = Swap(patch_size=(3, 2, 4), locations=swaps)(tio.ScalarImage(tensor=volume.clone()))
+    assert torch.equal(out["image"], reference.data)
+
+
+def test_rand_swap_rejects_patches_larger_than_the_image():
+    with pytest.raises(ConfigError, match="patch_size"):
+        gp.RandSwap("image", patch_size=20)(gp.make_sample({"image": torch.rand(1, 8, 8, 8)}))

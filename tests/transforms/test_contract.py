@@ -55,6 +55,7 @@ EXAMPLES = {
     "RandBrightness": lambda: gp.RandBrightness(KEYS, shift=0.1, seed=0),
     "RandBlur": lambda: gp.RandBlur(KEYS, std=(0.5, 1.5), seed=0),
     "RandAnisotropy": lambda: gp.RandAnisotropy(KEYS, downsampling=(1.5, 4.0), seed=0),
+    "RandSwap": lambda: gp.RandSwap(KEYS, patch_size=3, num_iterations=5, seed=0),
     "OneOf": lambda: gp.OneOf([gp.RandFlip(KEYS, p=1.0), gp.RandRotate90(KEYS, p=1.0)], weights=[1, 2], seed=0),
     "SomeOf": lambda: gp.SomeOf([gp.RandFlip(KEYS, p=1.0), gp.Rotate90(KEYS), gp.ZNormalize(KEYS)], k=1, seed=0),
 }

@@ -5,6 +5,7 @@ from .degrade import RandAnisotropy
 from .intensity import RandBiasField, RandBlur, RandBrightness, RandContrast, RandGamma
 from .noise import RandNoise
 from .spatial import RandAffine, RandFlip, RandRotate90
+from .swap import RandSwap
 
 __all__ = [
     "OneOf",
@@ -18,5 +19,6 @@ __all__ = [
     "RandGamma",
     "RandNoise",
     "RandRotate90",
+    "RandSwap",
     "SomeOf",
 ]

@@ -56,6 +56,9 @@ EXAMPLES = {
     "RandBlur": lambda: gp.RandBlur(KEYS, std=(0.5, 1.5), seed=0),
     "RandAnisotropy": lambda: gp.RandAnisotropy(KEYS, downsampling=(1.5, 4.0), seed=0),
     "RandSwap": lambda: gp.RandSwap(KEYS, patch_size=3, num_iterations=5, seed=0),
+    "RandGhosting": lambda: gp.RandGhosting(KEYS, num_ghosts=(2, 5), restore=0.2, seed=0),
+    "RandSpike": lambda: gp.RandSpike(KEYS, num_spikes=(1, 2), intensity=(0.5, 1.0), seed=0),
+    "RandGibbs": lambda: gp.RandGibbs(KEYS, alpha=(0.2, 0.6), seed=0),
     "OneOf": lambda: gp.OneOf([gp.RandFlip(KEYS, p=1.0), gp.RandRotate90(KEYS, p=1.0)], weights=[1, 2], seed=0),
     "SomeOf": lambda: gp.SomeOf([gp.RandFlip(KEYS, p=1.0), gp.Rotate90(KEYS), gp.ZNormalize(KEYS)], k=1, seed=0),
 }

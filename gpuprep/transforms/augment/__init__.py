@@ -1,5 +1,6 @@
 """Random augmentation: per-sample parameters, batched, fused with the spatial steps around them."""
 
+from .artifacts import RandGhosting, RandGibbs, RandSpike
 from .choice import OneOf, SomeOf
 from .degrade import RandAnisotropy
 from .intensity import RandBiasField, RandBlur, RandBrightness, RandContrast, RandGamma
@@ -17,8 +18,11 @@ __all__ = [
     "RandContrast",
     "RandFlip",
     "RandGamma",
+    "RandGhosting",
+    "RandGibbs",
     "RandNoise",
     "RandRotate90",
+    "RandSpike",
     "RandSwap",
     "SomeOf",
 ]

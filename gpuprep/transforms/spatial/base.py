@@ -23,7 +23,8 @@ import torch
 
 from ...errors import ConfigError, TransformError
 from ...functional.grid import is_lattice_map
-from ...functional.resample import MODES, resample, resample_labels, shared_grids
+from ...functional.resample import MODES, resample, resample_labels
+from ...functional.resample_general import shared_grids
 from ...sample import collate, decollate, image_keys, meta_key
 from ..base import Transform, replace_meta
 

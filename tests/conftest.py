@@ -38,3 +38,28 @@ def oblique_affine(spacing=(1.2, 0.9, 2.5), angles=(0.3, -0.2, 0.5), origin=(-90
     affine[:3, :3] = rz @ ry @ rx @ np.diag(spacing)
     affine[:3, 3] = origin
     return affine
+
+
+@pytest.fixture
+def forbid_host_sync(monkeypatch):
+    """Make ``.item/.cpu/.numpy/.tolist`` raise on volumes (ndim >= 4) until the test ends.
+
+    Metadata (affines, small parameter tensors) stays on the CPU by design and may be read; volume
+    data must never be pulled to the host by a transform. Call the fixture's value to arm it.
+    """
+
+    def guard(name):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, **kwargs):
+            if self.ndim >= 4:
+                raise AssertionError(f"Tensor.{name} called on a volume of shape {tuple(self.shape)}")
+            return original(self, *args, **kwargs)
+
+        return guarded
+
+    def arm():
+        for name in ("item", "cpu", "numpy", "tolist"):
+            monkeypatch.setattr(torch.Tensor, name, guard(name))
+
+    return arm

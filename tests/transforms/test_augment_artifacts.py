@@ -156,22 +156,12 @@ def test_gibbs_matches_monai():
 # -- host synchronisation and validation -----------------------------------------------------
 
 
-def test_no_host_synchronisation_on_data(monkeypatch):
+def test_no_host_synchronisation_on_data(forbid_host_sync):
     """The augmentation never calls .item/.cpu/.numpy/.tolist on volumes."""
-    def forbid(name):
-        original = getattr(torch.Tensor, name)
-
-        def guarded(self, *args, **kwargs):
-            if self.ndim >= 4:
-                raise AssertionError(f"Tensor.{name} called on a volume of shape {tuple(self.shape)}")
-            return original(self, *args, **kwargs)
-
-        return guarded
 
     batch = gp.collate([_sample(i) for i in range(3)])
     pipeline = gp.Compose([make(p=0.7) for make in FACTORIES.values()], seed=0)
-    for name in ("item", "cpu", "numpy", "tolist"):
-        monkeypatch.setattr(torch.Tensor, name, forbid(name))
+    forbid_host_sync()
     out = pipeline(batch)
     assert out["image"].shape[0] == 3
 

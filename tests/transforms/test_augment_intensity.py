@@ -93,22 +93,11 @@ def test_float_dtype_kept(name, dtype):
     assert torch.isfinite(out["image"].float()).all()
 
 
-def test_no_host_synchronisation_on_data(monkeypatch):
-    """No .item/.cpu/.numpy/.tolist on volumes (copied from the spatial augmentation test)."""
-    def forbid(name):
-        original = getattr(torch.Tensor, name)
-
-        def guarded(self, *args, **kwargs):
-            if self.ndim >= 4:
-                raise AssertionError(f"Tensor.{name} called on a volume of shape {tuple(self.shape)}")
-            return original(self, *args, **kwargs)
-
-        return guarded
-
+def test_no_host_synchronisation_on_data(forbid_host_sync):
+    """No .item/.cpu/.numpy/.tolist on volumes."""
     batch = gp.collate([_sample(i) for i in range(3)])
     pipeline = gp.Compose([make(p=0.7) for make in FACTORIES.values()], seed=0)
-    for name in ("item", "cpu", "numpy", "tolist"):
-        monkeypatch.setattr(torch.Tensor, name, forbid(name))
+    forbid_host_sync()
     out = pipeline(batch)
     assert out["image"].shape[0] == 3
 

@@ -76,7 +76,7 @@ def _grid_and_mask(maps, in_shape, out_shape, dtype, device) -> tuple[torch.Tens
     theta = torch.as_tensor(np.stack([normalized_theta(m, in_shape, out_shape) for m in maps]),
                             dtype=dtype, device=device)
     grid = _affine_grid(theta, out_shape)
-    result = (grid, _inside_grid(grid, in_shape))
+    result = (grid, inside_grid(grid, in_shape))
     if _GRID_CACHE is not None:
         _GRID_CACHE.clear()  # one entry: the maps of the key being resampled now
         _GRID_CACHE[key] = result
@@ -101,7 +101,7 @@ def _affine_grid(theta: torch.Tensor, out_shape) -> torch.Tensor:
     return grid
 
 
-def _inside_grid(grid: torch.Tensor, in_shape) -> torch.Tensor:
+def inside_grid(grid: torch.Tensor, in_shape) -> torch.Tensor:
     """``[B, 1, D, H, W]``: sample points of a normalised grid within half a voxel of the input."""
     inside = None
     for component, n in zip(range(3), reversed(in_shape)):  # grid holds (W, H, D)

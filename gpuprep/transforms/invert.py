@@ -67,6 +67,8 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
         transform_class = REGISTRY.get(record["name"])
         if key not in record.get("keys", []) or transform_class is None or not transform_class.spatial:
             continue
+        if record["params"].get("apply") is False:  # a random step that skipped this sample
+            continue
         if not transform_class.invertible:
             raise TransformError(f"invert: {record['name']} cannot be inverted, so {key!r} cannot be mapped back")
         step = record["params"][key]

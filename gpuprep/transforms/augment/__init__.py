@@ -3,6 +3,7 @@
 from .artifacts import RandGhosting, RandGibbs, RandSpike
 from .choice import OneOf, SomeOf
 from .degrade import RandAnisotropy
+from .elastic import RandElastic
 from .intensity import RandBiasField, RandBlur, RandBrightness, RandContrast, RandGamma
 from .noise import RandNoise
 from .spatial import RandAffine, RandFlip, RandRotate90
@@ -16,6 +17,7 @@ __all__ = [
     "RandBlur",
     "RandBrightness",
     "RandContrast",
+    "RandElastic",
     "RandFlip",
     "RandGamma",
     "RandGhosting",

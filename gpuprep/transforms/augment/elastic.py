@@ -1,0 +1,151 @@
+"""Random elastic deformation: a smooth cubic B-spline displacement field per sample."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import ConfigError
+from ...functional.elastic import bspline_field
+from ...functional.resample_general import inside_grid
+from ...sample import meta_key
+from ...transforms.spatial.base import validate_mode
+from ..random_base import RandomTransform
+
+
+class RandElastic(RandomTransform):
+    """Warp by a random smooth displacement field (TorchIO's RandomElasticDeformation).
+
+    Each sample draws the displacements (mm, world axes) of ``num_control_points`` control points
+    per axis uniformly in ``±max_displacement``; the outer ``locked_borders`` layers stay at 0 so
+    the image border does not move. The field is the cubic B-spline through those coefficients
+    (ITK's ``BSplineTransform`` layout, see :func:`gpuprep.functional.elastic.bspline_basis`),
+    and the output reads the input at ``x + field(x)``. The grid is kept. All keys of a sample get
+    the same field; integer labels are sampled by nearest neighbour.
+
+    The deformation is applied on its own (it does not fuse with affine steps) and is not
+    invertible: ``gp.invert`` raises for it.
+
+    Parameters
+    ----------
+    keys:
+        Image keys.
+    num_control_points:
+        Control points per axis (>= 5), one number or three.
+    max_displacement:
+        Largest displacement of a control point in mm, one number or three (per world axis).
+    locked_borders:
+        0, 1 or 2 outer layers of control points held at zero.
+    mode, padding_mode:
+        Interpolation of floating-point images and what lies outside (``"zeros"``, ``"border"``).
+    p, same_on_batch, seed, allow_missing_keys:
+        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+
+    Example
+    -------
+    >>> import gpuprep as gp, torch
+    >>> t = gp.RandElastic("image", num_control_points=5, max_displacement=2.0, seed=0)
+    >>> t(gp.make_sample({"image": torch.rand(1, 12, 12, 12)}))["image"].shape
+    torch.Size([1, 12, 12, 12])
+    """
+
+    spatial = True
+    invertible = False
+
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        num_control_points: int | Sequence[int] = 7,
+        max_displacement: float | Sequence[float] = 7.5,
+        locked_borders: int = 2,
+        mode: str = "linear",
+        padding_mode: str = "zeros",
+        p: float = 1.0,
+        same_on_batch: bool = False,
+        seed: int | None = None,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        points = (num_control_points,) * 3 if isinstance(num_control_points, int) else tuple(num_control_points)
+        if len(points) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 5 for n in points):
+            raise ConfigError(
+                f"RandElastic: num_control_points must be an int >= 5 or three, got {num_control_points!r}"
+            )
+        shifts = (max_displacement,) * 3 if isinstance(max_displacement, (int, float)) else tuple(max_displacement)
+        if len(shifts) != 3 or not all(isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d < np.inf
+                                       for d in shifts):
+            raise ConfigError(f"RandElastic: max_displacement must be >= 0 mm, one or three, got {max_displacement!r}")
+        if locked_borders not in (0, 1, 2) or isinstance(locked_borders, bool):
+            raise ConfigError(f"RandElastic: locked_borders must be 0, 1 or 2, got {locked_borders!r}")
+        self.num_control_points = points
+        self.max_displacement = tuple(float(d) for d in shifts)
+        self.locked_borders = locked_borders
+        self.mode = validate_mode(mode, "RandElastic")
+        if self.mode == "cubic":
+            raise ConfigError("RandElastic: mode must be 'linear' or 'nearest', got 'cubic'")
+        if padding_mode not in ("zeros", "border"):
+            raise ConfigError(f"RandElastic: padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+        self.padding_mode = padding_mode
+
+    def draw(self, rng: random.Random) -> dict:
+        n_d, n_h, n_w = self.num_control_points
+        lock = self.locked_borders
+        coefficients = []
+        for limit in self.max_displacement:  # one [nD, nH, nW] block per world axis
+            block = []
+            for i in range(n_d):
+                plane = []
+                for j in range(n_h):
+                    row = []
+                    for k in range(n_w):
+                        border = min(i, j, k, n_d - 1 - i, n_h - 1 - j, n_w - 1 - k) < lock
+                        value = rng.uniform(-limit, limit)  # drawn even when locked: aligned streams
+                        row.append(0.0 if border else value)
+                    plane.append(row)
+                block.append(plane)
+            coefficients.append(block)
+        return {"coefficients": coefficients}
+
+    def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        chosen = [index for index, p in enumerate(params) if p["apply"]]
+        if not chosen:
+            return batch
+        shape = tuple(batch[keys[0]].shape[-3:])
+        affines = batch[meta_key(keys[0])]["affine"].numpy()[chosen]
+        grid = _deformed_grid([params[i]["coefficients"] for i in chosen], affines, shape, batch[keys[0]].device)
+        inside = inside_grid(grid, shape) if self.padding_mode == "zeros" else None
+        index = torch.tensor(chosen, device=batch[keys[0]].device)
+        for key in keys:
+            volume = batch[key]
+            if tuple(volume.shape[-3:]) != shape:
+                raise ConfigError(f"RandElastic: key {key!r} has shape {tuple(volume.shape[-3:])}, "
+                                  f"key {keys[0]!r} {shape}; all keys need one grid")
+            part = volume.index_select(0, index)
+            work = part if part.is_floating_point() else part.to(torch.float64)
+            mode = self.mode if part.is_floating_point() else "nearest"
+            out = F.grid_sample(work, grid.to(work.dtype), mode="bilinear" if mode == "linear" else "nearest",
+                                padding_mode="border", align_corners=True)
+            if inside is not None:
+                out = out * inside
+            out = out if part.is_floating_point() else out.round().to(part.dtype)
+            batch[key] = volume.index_copy(0, index, out)
+        return batch
+
+
+def _deformed_grid(coefficients, affines: np.ndarray, shape, device) -> torch.Tensor:
+    """``grid_sample`` grid ``[b, D, H, W, 3]`` reading the input at ``x + field(x)`` (voxels)."""
+    world = torch.tensor(coefficients, dtype=torch.float64)  # [b, 3, nD, nH, nW], mm along x, y, z
+    # Millimetres along the world axes -> voxels along the array axes, per sample.
+    to_voxels = torch.from_numpy(np.linalg.inv(affines[:, :3, :3]))  # [b, 3, 3]
+    voxel_coefficients = torch.einsum("bvw,bwijk->bvijk", to_voxels, world)
+    field = bspline_field(voxel_coefficients.to(device=device, dtype=torch.float32), shape)  # [b, 3, D, H, W]
+    grid = torch.empty((field.shape[0], *shape, 3), dtype=torch.float32, device=device)
+    for axis, n in enumerate(shape):  # grid_sample wants (W, H, D) in [-1, 1]
+        base = torch.arange(n, dtype=torch.float32, device=device).view([-1 if a == axis else 1 for a in range(3)])
+        scale = 2.0 / max(n - 1, 1)
+        grid[..., 2 - axis] = (base + field[:, axis]) * scale - 1.0
+    return grid

@@ -1,91 +1,33 @@
-"""Dictionary transforms: the base contract, Compose, history replay/inversion and the families."""
+"""Dictionary transforms: the base contract, Compose, history replay/inversion and the families.
 
-from .augment import (
-    OneOf,
-    RandAffine,
-    RandAnisotropy,
-    RandBiasField,
-    RandBlur,
-    RandBrightness,
-    RandContrast,
-    RandElastic,
-    RandFlip,
-    RandGamma,
-    RandGhosting,
-    RandGibbs,
-    RandNoise,
-    RandRotate90,
-    RandSpike,
-    RandSwap,
-    SomeOf,
-)
+Each family package lists its public transforms in its own ``__all__``; they are re-exported
+here (and from ``gpuprep``), so adding a transform means exporting it from its family only.
+"""
+
+from . import augment, denoise, intensity, mask, spatial
+from .augment import *  # noqa: F403
 from .base import REGISTRY, Transform, build_transform
 from .compose import Compose
-from .denoise import AnisotropicDiffusion, GaussianDenoise, MedianDenoise, NonLocalMeans, WaveletDenoise
+from .denoise import *  # noqa: F403
 from .history import replay
-from .intensity import Clip, HistogramStandardize, RescaleIntensity, ScaleIntensityRange, ZNormalize
+from .intensity import *  # noqa: F403
 from .invert import invert
 from .io import LoadImage, SaveImage
-from .mask import ForegroundMask, MaskImage
-from .spatial import (
-    CropForeground,
-    CropOrPad,
-    Flip,
-    Orientation,
-    PadToMultiple,
-    Resample,
-    ResampleToReference,
-    Resize,
-    Rotate90,
-    SpatialTransform,
-)
+from .mask import *  # noqa: F403
+from .spatial import *  # noqa: F403
 
 __all__ = [
     "REGISTRY",
-    "AnisotropicDiffusion",
-    "Clip",
     "Compose",
-    "CropForeground",
-    "CropOrPad",
-    "Flip",
-    "ForegroundMask",
-    "GaussianDenoise",
-    "HistogramStandardize",
     "LoadImage",
-    "MaskImage",
-    "MedianDenoise",
-    "NonLocalMeans",
-    "OneOf",
-    "Orientation",
-    "PadToMultiple",
-    "RandAffine",
-    "RandAnisotropy",
-    "RandBiasField",
-    "RandBlur",
-    "RandBrightness",
-    "RandContrast",
-    "RandElastic",
-    "RandFlip",
-    "RandGamma",
-    "RandGhosting",
-    "RandGibbs",
-    "RandNoise",
-    "RandRotate90",
-    "RandSpike",
-    "RandSwap",
-    "Resample",
-    "ResampleToReference",
-    "RescaleIntensity",
-    "Resize",
-    "Rotate90",
     "SaveImage",
-    "ScaleIntensityRange",
-    "SomeOf",
-    "SpatialTransform",
     "Transform",
-    "WaveletDenoise",
-    "ZNormalize",
     "build_transform",
     "invert",
     "replay",
+    *augment.__all__,
+    *denoise.__all__,
+    *intensity.__all__,
+    *mask.__all__,
+    *spatial.__all__,
 ]

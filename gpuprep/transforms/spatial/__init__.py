@@ -1,6 +1,6 @@
 """Spatial dictionary transforms: they change the voxel grid and update the affine."""
 
-from .base import SpatialTransform, apply_fused
+from .base import SpatialTransform
 from .crop_pad import CropForeground, CropOrPad, PadToMultiple
 from .flip import Flip, Rotate90
 from .orientation import Orientation
@@ -17,5 +17,4 @@ __all__ = [
     "Resize",
     "Rotate90",
     "SpatialTransform",
-    "apply_fused",
 ]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ...functional.elastic import bspline_field
+from ...functional.elastic import bspline_field, displacement_grid
 from ...functional.resample_general import inside_grid
 from ...sample import meta_key
 from ...transforms.spatial.base import validate_mode
@@ -143,9 +143,4 @@ def _deformed_grid(coefficients, affines: np.ndarray, shape, device) -> torch.Te
     to_voxels = torch.from_numpy(np.linalg.inv(affines[:, :3, :3]))  # [b, 3, 3]
     voxel_coefficients = torch.einsum("bvw,bwijk->bvijk", to_voxels, world)
     field = bspline_field(voxel_coefficients.to(device=device, dtype=torch.float32), shape)  # [b, 3, D, H, W]
-    grid = torch.empty((field.shape[0], *shape, 3), dtype=torch.float32, device=device)
-    for axis, n in enumerate(shape):  # grid_sample wants (W, H, D) in [-1, 1]
-        base = torch.arange(n, dtype=torch.float32, device=device).view([-1 if a == axis else 1 for a in range(3)])
-        scale = 2.0 / max(n - 1, 1)
-        grid[..., 2 - axis] = (base + field[:, axis]) * scale - 1.0
-    return grid
+    return displacement_grid(field)

@@ -3,10 +3,7 @@
 Everything here is a pure function of tensors that runs unchanged on the CPU and on CUDA and never
 reads voxel data back to the host:
 
-- :func:`pad_volume` extends a volume with scipy's boundary modes. Note that scipy's
-  ``'reflect'`` is the *half-sample* symmetric extension ``d c b a | a b c d | d c b a``
-  (NumPy's ``'symmetric'``), which is **not** torch's ``'reflect'``; scipy's ``'mirror'`` is the
-  whole-sample one ``d c b | a b c d | c b a`` (torch's ``'reflect'``).
+- boundaries follow scipy's modes (:mod:`gpuprep.functional.boundary`, re-exported here);
 - :func:`correlate1d`, :func:`separable_filter`, :func:`gaussian_filter` and :func:`box_filter`
   filter one axis at a time with a 1D kernel. The kernel is applied as a sum of shifted slices
   (one multiply-add pass per tap) rather than with ``conv3d``: for the short kernels of
@@ -14,6 +11,7 @@ reads voxel data back to the host:
   in the cache) and no slower on a GPU. The kernel may differ per sample (``sigma`` of shape
   ``[B, 3]``), which is how a batch with different voxel spacings is smoothed by the same
   physical amount in one call.
+
 References
 ----------
 P. Virtanen et al., SciPy 1.0, Nature Methods 17 (2020) — ``scipy.ndimage`` conventions.
@@ -28,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .boundary import BOUNDARY_MODES, _check_mode, boundary_indices, pad_volume
+
 __all__ = [
     "BOUNDARY_MODES",
     "boundary_indices",
@@ -39,86 +39,9 @@ __all__ = [
     "separable_filter",
 ]
 
-#: Boundary modes understood by the filters, with ``scipy.ndimage`` meaning.
-BOUNDARY_MODES = ("reflect", "mirror", "nearest", "wrap", "constant")
 
 #: scipy skips an axis whose sigma is at most this (``gaussian_filter``'s own threshold).
 _SIGMA_EPS = 1e-15
-
-
-# -- padding -------------------------------------------------------------------------------
-
-
-def boundary_indices(size: int, before: int, after: int, mode: str, device: Any = None) -> torch.Tensor:
-    """Source index of every position of an axis of length ``size`` extended by ``before``/``after``.
-
-    Works for any extension width (also wider than the axis, where scipy repeats the pattern).
-
-    Example
-    -------
-    >>> boundary_indices(4, 3, 3, "reflect").tolist()
-    [2, 1, 0, 0, 1, 2, 3, 3, 2, 1]
-    >>> boundary_indices(4, 3, 3, "mirror").tolist()
-    [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
-    """
-    _check_mode(mode, allow_constant=False)
-    index = torch.arange(-before, size + after, device=device)
-    if mode == "nearest":
-        return index.clamp(0, size - 1)
-    if mode == "wrap":
-        return index.remainder(size)
-    if mode == "reflect":
-        period = 2 * size
-        index = index.remainder(period)
-        return torch.where(index >= size, period - 1 - index, index)
-    # mirror
-    if size == 1:
-        return torch.zeros_like(index)
-    period = 2 * size - 2
-    index = index.remainder(period)
-    return torch.where(index >= size, period - index, index)
-
-
-def pad_volume(
-    x: torch.Tensor, pads: Sequence[tuple[int, int]], mode: str = "reflect", cval: float = 0.0
-) -> torch.Tensor:
-    """Extend the last ``len(pads)`` axes of ``x`` by ``(before, after)`` voxels with a scipy mode.
-
-    Parameters
-    ----------
-    x:
-        Tensor whose trailing axes are padded (``[B, C, D, H, W]`` with three pads).
-    pads:
-        One ``(before, after)`` pair per trailing axis, in axis order.
-    mode:
-        One of :data:`BOUNDARY_MODES` (``'reflect'`` is half-sample symmetric, as in scipy).
-    cval:
-        Fill value for ``mode='constant'``.
-
-    Example
-    -------
-    >>> pad_volume(torch.tensor([[1., 2, 3]]), [(2, 1)], "reflect").tolist()
-    [[2.0, 1.0, 1.0, 2.0, 3.0, 3.0]]
-    """
-    _check_mode(mode)
-    pads = [(int(b), int(a)) for b, a in pads]
-    if mode == "constant":
-        flat: list[int] = []
-        for before, after in reversed(pads):
-            flat += [before, after]
-        return torch.nn.functional.pad(x, flat, value=float(cval))
-    out = x
-    for offset, (before, after) in enumerate(pads):
-        if before == 0 and after == 0:
-            continue
-        dim = x.ndim - len(pads) + offset
-        size = out.shape[dim]
-        index = boundary_indices(size, before, after, mode, device=x.device)
-        # Gather only the few border planes and concatenate: one copy of the volume, where an
-        # index_select of the whole padded axis is many times slower on the CPU for inner axes.
-        parts = [out.index_select(dim, index[:before]), out, out.index_select(dim, index[before + size :])]
-        out = torch.cat([part for part in parts if part.shape[dim]], dim)
-    return out
 
 
 # -- separable filters ---------------------------------------------------------------------
@@ -365,12 +288,6 @@ def box_filter(x: torch.Tensor, size: Any, mode: str = "reflect", cval: float = 
     if all(s == 1 for s in sizes):
         return x.clone()
     return separable_filter(x, [np.full(s, 1.0 / s) if s > 1 else None for s in sizes], mode, cval)
-
-
-def _check_mode(mode: str, allow_constant: bool = True) -> None:
-    allowed = BOUNDARY_MODES if allow_constant else tuple(m for m in BOUNDARY_MODES if m != "constant")
-    if mode not in allowed:
-        raise ValueError(f"boundary mode must be one of {allowed}, got {mode!r}")
 
 
 def _axis_pads(axis: int, before: int, after: int) -> list[tuple[int, int]]:

@@ -20,8 +20,8 @@ def brain_mri_preprocessing(
 
     RAS orientation, resampling to ``spacing`` mm (images linear, labels nearest), intensities
     rescaled by their 0.5-99.5 percentiles, a head (foreground) mask by Otsu's threshold with
-    holes filled, z-scores inside that mask, a crop to the mask's bounding box (4 voxels of
-    margin) and zero padding to a multiple of 16 voxels (as a U-Net wants).
+    holes filled, a crop to the mask's bounding box (4 voxels of margin), zero padding to a
+    multiple of 16 voxels (as a U-Net wants) and z-scores from the voxels inside the mask.
 
     Parameters
     ----------
@@ -46,7 +46,8 @@ def brain_mri_preprocessing(
         Resample(keys, spacing=spacing),
         RescaleIntensity(image_keys, percentiles=(0.5, 99.5), out_range=(0.0, 1.0)),
         ForegroundMask(image_keys[0], mask_key=mask_key),
-        ZNormalize(image_keys, mask=mask_key),
         CropForeground([*keys, mask_key], source_key=mask_key, margin=4),
         PadToMultiple([*keys, mask_key], 16),
+        # Last, so that the zero padding is normalised like the rest of the background.
+        ZNormalize(image_keys, mask=mask_key),
     ])

@@ -130,11 +130,11 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, seconds, memory in results:
         print(f"| {name} | {seconds / BATCH:.3f} | {memory:.0f} | {seconds / ours:.1f}x |")
-    elastic_on_one_brain(args.repeats)
+    elastic_and_motion_on_one_brain(args.repeats)
 
 
-def elastic_on_one_brain(repeats: int) -> None:
-    """RandElastic (7 control points, 7.5 mm) against TorchIO's RandomElasticDeformation, 1 mm brain."""
+def elastic_and_motion_on_one_brain(repeats: int) -> None:
+    """RandElastic and RandMotion against TorchIO's equivalents on a 1 mm brain (TorchIO's defaults)."""
     import torchio as tio
 
     t1, labels, affine = mni_t1_and_tissue(1)
@@ -144,11 +144,16 @@ def elastic_on_one_brain(repeats: int) -> None:
     subject = tio.Subject(image=tio.ScalarImage(tensor=image, affine=affine),
                           label=tio.LabelMap(tensor=label, affine=affine))
     theirs = tio.RandomElasticDeformation(num_control_points=7, max_displacement=7.5)
-    print(f"\nelastic deformation of one brain {tuple(t1.shape)} with labels, median of {repeats}:\n")
+    motion = gp.RandMotion("image", degrees=10, translation=10, num_transforms=2, seed=0)
+    their_motion = tio.RandomMotion(degrees=10, translation=10, num_transforms=2)
+    print(f"\nelastic deformation (image + labels) and motion (image) of one brain {tuple(t1.shape)}, "
+          f"median of {repeats}:\n")
     print("| transform | s |")
     print("|---|---:|")
     for name, run in (("gpuprep RandElastic", lambda: ours(sample)),
-                      ("TorchIO 1.2 RandomElasticDeformation", lambda: theirs(subject))):
+                      ("TorchIO 1.2 RandomElasticDeformation", lambda: theirs(subject)),
+                      ("gpuprep RandMotion", lambda: motion(sample)),
+                      ("TorchIO 1.2 RandomMotion", lambda: their_motion(subject))):
         seconds, _ = measure(run, repeats)
         print(f"| {name} | {seconds:.3f} |")
 

@@ -60,6 +60,7 @@ EXAMPLES = {
     "RandSpike": lambda: gp.RandSpike(KEYS, num_spikes=(1, 2), intensity=(0.5, 1.0), seed=0),
     "RandGibbs": lambda: gp.RandGibbs(KEYS, alpha=(0.2, 0.6), seed=0),
     "RandElastic": lambda: gp.RandElastic(KEYS, num_control_points=5, max_displacement=3.0, seed=0),
+    "RandMotion": lambda: gp.RandMotion(KEYS, degrees=10, translation=10, num_transforms=2, seed=0),
     "OneOf": lambda: gp.OneOf([gp.RandFlip(KEYS, p=1.0), gp.RandRotate90(KEYS, p=1.0)], weights=[1, 2], seed=0),
     "SomeOf": lambda: gp.SomeOf([gp.RandFlip(KEYS, p=1.0), gp.Rotate90(KEYS), gp.ZNormalize(KEYS)], k=1, seed=0),
 }

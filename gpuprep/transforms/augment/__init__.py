@@ -5,6 +5,7 @@ from .choice import OneOf, SomeOf
 from .degrade import RandAnisotropy
 from .elastic import RandElastic
 from .intensity import RandBiasField, RandBlur, RandBrightness, RandContrast, RandGamma
+from .motion import RandMotion
 from .noise import RandNoise
 from .spatial import RandAffine, RandFlip, RandRotate90
 from .swap import RandSwap
@@ -22,6 +23,7 @@ __all__ = [
     "RandGamma",
     "RandGhosting",
     "RandGibbs",
+    "RandMotion",
     "RandNoise",
     "RandRotate90",
     "RandSpike",

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from ...errors import ConfigError
 from ...functional.kspace import ghosting, gibbs_lowpass, spike
 from ...random.ranges import symmetric_range, uniform_range
+from ..base import spatial_axes
 from .intensity import _RandomIntensity
 
 __all__ = ["RandGhosting", "RandGibbs", "RandSpike"]
@@ -94,15 +95,7 @@ class RandGhosting(_RandomIntensity):
     ):
         super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
         self.num_ghosts = _count_range("RandGhosting", "num_ghosts", num_ghosts)
-        axes_list = [axes] if isinstance(axes, int) else axes
-        if not (
-            isinstance(axes_list, Sequence) and not isinstance(axes_list, str) and len(axes_list) > 0
-            and all(isinstance(a, int) and not isinstance(a, bool) and a in (0, 1, 2) for a in axes_list)
-        ):
-            raise ConfigError(
-                f"RandGhosting: axes must be one of 0, 1, 2 or a non-empty sequence of them, got {axes!r}"
-            )
-        self.axes = [int(a) for a in axes_list]
+        self.axes = [int(a) for a in spatial_axes(axes, "RandGhosting")]
         self.intensity = uniform_range(intensity, "intensity", "RandGhosting", minimum=0.0)
         if restore is None:
             self.restore = None

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ...errors import ConfigError
 from ...functional.axis_operators import apply_axis_operator, axis_operator, chain_operators
 from ...random.ranges import uniform_range
+from ..base import spatial_axes
 from .intensity import _RandomIntensity
 
 
@@ -53,9 +53,7 @@ class RandAnisotropy(_RandomIntensity):
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
-        axes_tuple = (axes,) if isinstance(axes, int) else tuple(axes)
-        if not axes_tuple or any(a not in (0, 1, 2) or isinstance(a, bool) for a in axes_tuple):
-            raise ConfigError(f"RandAnisotropy: axes must be spatial axes among 0, 1, 2, got {axes!r}")
+        axes_tuple = spatial_axes(axes, "RandAnisotropy")
         low, high = uniform_range((1.0, downsampling) if isinstance(downsampling, (int, float)) else downsampling,
                                   "downsampling", "RandAnisotropy", minimum=1.0)
         self.axes = axes_tuple

@@ -18,6 +18,7 @@ from ...errors import ConfigError
 from ...functional.affine import grid_center, rotation_matrix, shear_matrix, world_transform
 from ...functional.grid import flip_map, rot90_map
 from ...random.ranges import symmetric_range
+from ..base import spatial_axes
 from ..random_base import RandomTransform
 from ..spatial.base import SpatialTransform, make_step, validate_mode
 
@@ -80,9 +81,7 @@ class RandFlip(_RandomSpatial):
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
-        axes_tuple = (axes,) if isinstance(axes, int) else tuple(axes)
-        if not axes_tuple or any(a not in (0, 1, 2) or isinstance(a, bool) for a in axes_tuple):
-            raise ConfigError(f"RandFlip: axes must be spatial axes among 0, 1, 2, got {axes!r}")
+        axes_tuple = spatial_axes(axes, "RandFlip")
         self.axes = tuple(sorted(set(axes_tuple)))
 
     def draw_params(self, batch, keys):

@@ -8,6 +8,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...functional.grid import flip_map, rot90_map
+from ..base import spatial_axes
 from .base import SpatialTransform
 
 
@@ -34,9 +35,8 @@ class Flip(SpatialTransform):
 
     def __init__(self, keys: str | Sequence[str], axes: int | Sequence[int] = 0, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        axes_tuple = (axes,) if isinstance(axes, int) else tuple(axes)
-        if not axes_tuple or not all(isinstance(a, int) and not isinstance(a, bool) and a in (0, 1, 2)
-                                     for a in axes_tuple) or len(set(axes_tuple)) != len(axes_tuple):
+        axes_tuple = spatial_axes(axes, "Flip")
+        if len(set(axes_tuple)) != len(axes_tuple):
             raise ConfigError(f"Flip: axes must be distinct spatial axes among 0, 1, 2, got {axes!r}")
         self.axes = axes_tuple
 

@@ -17,7 +17,7 @@ group (maps are metadata on the CPU, so grouping needs no device synchronisation
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -226,6 +226,7 @@ def resample_labels(
     mode: str = "linear",
     padding_mode: str = "zeros",
     values: Sequence[int] | None = None,
+    sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Resample a label map by interpolating each label's one-hot mask and taking the argmax.
 
@@ -243,6 +244,9 @@ def resample_labels(
         ``"linear"`` or ``"cubic"`` for the one-hot masks.
     values:
         The label values; found with ``torch.unique`` (one device synchronisation) if None.
+    sampler:
+        Resamples one float mask ``[B, C, D, H, W]``; replaces ``resample(mask, voxel_maps, ...)``
+        (e.g. to sample through a displacement field).
 
     Example
     -------
@@ -254,7 +258,8 @@ def resample_labels(
     best_score = None
     best_label = torch.zeros((labels.shape[0], labels.shape[1], *out_shape), dtype=labels.dtype, device=labels.device)
     for value in values:
-        score = resample((labels == value).float(), voxel_maps, out_shape, mode, padding_mode=padding_mode)
+        mask = (labels == value).float()
+        score = sampler(mask) if sampler else resample(mask, voxel_maps, out_shape, mode, padding_mode=padding_mode)
         if best_score is None:
             best_score = score
             best_label.fill_(int(value))

@@ -10,7 +10,8 @@ within half a voxel outside the input the edge is read, beyond it 0.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,18 +70,27 @@ def shared_grids() -> Iterator[None]:
         _GRID_CACHE = outer
 
 
+def cached(key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()``, reused for the same ``key`` inside a :func:`shared_grids` block (one entry per kind)."""
+    if _GRID_CACHE is None:
+        return build()
+    kind = key[0]
+    entry = _GRID_CACHE.get(kind)
+    if entry is not None and entry[0] == key:
+        return entry[1]
+    value = build()
+    _GRID_CACHE[kind] = (key, value)  # one entry per kind: the maps of the key being resampled now
+    return value
+
+
 def _grid_and_mask(maps, in_shape, out_shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (maps.tobytes(), in_shape, out_shape, dtype, str(device))
-    if _GRID_CACHE is not None and key in _GRID_CACHE:
-        return _GRID_CACHE[key]
-    theta = torch.as_tensor(np.stack([normalized_theta(m, in_shape, out_shape) for m in maps]),
-                            dtype=dtype, device=device)
-    grid = _affine_grid(theta, out_shape)
-    result = (grid, inside_grid(grid, in_shape))
-    if _GRID_CACHE is not None:
-        _GRID_CACHE.clear()  # one entry: the maps of the key being resampled now
-        _GRID_CACHE[key] = result
-    return result
+    def build():
+        theta = torch.as_tensor(np.stack([normalized_theta(m, in_shape, out_shape) for m in maps]),
+                                dtype=dtype, device=device)
+        grid = _affine_grid(theta, out_shape)
+        return grid, inside_grid(grid, in_shape)
+
+    return cached(("grid", maps.tobytes(), in_shape, out_shape, dtype, str(device)), build)
 
 
 def _affine_grid(theta: torch.Tensor, out_shape) -> torch.Tensor:

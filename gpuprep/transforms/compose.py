@@ -19,6 +19,16 @@ from .spatial.base import SpatialTransform, apply_fused
 def _fusable(transform: Transform) -> bool:
     return isinstance(transform, SpatialTransform) and transform.fusable
 
+def _conflict(transform: SpatialTransform, run: list[SpatialTransform]) -> bool:
+    """One resampling applies at most one displacement field, and a field only with linear interpolation."""
+    def cubic(t):
+        return t.mode == "cubic"
+
+    if transform.warps:
+        return any(t.warps or cubic(t) for t in run)
+    return cubic(transform) and any(t.warps for t in run)
+
+
 PIPELINE_FORMAT = 1
 
 
@@ -75,7 +85,10 @@ class Compose:
         """Group consecutive fusable spatial transforms (when fusing); every other one stands alone."""
         runs: list[list[Transform]] = []
         for transform in self.transforms:
-            if self.fuse and _fusable(transform) and runs and _fusable(runs[-1][-1]):
+            joins = self.fuse and _fusable(transform) and runs and _fusable(runs[-1][-1])
+            if joins and _conflict(transform, runs[-1]):
+                joins = False
+            if joins:
                 runs[-1].append(transform)
             else:
                 runs.append([transform])

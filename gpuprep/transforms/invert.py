@@ -8,10 +8,9 @@ import numpy as np
 import torch
 
 from ..errors import TransformError
-from ..functional.grid import is_lattice_map
-from ..functional.resample import resample, resample_labels
 from ..sample import get_history, get_meta, meta_key
 from .base import REGISTRY
+from .spatial.base import inverse_step, resample_steps
 
 
 def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: str | None = None) -> dict:
@@ -61,7 +60,7 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
         raise TransformError(
             f"invert: data has spatial shape {tuple(data.shape[-3:])}, the grid of {key!r} is {expected}"
         )
-    voxel_map = np.eye(4)
+    chain = []  # the inverse steps, newest record first: the order in which they move the data
     target_shape, target_affine = expected, get_meta(sample, key)["affine"].numpy()
     for record in reversed(get_history(sample)):
         transform_class = REGISTRY.get(record["name"])
@@ -72,13 +71,15 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
         if not transform_class.invertible:
             raise TransformError(f"invert: {record['name']} cannot be inverted, so {key!r} cannot be mapped back")
         step = record["params"][key]
-        # Undo this step after the later ones: read the newer grid at inv(M) @ older voxel.
-        voxel_map = voxel_map @ np.linalg.inv(np.asarray(step["voxel_map"]))
+        chain.append([inverse_step(step)])
         target_shape, target_affine = tuple(step["in_shape"]), np.asarray(step["in_affine"])
     mode = mode or ("linear" if data.is_floating_point() else "onehot")
-    if mode == "onehot" and not data.is_floating_point() and not is_lattice_map(voxel_map):
-        restored = resample_labels(data[None], voxel_map, target_shape)[0]
+    if not chain:
+        restored = data
+    elif mode == "onehot":
+        restored = resample_steps(data[None], chain, target_shape, "nearest" if data.is_floating_point() else "linear",
+                                  label_mode="onehot")[0]
     else:
-        restored = resample(data[None], voxel_map, target_shape, "nearest" if mode == "onehot" else mode)[0]
+        restored = resample_steps(data[None], chain, target_shape, mode)[0]
     meta = {**get_meta(sample, key), "affine": torch.from_numpy(target_affine.copy())}
     return {key: restored, meta_key(key): meta}

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, TransformError
+from ...functional.elastic import bspline_field
 from ...functional.grid import is_lattice_map
 from ...functional.resample import MODES, resample, resample_labels
-from ...functional.resample_general import shared_grids
+from ...functional.resample_general import antialias, cached, shared_grids
+from ...functional.warp import invert_displacement, warp
 from ...sample import collate, decollate, image_keys, meta_key
 from ..base import Transform, replace_meta
 
@@ -44,6 +46,8 @@ class SpatialTransform(Transform, abstract=True):
     invertible = True
     #: False when the output grid depends on the data (then Compose cannot fuse it with others).
     fusable: ClassVar[bool] = True
+    #: True for steps that move voxels by a displacement field (elastic); one per fused run.
+    warps: ClassVar[bool] = False
     #: Interpolation for floating-point images; None for transforms that never interpolate.
     mode: str | None = None
     anti_aliasing: bool = False
@@ -71,18 +75,13 @@ class SpatialTransform(Transform, abstract=True):
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         with shared_grids():
-            for key in keys:
-                steps = [p[key] for p in params]
-                _resample_key(batch, key, [np.asarray(s["voxel_map"]) for s in steps], steps,
-                              self.mode or "nearest", self.anti_aliasing, self.padding_mode, self.label_mode)
+            _resample_chains(batch, {key: [(self, [p[key] for p in params])] for key in keys})
         return batch
 
     def invert_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         for key in keys:
             steps = [inverse_step(p[key]) for p in params]
-            mode = self.mode or "nearest"
-            _resample_key(batch, key, [np.asarray(s["voxel_map"]) for s in steps], steps, mode, False, "zeros",
-                          self.label_mode)
+            _resample_key(batch, key, [steps], self.mode or "nearest", False, "zeros", self.label_mode)
         return batch
 
 
@@ -102,9 +101,17 @@ def make_step(in_shape, in_affine, out_shape, voxel_map, out_affine=None) -> dic
 
 
 def inverse_step(step: Mapping) -> dict:
-    """The step that maps data on ``step``'s output grid back onto its input grid."""
-    return make_step(step["out_shape"], step["out_affine"], step["in_shape"],
-                     np.linalg.inv(np.asarray(step["voxel_map"])), out_affine=step["in_affine"])
+    """The step that maps data on ``step``'s output grid back onto its input grid.
+
+    An elastic step's inverse keeps its control points and is marked ``"inverse"``: its field
+    is the fixed-point inverse of theirs (:func:`~gpuprep.functional.warp.invert_displacement`).
+    """
+    inverse = make_step(step["out_shape"], step["out_affine"], step["in_shape"],
+                        np.linalg.inv(np.asarray(step["voxel_map"])), out_affine=step["in_affine"])
+    if "displacement" in step:
+        inverse["displacement"] = step["displacement"]
+        inverse["inverse"] = not step.get("inverse", False)
+    return inverse
 
 
 def current_grids(batch: Mapping, keys: Sequence[str]) -> dict[str, Grid]:
@@ -153,39 +160,95 @@ def apply_fused(transforms: Sequence[SpatialTransform], data: Mapping) -> dict:
 
 
 def _resample_chains(batch: dict, chains: dict) -> None:
-    """Resample each key once with the product of its chain's maps."""
+    """Resample each key once through its chain of steps (the product of their maps)."""
     for key, chain in chains.items():
         if not chain:
             continue
-        size = len(chain[0][1])
-        maps = [np.linalg.multi_dot([np.eye(4)] + [np.asarray(steps[i]["voxel_map"]) for _, steps in chain])
-                for i in range(size)]
-        last = chain[-1][1]
         # Steps that move voxel centres onto voxel centres need no interpolation of their own.
         modes = [t.mode or "nearest" for t, steps in chain if not _is_exact(steps)]
         mode = max(modes, key=_MODE_ORDER.__getitem__) if modes else "nearest"
         anti_aliasing = any(t.anti_aliasing for t, _ in chain)
         padding = "border" if all(t.padding_mode == "border" for t, _ in chain) else "zeros"
         label_mode = "onehot" if any(t.label_mode == "onehot" for t, _ in chain) else "nearest"
-        _resample_key(batch, key, maps, last, mode, anti_aliasing, padding, label_mode)
+        _resample_key(batch, key, [steps for _, steps in chain], mode, anti_aliasing, padding, label_mode)
 
 
 def _is_exact(steps: list[dict]) -> bool:
-    return all(is_lattice_map(np.asarray(s["voxel_map"])) for s in steps)
+    return all(is_lattice_map(np.asarray(s["voxel_map"])) and "displacement" not in s for s in steps)
 
 
-def _resample_key(batch, key, maps, steps, mode, anti_aliasing, padding_mode, label_mode="nearest") -> None:
-    shapes = {tuple(s["out_shape"]) for s in steps}
+def _resample_key(batch, key, chain, mode, anti_aliasing, padding_mode, label_mode="nearest") -> None:
+    """Resample ``batch[key]`` through ``chain`` (per step, the list of per-sample steps); set its affine."""
+    last = chain[-1]
+    shapes = {tuple(s["out_shape"]) for s in last}
     if len(shapes) > 1:
         raise TransformError(
             f"key {key!r}: the samples of this batch would get different shapes {sorted(shapes)}; "
             "resample them one by one or to a common grid"
         )
-    volume, maps, out_shape = batch[key], np.stack(maps), shapes.pop()
-    if volume.is_floating_point():
-        batch[key] = resample(volume, maps, out_shape, mode, anti_aliasing, padding_mode)
-    elif label_mode == "onehot" and mode != "nearest" and not all(is_lattice_map(m) for m in maps):
-        batch[key] = resample_labels(volume, maps, out_shape, "linear", padding_mode)
+    batch[key] = resample_steps(batch[key], chain, shapes.pop(), mode, anti_aliasing, padding_mode, label_mode)
+    replace_meta(batch, key, affine=torch.from_numpy(np.stack([np.asarray(s["out_affine"]) for s in last])))
+
+
+def resample_steps(volume, chain, out_shape, mode, anti_aliasing=False, padding_mode="zeros", label_mode="nearest"):
+    """Resample ``[B, C, D, H, W]`` once through a chain of steps (the list of per-sample steps of each).
+
+    Affine steps are multiplied into one map; a chain with an elastic step (one at most) is
+    resampled through its displacement field between the maps before and after it
+    (:func:`gpuprep.functional.warp.warp`).
+    """
+    size = len(chain[0])
+    warped = [position for position, steps in enumerate(chain) if any("displacement" in s for s in steps)]
+    if len(warped) > 1:
+        raise TransformError("one resampling can apply one elastic step; apply the others separately (fuse=False)")
+
+    def product(part: list, index: int) -> np.ndarray:
+        return np.linalg.multi_dot([np.eye(4), np.eye(4)] + [np.asarray(steps[index]["voxel_map"]) for steps in part])
+
+    if not warped:
+        maps = np.stack([product(chain, i) for i in range(size)])
+
+        def sampler(data, how):
+            return resample(data, maps, out_shape, how, False, padding_mode)
+
+        lattice = all(is_lattice_map(m) for m in maps)
     else:
-        batch[key] = resample(volume, maps, out_shape, "nearest", False, padding_mode)
-    replace_meta(batch, key, affine=torch.from_numpy(np.stack([np.asarray(s["out_affine"]) for s in steps])))
+        position = warped[0]
+        pre = np.stack([product(chain[: position + 1], i) for i in range(size)])
+        post = np.stack([product(chain[position + 1:], i) for i in range(size)])
+        maps, lattice = pre @ post, False
+        if mode == "cubic":
+            raise TransformError("cubic interpolation cannot be fused with an elastic step; use mode='linear'")
+        steps = chain[position]
+        field_key = ("field", pre.tobytes(), post.tobytes(), repr([s.get("displacement") for s in steps]),
+                     repr([s.get("inverse") for s in steps]), str(volume.device))
+        field = cached(field_key, lambda: displacement_field(steps, volume.device))
+
+        def sampler(data, how):
+            return warp(data, pre, field, post, out_shape, how, padding_mode, cache_key=field_key)
+
+    if volume.is_floating_point():
+        if not warped:
+            return resample(volume, maps, out_shape, mode, anti_aliasing, padding_mode)
+        return sampler(antialias(volume, maps) if anti_aliasing else volume, mode)
+    if label_mode == "onehot" and mode != "nearest" and not lattice:
+        return resample_labels(volume, maps, out_shape, "linear", padding_mode,
+                               sampler=lambda mask: sampler(mask, "linear"))
+    return sampler(volume, "nearest")
+
+
+def displacement_field(steps: list[dict], device) -> torch.Tensor:
+    """The dense field ``[B, 3, D, H, W]`` (voxels) of an elastic step; zero for samples it skipped."""
+    shape = tuple(steps[0]["in_shape"])
+    grids = [np.asarray(s["displacement"], dtype=np.float32) for s in steps if "displacement" in s]
+    coefficients = np.zeros((len(steps), *grids[0].shape), dtype=np.float32)
+    for index, step in enumerate(steps):
+        if "displacement" in step:
+            coefficients[index] = step["displacement"]
+    field = bspline_field(torch.from_numpy(coefficients).to(device), shape)
+    if any(s.get("inverse", False) for s in steps):
+        # The inverse is solved on a coarser grid where control points lie >= 24 voxels apart:
+        # there trilinear interpolation of the smooth inverse costs < 0.03 voxel.
+        cell = min((n - 1) / (m - 3) for n, m in zip(shape, coefficients.shape[2:]))
+        field = invert_displacement(field, stride=max(1, int(cell // 24)))
+    return field

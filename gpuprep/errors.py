@@ -35,3 +35,7 @@ class MissingKeyError(GpuprepError, KeyError):
 
 class ConfigError(GpuprepError, ValueError):
     """A transform or pipeline was constructed with an invalid argument."""
+
+
+class DatasetError(GpuprepError, ValueError):
+    """A record, a table of records or a file named by a record is unusable."""

@@ -10,6 +10,7 @@ within half a voxel outside the input the edge is read, beyond it 0.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -52,7 +53,8 @@ def general_batched(volume, maps, out_shape, mode, padding_mode) -> torch.Tensor
     return out if volume.is_floating_point() else out.round().to(volume.dtype)
 
 
-_GRID_CACHE: dict | None = None
+# Per thread (CacheDataset and DeviceLoader resample in several threads at once).
+_STATE = threading.local()
 
 
 @contextlib.contextmanager
@@ -62,24 +64,25 @@ def shared_grids() -> Iterator[None]:
     The sampling grid of a general map is as large as the output times three, and building it
     costs as much as sampling; the cache lives only as long as the block.
     """
-    global _GRID_CACHE
-    outer, _GRID_CACHE = _GRID_CACHE, {} if _GRID_CACHE is None else _GRID_CACHE
+    outer = getattr(_STATE, "cache", None)
+    _STATE.cache = {} if outer is None else outer
     try:
         yield
     finally:
-        _GRID_CACHE = outer
+        _STATE.cache = outer
 
 
 def cached(key: tuple, build: Callable[[], Any]) -> Any:
     """``build()``, reused for the same ``key`` inside a :func:`shared_grids` block (one entry per kind)."""
-    if _GRID_CACHE is None:
+    cache = getattr(_STATE, "cache", None)
+    if cache is None:
         return build()
     kind = key[0]
-    entry = _GRID_CACHE.get(kind)
+    entry = cache.get(kind)
     if entry is not None and entry[0] == key:
         return entry[1]
     value = build()
-    _GRID_CACHE[kind] = (key, value)  # one entry per kind: the maps of the key being resampled now
+    cache[kind] = (key, value)  # one entry per kind: the maps of the key being resampled now
     return value
 
 

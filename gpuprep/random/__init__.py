@@ -1,6 +1,6 @@
 """Parameter ranges and seeded per-sample sampling for random transforms."""
 
 from .ranges import symmetric_range, uniform_range
-from .seeding import SAMPLE_INDEX_KEY, sample_rng, sample_seed
+from .seeding import PATCH_INDEX_KEY, SAMPLE_INDEX_KEY, sample_rng, sample_seed
 
-__all__ = ["SAMPLE_INDEX_KEY", "sample_rng", "sample_seed", "symmetric_range", "uniform_range"]
+__all__ = ["PATCH_INDEX_KEY", "SAMPLE_INDEX_KEY", "sample_rng", "sample_seed", "symmetric_range", "uniform_range"]

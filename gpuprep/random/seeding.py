@@ -16,6 +16,8 @@ import numpy as np
 
 #: Key of a sample's index in its dataset (set by datasets; see :func:`sample_rng`).
 SAMPLE_INDEX_KEY = "sample_index"
+#: Key of a patch's index among the patches cut from one sample (set by ``RandPatches``).
+PATCH_INDEX_KEY = "patch_index"
 
 
 def sample_seed(*numbers: int) -> int:
@@ -30,12 +32,16 @@ def sample_seed(*numbers: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+def sample_rng(seed: int, epoch: int, index: int, patch: int | None = None) -> random.Random:
     """The random stream of one sample: seeded by transform seed, epoch and sample index.
+
+    Patches cut from one sample (``patch`` = their index among that sample's patches) get
+    streams of their own, so augmentation after patch sampling moves each patch differently.
 
     Example
     -------
-    >>> sample_rng(7, 0, 3).random() == sample_rng(7, 0, 3).random()
+    >>> sample_rng(7, 0, 3).random() == sample_rng(7, 0, 3).random() != sample_rng(7, 0, 3, patch=1).random()
     True
     """
-    return random.Random(sample_seed(seed, epoch, index))
+    numbers = (seed, epoch, index) if patch is None else (seed, epoch, index, patch)
+    return random.Random(sample_seed(*numbers))

@@ -17,7 +17,7 @@ import random
 from collections.abc import Mapping, Sequence
 
 from ..errors import ConfigError
-from ..random.seeding import SAMPLE_INDEX_KEY, sample_rng, sample_seed
+from ..random.seeding import PATCH_INDEX_KEY, SAMPLE_INDEX_KEY, sample_rng, sample_seed
 from .base import Transform
 
 
@@ -91,9 +91,11 @@ class RandomTransform(Transform, abstract=True):
             seed = self._pipeline_seed
         else:
             seed = random.getrandbits(63)
+        patches = batch.get(PATCH_INDEX_KEY)
+        patches = [None] * size if patches is None else [int(i) for i in patches]
         if self.same_on_batch:
-            indices = [indices[0]] * size
-        return [sample_rng(seed, self.epoch, index) for index in indices]
+            indices, patches = [indices[0]] * size, [patches[0]] * size
+        return [sample_rng(seed, self.epoch, index, patch) for index, patch in zip(indices, patches)]
 
 
 def seed_random_transforms(transforms: Sequence[Transform], pipeline_seed: int | None, epoch: int) -> None:

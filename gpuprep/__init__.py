@@ -12,6 +12,23 @@ torch.Size([1, 32, 32, 32])
 
 from . import data, errors, io, random, transforms
 from ._version import __version__
+from .data import (
+    CacheDataset,
+    Dataset,
+    DeviceLoader,
+    GridPatches,
+    PatchAggregator,
+    RandPatches,
+    collate_patches,
+    collate_skip_none,
+    pad_collate,
+    predict_sample,
+    records_from_bids,
+    records_from_csv,
+    records_from_folder,
+    sliding_window_inference,
+    unpad,
+)
 from .functional.orientation import axcodes_of
 from .io import read_image, read_sidecar, sidecar_path, write_image
 from .sample import (
@@ -27,9 +44,17 @@ from .transforms import *  # noqa: F403
 
 __all__ = [
     *transforms.__all__,
+    "CacheDataset",
+    "Dataset",
+    "DeviceLoader",
+    "GridPatches",
+    "PatchAggregator",
+    "RandPatches",
     "__version__",
     "axcodes_of",
     "collate",
+    "collate_patches",
+    "collate_skip_none",
     "data",
     "decollate",
     "errors",
@@ -39,9 +64,16 @@ __all__ = [
     "io",
     "make_meta",
     "make_sample",
+    "pad_collate",
+    "predict_sample",
     "random",
+    "records_from_bids",
+    "records_from_csv",
+    "records_from_folder",
     "read_image",
     "read_sidecar",
     "sidecar_path",
+    "sliding_window_inference",
+    "unpad",
     "write_image",
 ]

@@ -50,8 +50,8 @@ def write_volumes(folder: Path) -> list[dict]:
     for index in range(N_VOLUMES):
         image = np.round(t1 * (8.0 + 0.5 * index)).astype(np.int16)
         record = {key: str(folder / f"sub-{index:02d}_{key}.nii.gz") for key in KEYS}
-        gp.write_image(record["image"], image, affine)
-        gp.write_image(record["label"], labels, affine)
+        gp.write_image(record["image"], image[None], affine)
+        gp.write_image(record["label"], labels[None], affine)
         records.append(record)
     return records
 

@@ -9,6 +9,7 @@ from .motion import RandMotion
 from .noise import RandNoise
 from .spatial import RandAffine, RandFlip, RandRotate90
 from .swap import RandSwap
+from .synth import RandLabelsToImage
 
 __all__ = [
     "OneOf",
@@ -23,6 +24,7 @@ __all__ = [
     "RandGamma",
     "RandGhosting",
     "RandGibbs",
+    "RandLabelsToImage",
     "RandMotion",
     "RandNoise",
     "RandRotate90",

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import GpuprepError
-from . import demo, info
+from . import demo, info, segment
 
-COMMANDS = (demo, info)
+COMMANDS = (demo, info, segment)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from gpuprep.errors import MissingKeyError
 from gpuprep.transforms.base import REGISTRY
 from gpuprep.transforms.random_base import RandomTransform
 from tests.conftest import oblique_affine
+from tests.models.test_pretrained import cached_tiny_checkpoint
 
 KEYS = ["image", "label"]
 
@@ -61,8 +62,12 @@ EXAMPLES = {
     "RandGibbs": lambda: gp.RandGibbs(KEYS, alpha=(0.2, 0.6), seed=0),
     "RandElastic": lambda: gp.RandElastic(KEYS, num_control_points=5, max_displacement=3.0, seed=0),
     "RandMotion": lambda: gp.RandMotion(KEYS, degrees=10, translation=10, num_transforms=2, seed=0),
+    "RandLabelsToImage": lambda: gp.RandLabelsToImage(num_labels=3, zero_background=0.5, p=0.8, seed=0),
     "OneOf": lambda: gp.OneOf([gp.RandFlip(KEYS, p=1.0), gp.RandRotate90(KEYS, p=1.0)], weights=[1, 2], seed=0),
     "SomeOf": lambda: gp.SomeOf([gp.RandFlip(KEYS, p=1.0), gp.Rotate90(KEYS), gp.ZNormalize(KEYS)], k=1, seed=0),
+    # Tiny random U-Nets (tests/models/test_pretrained.py); the label map is a new key on the image's grid.
+    "SegmentBrain": lambda: gp.SegmentBrain("image", model=cached_tiny_checkpoint("brain-tissue")),
+    "SkullStrip": lambda: gp.SkullStrip(KEYS, model=cached_tiny_checkpoint("brain-mask")),
 }
 NOT_TENSOR_TRANSFORMS = {"LoadImage", "SaveImage"}
 #: Transforms that change the batch size, so the generic checks below do not apply; their own

@@ -1,0 +1,303 @@
+"""Segmentation with the bundled U-Nets as dictionary transforms: brain tissue and skull stripping.
+
+:class:`SegmentBrain` and :class:`SkullStrip` take an image on whatever grid it is on now (the
+file's, or after any preprocessing), run the network's own preprocessing on a private copy
+(``Orientation("RAS")``, ``Resample`` to the spec's spacing, ``RescaleIntensity`` with the spec's
+percentiles to [0, 1], ``PadToMultiple`` of the U-Net's total stride), predict by sliding windows
+and map the class probabilities back onto the image's current grid through that copy's history
+(:func:`gpuprep.data.sliding_window.predict_sample`), where the argmax gives the label map. The
+result is a new key on the image's grid (same shape and affine); the image itself is not moved,
+so these transforms are neither spatial nor invertible, and they are deterministic.
+
+Samples are processed one at a time (each may have its own affine, hence its own resampled
+grid) on the network's device; the label map goes back to the device of the input.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..data.sliding_window import predict_sample
+from ..errors import ConfigError, TransformError
+from ..functional.morphology import fill_holes, largest_component
+from ..sample import make_sample, meta_key
+from ..transforms.base import Transform
+from ..transforms.compose import Compose
+from ..transforms.intensity.rescale import RescaleIntensity
+from ..transforms.mask.foreground import _copy_meta
+from ..transforms.spatial.crop_pad import PadToMultiple
+from ..transforms.spatial.orientation import Orientation
+from ..transforms.spatial.resample import Resample
+from .pretrained import TASKS, load_pretrained, resolve_device
+from .unet import check_spec, state_digest
+
+__all__ = ["SegmentBrain", "SkullStrip"]
+
+
+class _SegmentationTransform(Transform, abstract=True):
+    """Shared model handling and inference of :class:`SegmentBrain` and :class:`SkullStrip`."""
+
+    def _set_model(self, model: Any, device: Any, sw_batch_size: int, overlap: float) -> None:
+        name = type(self).__name__
+        if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
+            raise ConfigError(f"{name}: sw_batch_size must be a positive int, got {sw_batch_size!r}")
+        if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < 1:
+            raise ConfigError(f"{name}: overlap must be a number in [0, 1), got {overlap!r}")
+        self.sw_batch_size, self.overlap = sw_batch_size, float(overlap)
+        if isinstance(model, torch.nn.Module):
+            if not hasattr(model, "spec"):
+                raise ConfigError(f"{name}: a model given as a module needs a .spec dict (see load_pretrained)")
+            check_spec(model.spec, f"{name}: model.spec")
+            current = next(iter(model.parameters()), torch.empty(0)).device
+            self.device = current if device == "auto" else resolve_device(device, name)
+            self.model = model if self.device == current else _moved_copy(model, self.device)
+            self.model_name = getattr(model, "weights_file", None) or type(model).__name__
+            self.weights_sha256 = getattr(model, "weights_sha256", None) or state_digest(model)
+        elif isinstance(model, (str, os.PathLike)):
+            self.device = resolve_device(device, name)
+            self.model = load_pretrained(model, self.device)
+            self.model_name = model if isinstance(model, str) and model in TASKS else self.model.weights_file
+            self.weights_sha256 = self.model.weights_sha256
+        else:
+            raise ConfigError(
+                f"{name}: model must be a task name ('brain-tissue', 'brain-mask'), a checkpoint path or a "
+                f"module with .spec, got {type(model).__name__}"
+            )
+        self.spec = check_spec(self.model.spec, f"{name}: model.spec")
+        self.model.eval()
+        strides = math.prod(self.spec["architecture"]["strides"])
+        self._preprocess = Compose([
+            Orientation("image", "RAS"),
+            Resample("image", self.spec["spacing_mm"]),
+            RescaleIntensity("image", percentiles=self.spec["intensity"]["percentiles"], out_range=(0.0, 1.0)),
+            PadToMultiple("image", strides),
+        ])
+
+    def get_config(self) -> dict:
+        """The constructor arguments; a model passed as a module is named, and cannot be rebuilt."""
+        config = super().get_config()
+        if isinstance(config.get("model"), torch.nn.Module):
+            config["model"] = f"<module {self.model_name}>"
+        if isinstance(config.get("model"), os.PathLike):
+            config["model"] = os.fspath(config["model"])
+        return config
+
+    def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
+        params = {"task": self.spec["task"], "model": self.model_name, "weights_sha256": self.weights_sha256,
+                  "labels": dict(self.spec["labels"]), "spacing_mm": self.spec["spacing_mm"]}
+        return [dict(params) for _ in range(len(batch[keys[0]]))]
+
+    def _check_replay(self, params: list[dict]) -> None:
+        for p in params:
+            recorded = p.get("weights_sha256")
+            if recorded is not None and recorded != self.weights_sha256:
+                raise TransformError(
+                    f"{type(self).__name__}: the history was made with weights {recorded[:12]}..., this model's "
+                    f"weights are {self.weights_sha256[:12]}...; the result would differ"
+                )
+
+    def _segment(self, batch: dict, key: str) -> torch.Tensor:
+        """Label maps uint8 ``[B, 1, D, H, W]`` of ``batch[key]`` on its own grid and device."""
+        images = batch[key]
+        in_channels = self.spec["architecture"]["in_channels"]
+        if images.shape[1] != in_channels:
+            raise TransformError(
+                f"{type(self).__name__}: {key!r} has {images.shape[1]} channel(s), the model takes {in_channels}"
+            )
+        affines = batch[meta_key(key)]["affine"]
+        labels = []
+        for image, affine in zip(images, affines):
+            sub = make_sample({"image": image.to(self.device, torch.float32)}, affine=affine)
+            sub = self._preprocess(sub)
+            out = predict_sample(sub, self._predict, self.spec["roi_size"], "image", sw_batch_size=self.sw_batch_size,
+                                 overlap=self.overlap, argmax=True, invert=True, output_key="labels")
+            labels.append(out["labels"].to(torch.uint8))
+        return torch.stack(labels).to(images.device)
+
+    def _predict(self, windows: torch.Tensor) -> torch.Tensor:
+        # Probabilities, not logits: they interpolate sensibly on the way back, and the zeros
+        # given to regions outside the preprocessed grid then mean background.
+        return torch.softmax(self.model(windows).float(), dim=1)
+
+
+class SegmentBrain(_SegmentationTransform):
+    """Segment brain tissue with a U-Net: a label map on the image's current grid.
+
+    The labels are the model's (``spec["labels"]``; for ``"brain-tissue"``: 0 background,
+    1 CSF, 2 GM, 3 WM), written as uint8 ``[1, D, H, W]`` to ``output_key`` with a copy of the
+    image's metadata (same affine). The history records the task, the weights file and its
+    SHA-256 and the label names. See the module docstring for the steps.
+
+    Parameters
+    ----------
+    keys:
+        The one image key to segment (a skull-stripped T1-like brain for ``"brain-tissue"``).
+    output_key:
+        Key of the label map.
+    model:
+        ``"brain-tissue"`` (the bundled weights), the path of a checkpoint file, or a
+        ``torch.nn.Module`` with a ``spec`` dict (e.g. from :func:`~gpuprep.models.pretrained.load_pretrained`).
+    device:
+        Where the network runs: ``"auto"`` (CUDA when available; for a module, where it is),
+        ``"cpu"``, ``"cuda"``.
+    sw_batch_size:
+        Windows per network call.
+    overlap:
+        Overlap of the sliding windows, in ``[0, 1)``.
+    allow_missing_keys:
+        Skip (write nothing) when the image is absent.
+
+    Example
+    -------
+    >>> import tempfile, pathlib, torch, gpuprep as gp
+    >>> from gpuprep.models.unet import build_unet, save_checkpoint
+    >>> arch = {"spatial_dims": 3, "in_channels": 1, "out_channels": 4, "channels": [4, 8], "strides": [2]}
+    >>> spec = {"task": "brain-tissue", "architecture": arch, "spacing_mm": 2.0, "roi_size": [16, 16, 16],
+    ...         "labels": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"},
+    ...         "intensity": {"percentiles": [0.5, 99.5]}}
+    >>> path = save_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "tiny.pt", build_unet(arch), spec)
+    >>> sample = gp.make_sample({"image": torch.rand(1, 20, 18, 9)}, affine=torch.diag(torch.tensor([1.5, 1.5, 3, 1])))
+    >>> out = SegmentBrain("image", model=path, device="cpu")(sample)
+    >>> out["tissue"].shape, out["tissue"].dtype
+    (torch.Size([1, 20, 18, 9]), torch.uint8)
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str] = "image",
+        output_key: str = "tissue",
+        model: str | os.PathLike | torch.nn.Module = "brain-tissue",
+        device: str | torch.device = "auto",
+        sw_batch_size: int = 2,
+        overlap: float = 0.25,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        name = type(self).__name__
+        if len(self.keys) != 1:
+            raise ConfigError(f"{name}: keys must name exactly one image, got {self.keys!r}")
+        if not isinstance(output_key, str) or not output_key or output_key == self.keys[0]:
+            raise ConfigError(
+                f"{name}: output_key must be a non-empty string different from the image key "
+                f"{self.keys[0]!r}, got {output_key!r}"
+            )
+        self.output_key = output_key
+        self._set_model(model, device, sw_batch_size, overlap)
+
+    def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        self._check_replay(params)
+        (key,) = keys
+        batch[self.output_key] = self._segment(batch, key)
+        batch[meta_key(self.output_key)] = _copy_meta(batch.get(meta_key(key), {}))
+        return batch
+
+
+class SkullStrip(_SegmentationTransform):
+    """Brain extraction with a U-Net: a 0/1 brain mask, and (optionally) the images masked by it.
+
+    The mask (uint8 ``[1, D, H, W]``, a copy of the source's metadata) is the network's
+    non-background voxels on the source image's current grid, cleaned up by default: only the
+    largest 6-connected component is kept and enclosed holes are filled (as
+    ``scipy.ndimage``), which removes stray islands outside the head and gaps in the ventricles.
+    With ``apply`` every key is set to 0 outside the mask (label maps keep their dtype).
+
+    Parameters
+    ----------
+    keys:
+        Image keys to mask; all on the source's grid.
+    mask_key:
+        Key of the brain mask.
+    model:
+        ``"brain-mask"`` (the bundled weights), a checkpoint path, or a module with ``spec``.
+    apply:
+        Zero every key outside the mask.
+    source_key:
+        The image the mask is computed from (default: the first key).
+    largest_component, fill_holes:
+        Clean-up of the predicted mask (both on by default).
+    device, sw_batch_size, overlap, allow_missing_keys:
+        As in :class:`SegmentBrain`.
+
+    Example
+    -------
+    >>> import tempfile, pathlib, torch, gpuprep as gp
+    >>> from gpuprep.models.unet import build_unet, save_checkpoint
+    >>> arch = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2]}
+    >>> spec = {"task": "brain-mask", "architecture": arch, "spacing_mm": 2.0, "roi_size": [16, 16, 16],
+    ...         "labels": {"0": "background", "1": "brain"}, "intensity": {"percentiles": [0.5, 99.5]}}
+    >>> path = save_checkpoint(pathlib.Path(tempfile.mkdtemp()) / "tiny.pt", build_unet(arch), spec)
+    >>> out = SkullStrip("image", model=path, device="cpu")(gp.make_sample({"image": torch.rand(1, 12, 12, 12)}))
+    >>> bool(((out["image"] != 0) <= out["brain_mask"].bool()).all())
+    True
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str] = "image",
+        mask_key: str = "brain_mask",
+        model: str | os.PathLike | torch.nn.Module = "brain-mask",
+        apply: bool = True,
+        source_key: str | None = None,
+        largest_component: bool = True,
+        fill_holes: bool = True,
+        device: str | torch.device = "auto",
+        sw_batch_size: int = 2,
+        overlap: float = 0.25,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        name = type(self).__name__
+        self.source_key = self.keys[0] if source_key is None else source_key
+        if self.source_key not in self.keys:
+            raise ConfigError(f"{name}: source_key must be one of keys {self.keys}, got {source_key!r}")
+        if not isinstance(mask_key, str) or not mask_key or mask_key in self.keys:
+            raise ConfigError(
+                f"{name}: mask_key must be a non-empty string not among keys {self.keys}, got {mask_key!r}"
+            )
+        for option, value in (("apply", apply), ("largest_component", largest_component), ("fill_holes", fill_holes)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}: {option} must be True or False, got {value!r}")
+        self.mask_key, self.apply = mask_key, apply
+        self.largest_component, self.fill_holes = largest_component, fill_holes
+        self._set_model(model, device, sw_batch_size, overlap)
+
+    def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+        self._check_replay(params)
+        name = type(self).__name__
+        if self.source_key not in keys:
+            raise TransformError(f"{name}: the source image {self.source_key!r} is not in the sample")
+        source = batch[self.source_key]
+        for key in keys:
+            if batch[key].shape[-3:] != source.shape[-3:] or not torch.allclose(
+                    batch[meta_key(key)]["affine"], batch[meta_key(self.source_key)]["affine"], atol=1e-4):
+                raise TransformError(
+                    f"{name}: {key!r} is not on the grid of {self.source_key!r} (shape {tuple(batch[key].shape[-3:])} "
+                    f"vs {tuple(source.shape[-3:])}, or a different affine); resample it first"
+                )
+        mask = self._segment(batch, self.source_key) > 0
+        if self.largest_component:
+            mask = largest_component(mask)
+        if self.fill_holes:
+            mask = fill_holes(mask)
+        if self.apply:
+            for key in keys:
+                batch[key] = torch.where(mask, batch[key], torch.zeros((), dtype=batch[key].dtype,
+                                                                       device=batch[key].device))
+        batch[self.mask_key] = mask.to(torch.uint8)
+        batch[meta_key(self.mask_key)] = _copy_meta(batch.get(meta_key(self.source_key), {}))
+        return batch
+
+
+def _moved_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A copy of ``model`` on ``device`` (the caller's module is left where it is)."""
+    import copy
+
+    moved = copy.deepcopy(model).to(device)
+    moved.spec = model.spec
+    return moved

@@ -1,0 +1,215 @@
+"""SegmentBrain and SkullStrip: geometry back on the input grid, labels, masking, history, batches."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+
+import gpuprep as gp
+from gpuprep.errors import ConfigError, TransformError
+from gpuprep.models.inference import SegmentBrain, SkullStrip
+from gpuprep.sample import image_keys
+from tests.conftest import oblique_affine
+from tests.models.test_pretrained import LABELS, tiny_checkpoint, tiny_spec
+
+LPS_AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.1, 0, 15.0], [0, 0, 2.0, -30.0], [0, 0, 0, 1]])
+GRIDS = {
+    "oblique": (oblique_affine(), (32, 36, 16)),  # 1.2 x 0.9 x 2.5 mm, rotated about three axes
+    "lps": (LPS_AFFINE, (26, 30, 20)),
+}
+
+
+class ThresholdNet(torch.nn.Module):
+    """A 'network' whose segmentation is known: background below 0.5 (of the rescaled input), else 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(20.0))
+        self.spec = tiny_spec("brain-mask")
+
+    def forward(self, x):
+        return torch.cat([0.5 - x, x - 0.5], dim=1) * self.gain
+
+
+def world_distance(affine: np.ndarray, shape, centre) -> np.ndarray:
+    """Distance in mm of every voxel centre from the world point ``centre``."""
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    world = index @ affine[:3, :3].T + affine[:3, 3]
+    return np.linalg.norm(world - np.asarray(centre), axis=-1)
+
+
+def grid_centre(affine: np.ndarray, shape) -> np.ndarray:
+    return affine[:3, :3] @ ((np.asarray(shape) - 1) / 2) + affine[:3, 3]
+
+
+def ball_image(affine: np.ndarray, shape, radius: float = 9.0, hole: float = 0.0, centre=None) -> np.ndarray:
+    """A smooth bright ball (20 outside, 120 inside, 0.7 mm edge), optionally with a dark hole."""
+    distance = world_distance(affine, shape, grid_centre(affine, shape) if centre is None else centre)
+    inside = 1 / (1 + np.exp((distance - radius) / 0.7))
+    if hole:
+        inside = inside * (1 / (1 + np.exp((hole - distance) / 0.7)))
+    return 20.0 + 100.0 * inside
+
+
+def ellipsoid_image(affine: np.ndarray, shape, semi_axes=(12.0, 9.0, 7.0), offset=(2.0, -1.5, 1.0)) -> np.ndarray:
+    """An off-centre smooth bright ellipsoid (world semi-axes in mm): a flip or a shift would show."""
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
+    world = index @ affine[:3, :3].T + affine[:3, 3] - grid_centre(affine, shape) - np.asarray(offset)
+    radius = np.linalg.norm(world / np.asarray(semi_axes), axis=-1)
+    return 20.0 + 100.0 / (1 + np.exp((radius - 1) * min(semi_axes) / 0.7))
+
+
+def world_centroid(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    return affine[:3, :3] @ np.argwhere(mask).mean(0) + affine[:3, 3]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def _sample(image: np.ndarray, affine: np.ndarray, device="cpu", **extra) -> dict:
+    tensors = {"image": torch.as_tensor(image, dtype=torch.float32)[None].to(device)}
+    tensors.update({k: v.to(device) for k, v in extra.items()})
+    return gp.make_sample(tensors, affine=affine)
+
+
+@pytest.fixture(scope="module")
+def tissue_checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("weights"), "brain-tissue")
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_label_map_on_the_input_grid(grid, tissue_checkpoint, device):
+    affine, shape = GRIDS[grid]
+    sample = _sample(ball_image(affine, shape), affine, device)
+    snapshot = copy.deepcopy(sample)
+    out = SegmentBrain("image", model=tissue_checkpoint, device="cpu")(sample)
+    tissue = out["tissue"]
+    assert tissue.shape == (1, *shape) and tissue.dtype == torch.uint8 and tissue.device.type == device.type
+    assert set(torch.unique(tissue).tolist()) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(gp.get_affine(out, "tissue").numpy(), affine)
+    assert out["tissue_meta"] is not out["image_meta"]
+    assert torch.equal(out["image"], sample["image"])  # the image itself is untouched
+    assert torch.equal(sample["image"], snapshot["image"]) and sample["history"] == []
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_known_predictor_gives_the_segmentation_back_on_the_original_grid(grid):
+    """Geometry check: the prediction made on the 2 mm RAS grid lands where the structure is."""
+    affine, shape = GRIDS[grid]
+    image = ellipsoid_image(affine, shape)
+    out = SegmentBrain("image", output_key="seg", model=ThresholdNet())(_sample(image, affine))
+    expected = image > 70  # the threshold 0.5 of the rescaled [20, 120] intensities
+    predicted = out["seg"][0].numpy().astype(bool)
+    assert expected.sum() > 500
+    assert dice(predicted, expected) >= 0.95
+    np.testing.assert_allclose(world_centroid(predicted, affine), world_centroid(expected, affine), atol=0.5)
+    mask = SkullStrip("image", model=ThresholdNet(), largest_component=False, fill_holes=False)(_sample(image, affine))
+    assert dice(mask["brain_mask"][0].numpy().astype(bool), expected) >= 0.95
+
+
+def test_skull_strip_masks_every_key_and_cleans_the_mask_as_scipy():
+    affine, shape = GRIDS["lps"]
+    centre = grid_centre(affine, shape)
+    head = ball_image(affine, shape, radius=10.0, hole=3.0)  # a dark cavity in the middle
+    island = ball_image(affine, shape, radius=3.5, centre=centre + np.array([0.0, 0.0, 16.0])) - 20.0
+    image = head + island
+    label = torch.as_tensor(world_distance(affine, shape, centre) < 14).to(torch.uint8)[None] * 3
+    sample = _sample(image, affine, label=label)
+    raw = SkullStrip(["image", "label"], model=ThresholdNet(), largest_component=False, fill_holes=False)(sample)
+    out = SkullStrip(["image", "label"], model=ThresholdNet())(sample)
+    raw_mask = raw["brain_mask"][0].numpy().astype(bool)
+    components, count = ndi.label(raw_mask)
+    assert count == 2  # the head and the island
+    largest = components == 1 + np.argmax(np.bincount(components.ravel())[1:])
+    expected = ndi.binary_fill_holes(largest)
+    assert not np.array_equal(expected, raw_mask)
+    mask = out["brain_mask"]
+    assert mask.dtype == torch.uint8 and set(torch.unique(mask).tolist()) == {0, 1}
+    np.testing.assert_array_equal(mask[0].numpy().astype(bool), expected)
+    inside = mask.bool()
+    assert torch.equal(out["image"], torch.where(inside, sample["image"], torch.zeros(())))
+    assert out["label"].dtype == torch.uint8
+    assert torch.equal(out["label"], torch.where(inside, label, torch.zeros((), dtype=torch.uint8)))
+    np.testing.assert_array_equal(gp.get_affine(out, "brain_mask").numpy(), affine)
+    kept = SkullStrip("image", model=ThresholdNet(), apply=False)(sample)
+    assert torch.equal(kept["image"], sample["image"]) and torch.equal(kept["brain_mask"], mask)
+
+
+def test_history_records_the_model(tissue_checkpoint):
+    affine, shape = GRIDS["oblique"]
+    out = SegmentBrain(model=tissue_checkpoint, device="cpu")(_sample(ball_image(affine, shape), affine))
+    (record,) = gp.get_history(out)
+    assert record["name"] == "SegmentBrain" and record["keys"] == ["image"]
+    params = record["params"]
+    assert params["weights_sha256"] == hashlib.sha256(tissue_checkpoint.read_bytes()).hexdigest()
+    assert params["model"] == tissue_checkpoint.name and params["task"] == "brain-tissue"
+    assert params["labels"] == LABELS["brain-tissue"]
+    assert record["config"]["model"] == str(tissue_checkpoint)
+    replayed = gp.replay(_sample(ball_image(affine, shape), affine), gp.get_history(out))
+    assert torch.equal(replayed["tissue"], out["tissue"])
+    module_record = gp.get_history(SkullStrip(model=ThresholdNet())(_sample(ball_image(affine, shape), affine)))[0]
+    assert module_record["config"]["model"] == "<module ThresholdNet>"
+    assert len(module_record["params"]["weights_sha256"]) == 64
+
+
+def test_replay_with_other_weights_is_refused(tmp_path):
+    affine, shape = GRIDS["lps"]
+    path = tiny_checkpoint(tmp_path, "brain-mask", seed=0)
+    sample = _sample(ball_image(affine, shape), affine)
+    history = gp.get_history(SkullStrip(model=path, device="cpu")(sample))
+    tiny_checkpoint(tmp_path, "brain-mask", seed=1).replace(path)  # the file now holds other weights
+    with pytest.raises(TransformError, match="weights"):
+        gp.replay(sample, history)
+
+
+def test_batch_equals_singles(tissue_checkpoint):
+    shape = (20, 22, 12)
+    affines = [oblique_affine(), oblique_affine(angles=(-0.4, 0.1, 0.2), spacing=(1.0, 1.3, 2.0))]
+    samples = [_sample(ball_image(a, shape, radius=7.0), a) for a in affines]
+    for transform in (SegmentBrain(model=tissue_checkpoint, device="cpu"),
+                      SkullStrip(model=tiny_checkpoint(tissue_checkpoint.parent, "brain-mask"), device="cpu")):
+        batch = transform(gp.collate(samples))
+        for index, sample in enumerate(samples):
+            single = transform(sample)
+            for key in image_keys(single):
+                assert torch.equal(batch[key][index], single[key]), key
+            assert gp.get_history(batch)[index] == gp.get_history(single)
+
+
+def test_yaml_round_trip(tissue_checkpoint):
+    pipeline = gp.Compose([SegmentBrain(model=tissue_checkpoint, device="cpu")])
+    rebuilt = gp.Compose.from_yaml(pipeline.to_yaml())
+    assert rebuilt.get_config() == pipeline.get_config()
+
+
+def test_configuration_and_data_errors(tissue_checkpoint):
+    with pytest.raises(ConfigError, match="keys must name exactly one image"):
+        SegmentBrain(["image", "t2"], model=tissue_checkpoint)
+    with pytest.raises(ConfigError, match="output_key must be"):
+        SegmentBrain("image", output_key="image", model=tissue_checkpoint)
+    with pytest.raises(ConfigError, match=r"overlap must be a number in \[0, 1\), got 1.0"):
+        SegmentBrain(model=tissue_checkpoint, overlap=1.0)
+    with pytest.raises(ConfigError, match="sw_batch_size must be a positive int, got 0"):
+        SegmentBrain(model=tissue_checkpoint, sw_batch_size=0)
+    with pytest.raises(ConfigError, match=r"needs a \.spec"):
+        SegmentBrain(model=torch.nn.Conv3d(1, 2, 1))
+    with pytest.raises(ConfigError, match="model must be"):
+        SegmentBrain(model=3)
+    with pytest.raises(ConfigError, match="mask_key must be"):
+        SkullStrip(["image", "label"], mask_key="label", model=ThresholdNet())
+    with pytest.raises(ConfigError, match="source_key must be one of keys"):
+        SkullStrip("image", source_key="t1", model=ThresholdNet())
+    with pytest.raises(ConfigError, match="apply must be True or False"):
+        SkullStrip("image", apply=1, model=ThresholdNet())
+    two_channels = gp.make_sample({"image": torch.rand(2, 8, 8, 8)})
+    with pytest.raises(TransformError, match="'image' has 2 channel"):
+        SegmentBrain(model=tissue_checkpoint, device="cpu")(two_channels)
+    other_grid = gp.make_sample({"image": torch.rand(1, 8, 8, 8), "label": torch.zeros(1, 8, 8, 9, dtype=torch.uint8)})
+    with pytest.raises(TransformError, match="'label' is not on the grid of 'image'"):
+        SkullStrip(["image", "label"], model=ThresholdNet())(other_grid)

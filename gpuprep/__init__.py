@@ -10,7 +10,7 @@ Example
 torch.Size([1, 32, 32, 32])
 """
 
-from . import data, errors, io, random, transforms
+from . import data, errors, io, models, random, transforms
 from ._version import __version__
 from .data import (
     CacheDataset,
@@ -31,6 +31,7 @@ from .data import (
 )
 from .functional.orientation import axcodes_of
 from .io import read_image, read_sidecar, sidecar_path, write_image
+from .models import SegmentBrain, SkullStrip
 from .sample import (
     collate,
     decollate,
@@ -50,6 +51,8 @@ __all__ = [
     "GridPatches",
     "PatchAggregator",
     "RandPatches",
+    "SegmentBrain",
+    "SkullStrip",
     "__version__",
     "axcodes_of",
     "collate",
@@ -64,6 +67,7 @@ __all__ = [
     "io",
     "make_meta",
     "make_sample",
+    "models",
     "pad_collate",
     "predict_sample",
     "random",

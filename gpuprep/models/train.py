@@ -1,0 +1,173 @@
+"""Train the shipped U-Nets on synthetic images generated from label maps (SynthSeg / SynthStrip).
+
+Every training batch is made on the device from label maps alone: the bundled 2 mm MNI tissue
+map (``brain-tissue``) or synthetic heads built around it (``brain-mask``) are deformed
+(RandAffine and RandElastic, fused into one resampling), given a random Gaussian intensity per
+label (:class:`~gpuprep.transforms.augment.synth.RandLabelsToImage`), then a bias field, blur,
+gamma and noise, and cut into label-balanced patches. The network never sees a real T1, so it
+does not depend on one contrast. Everything is seeded: the same command gives the same weights
+on the same device.
+
+Run::
+
+    python -m gpuprep.models.train --task brain-tissue --steps 3000 --output brain-tissue.pt
+    python -m gpuprep.models.train --task brain-mask --steps 3000 --output brain-mask.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .._version import __version__
+from ..data.loader import resolve_device
+from ..data.patches import RandPatches
+from ..data.sample_data import sample_brain
+from ..errors import ConfigError
+from ..sample import collate, make_sample
+from ..transforms import (
+    Compose,
+    RandAffine,
+    RandBiasField,
+    RandBlur,
+    RandElastic,
+    RandGamma,
+    RandNoise,
+    RescaleIntensity,
+)
+from ..transforms.augment.synth import RandLabelsToImage
+from .synth import HEAD_LABELS, synthetic_head
+from .unet import build_unet, save_checkpoint
+
+TASK_LABELS = {
+    "brain-tissue": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"},
+    "brain-mask": {"0": "background", "1": "brain"},
+}
+PERCENTILES = [0.5, 99.5]
+NUM_HEADS = 24  # synthetic heads for the brain-mask task (seeds 0..23; evaluation uses others)
+
+
+def label_maps(task: str, seed: int) -> tuple[list[torch.Tensor], list, list[torch.Tensor]]:
+    """The label maps the generator draws from, their affines, and the training target of each.
+
+    ``brain-tissue``: the bundled tissue map (0 background, 1 CSF, 2 GM, 3 WM), target = itself.
+    ``brain-mask``: synthetic heads around it (labels of :data:`HEAD_LABELS`), target = brain (1-3).
+    """
+    brain = sample_brain()
+    tissue, affine = brain["label"], brain["label_meta"]["affine"].numpy()
+    if task == "brain-tissue":
+        return [tissue], [affine], [tissue]
+    heads = [synthetic_head(tissue, affine, seed=seed * 1000 + index) for index in range(NUM_HEADS)]
+    maps = [labels for labels, _ in heads]
+    return maps, [a for _, a in heads], [((m >= 1) & (m <= 3)).to(torch.uint8) for m in maps]
+
+
+def generator(task: str, patch: int, num_patches: int, num_labels: int, seed: int) -> Compose:
+    """The batched image generator: deformation, random contrast, artefacts, normalisation, patches."""
+    keys = ["label", "target"]
+    return Compose([
+        RandAffine(keys, rotate=20, scale=0.15, shear=0.05, translate=6),
+        RandElastic(keys, num_control_points=7, max_displacement=4.0),
+        RandLabelsToImage(label_key="label", image_key="image", num_labels=num_labels, mean=(0.0, 1.0),
+                          std=(0.0, 0.08), zero_background=0.7 if task == "brain-tissue" else 0.2),
+        RandBlur("image", std=(0.0, 1.0), p=0.5),
+        RandBiasField("image", coefficients=0.5, order=3, p=0.8),
+        RandGamma("image", log_gamma=(-0.4, 0.4)),
+        RandNoise("image", std=(0.0, 0.05)),
+        RescaleIntensity("image", percentiles=PERCENTILES, out_range=(0.0, 1.0), clip=True),
+        RandPatches(["image", "target"], size=patch, num_patches=num_patches, sampler="label",
+                    label_key="target", pos_neg_ratio=(9, 1)),
+    ], seed=seed)
+
+
+def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 2, patch: int = 64,
+          channels: Sequence[int] = (8, 16, 32, 64), lr: float = 2e-3, device: str = "auto", seed: int = 0,
+          progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Train one task and return the model (eval mode) and its spec (see ``gpuprep/models/weights``)."""
+    from monai.losses import DiceCELoss
+    from tqdm import tqdm
+
+    if task not in TASK_LABELS:
+        raise ConfigError(f"train: task must be one of {sorted(TASK_LABELS)}, got {task!r}")
+    torch.manual_seed(seed)
+    run_device = resolve_device(device)
+    maps, affines, targets = label_maps(task, seed)
+    num_labels = 4 if task == "brain-tissue" else len(HEAD_LABELS)
+    labels = TASK_LABELS[task]
+    architecture = {"spatial_dims": 3, "in_channels": 1, "out_channels": len(labels),
+                    "channels": list(channels), "strides": [2] * (len(channels) - 1), "num_res_units": 1}
+    model = build_unet(architecture).to(run_device)
+    make_batch = generator(task, patch, num_patches, num_labels, seed)
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    samples = [make_sample({"label": m.to(run_device), "target": t.to(run_device)}, affine=a)
+               for m, t, a in zip(maps, targets, affines)]
+    history, start = [], time.perf_counter()
+    bar = tqdm(range(steps), desc=f"train {task}", unit="step", disable=not progress)
+    model.train()
+    for step in bar:
+        picks = [(step * batch_size + i) for i in range(batch_size)]
+        batch = collate([{**samples[index % len(samples)], "sample_index": index} for index in picks])
+        batch = make_batch(batch)
+        loss = loss_function(model(batch["image"]), batch["target"].long())
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        history.append(float(loss.detach()))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(history[-50:]) / len(history[-50:]):.3f}")
+    model.eval()
+    spec = {
+        "task": task,
+        "architecture": architecture,
+        "labels": labels,
+        "spacing_mm": 2.0,
+        "intensity": {"percentiles": PERCENTILES},
+        "roi_size": [96, 96, 96],
+        "gpuprep_version": __version__,
+        "training": {
+            "steps": steps, "batch_size": batch_size, "num_patches": num_patches, "patch": patch, "lr": lr,
+            "seed": seed, "device": str(run_device), "seconds": round(time.perf_counter() - start, 1),
+            "final_loss": round(sum(history[-100:]) / len(history[-100:]), 4),
+            "generator": make_batch.get_config()["transforms"],
+        },
+    }
+    return model, spec
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: train one task and write its checkpoint (and the spec as JSON beside it)."""
+    parser = argparse.ArgumentParser(prog="python -m gpuprep.models.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=sorted(TASK_LABELS))
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--num-patches", type=int, default=2)
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--output", type=Path, required=True, help="checkpoint path (.pt)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, spec = train(args.task, args.steps, args.batch_size, args.num_patches, args.patch, args.channels,
+                        args.lr, args.device, args.seed, progress=not args.no_progress)
+    save_checkpoint(args.output, model, spec)
+    print(json.dumps(spec["training"] | {"generator": "..."}, indent=1))
+    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -57,18 +57,7 @@ def measure(function: Callable[[], object], repeats: int = 5, warmup: int = 1) -
 
 def mni_t1_and_tissue(resolution: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The MNI152 2009a T1 (float32), a tissue label map (uint8: 0 bg, 1 CSF, 2 GM, 3 WM) and the affine."""
-    from nilearn.datasets import (
-        load_mni152_brain_mask,
-        load_mni152_gm_template,
-        load_mni152_template,
-        load_mni152_wm_template,
-    )
+    from gpuprep.models.evaluate import mni_tissue
 
-    t1 = load_mni152_template(resolution=resolution)
-    gm = load_mni152_gm_template(resolution=resolution).get_fdata()
-    wm = load_mni152_wm_template(resolution=resolution).get_fdata()
-    mask = np.asarray(load_mni152_brain_mask(resolution=resolution).dataobj) > 0
-    tissue = np.argmax(np.stack([np.clip(1 - gm - wm, 0, 1), gm, wm]), axis=0) + 1
-    labels = np.where(mask, tissue, 0).astype(np.uint8)
-    # C-contiguous, as gpuprep.read_image returns them (nibabel's arrays are Fortran-ordered).
-    return np.ascontiguousarray(t1.get_fdata(dtype=np.float32)), np.ascontiguousarray(labels), t1.affine
+    image, labels, affine = mni_tissue(resolution)
+    return image[0].numpy(), labels[0].numpy(), affine

@@ -49,10 +49,10 @@ TASK_LABELS = {
     "brain-mask": {"0": "background", "1": "brain"},
 }
 PERCENTILES = [0.5, 99.5]
-NUM_HEADS = 24  # synthetic heads for the brain-mask task (seeds 0..23; evaluation uses others)
+NUM_HEADS = 24  # synthetic heads for the brain-mask task (seeds below 10000; evaluation uses others)
 
 
-def label_maps(task: str, seed: int) -> tuple[list[torch.Tensor], list, list[torch.Tensor]]:
+def label_maps(task: str, seed: int, num_heads: int = NUM_HEADS) -> tuple[list[torch.Tensor], list, list[torch.Tensor]]:
     """The label maps the generator draws from, their affines, and the training target of each.
 
     ``brain-tissue``: the bundled tissue map (0 background, 1 CSF, 2 GM, 3 WM), target = itself.
@@ -62,7 +62,7 @@ def label_maps(task: str, seed: int) -> tuple[list[torch.Tensor], list, list[tor
     tissue, affine = brain["label"], brain["label_meta"]["affine"].numpy()
     if task == "brain-tissue":
         return [tissue], [affine], [tissue]
-    heads = [synthetic_head(tissue, affine, seed=seed * 1000 + index) for index in range(NUM_HEADS)]
+    heads = [synthetic_head(tissue, affine, seed=seed * 1000 + index) for index in range(num_heads)]
     maps = [labels for labels, _ in heads]
     return maps, [a for _, a in heads], [((m >= 1) & (m <= 3)).to(torch.uint8) for m in maps]
 
@@ -87,7 +87,7 @@ def generator(task: str, patch: int, num_patches: int, num_labels: int, seed: in
 
 def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 2, patch: int = 64,
           channels: Sequence[int] = (8, 16, 32, 64), lr: float = 2e-3, device: str = "auto", seed: int = 0,
-          progress: bool = True) -> tuple[torch.nn.Module, dict]:
+          progress: bool = True, num_heads: int = NUM_HEADS) -> tuple[torch.nn.Module, dict]:
     """Train one task and return the model (eval mode) and its spec (see ``gpuprep/models/weights``)."""
     from monai.losses import DiceCELoss
     from tqdm import tqdm
@@ -96,7 +96,7 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
         raise ConfigError(f"train: task must be one of {sorted(TASK_LABELS)}, got {task!r}")
     torch.manual_seed(seed)
     run_device = resolve_device(device)
-    maps, affines, targets = label_maps(task, seed)
+    maps, affines, targets = label_maps(task, seed, num_heads)
     num_labels = 4 if task == "brain-tissue" else len(HEAD_LABELS)
     labels = TASK_LABELS[task]
     architecture = {"spatial_dims": 3, "in_channels": 1, "out_channels": len(labels),
@@ -134,7 +134,8 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
         "gpuprep_version": __version__,
         "training": {
             "steps": steps, "batch_size": batch_size, "num_patches": num_patches, "patch": patch, "lr": lr,
-            "seed": seed, "device": str(run_device), "seconds": round(time.perf_counter() - start, 1),
+            "seed": seed, "num_heads": num_heads if task == "brain-mask" else None, "device": str(run_device),
+            "seconds": round(time.perf_counter() - start, 1),
             "final_loss": round(sum(history[-100:]) / len(history[-100:]), 4),
             "generator": make_batch.get_config()["transforms"],
         },
@@ -155,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heads", type=int, default=NUM_HEADS, help="synthetic heads (brain-mask)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--output", type=Path, required=True, help="checkpoint path (.pt)")
     parser.add_argument("--no-progress", action="store_true")
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, spec = train(args.task, args.steps, args.batch_size, args.num_patches, args.patch, args.channels,
-                        args.lr, args.device, args.seed, progress=not args.no_progress)
+                        args.lr, args.device, args.seed, progress=not args.no_progress, num_heads=args.heads)
     save_checkpoint(args.output, model, spec)
     print(json.dumps(spec["training"] | {"generator": "..."}, indent=1))
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.2f} MB)")

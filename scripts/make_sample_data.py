@@ -8,7 +8,9 @@ white-matter templates and resamples them to 2 mm on request. From those this sc
 - ``sample_tissue.nii.gz``: uint8 labels, 0 background, 1 CSF, 2 grey matter, 3 white matter:
   inside the brain mask the argmax of ``(clip(1 - gm - wm, 0, 1), gm, wm)`` (ties go to the
   first), 0 outside;
-- ``sample_brainmask.nii.gz``: nilearn's 2 mm brain mask as uint8 0/1.
+- ``sample_brainmask.nii.gz``: nilearn's 2 mm brain mask as uint8 0/1;
+- ``sample_tissue_1mm.nii.gz``: the same tissue labels from the 1 mm templates (the anatomy the
+  shipped brain-tissue U-Net is trained on, see ``gpuprep/models/train.py``).
 
 All three keep the template's affine, written as both qform and sform with code 4 (MNI152), and
 are gzipped at level 9 with a zero timestamp, so the output depends only on nilearn's files.
@@ -38,19 +40,20 @@ FILENAMES = {
     "label": "sample_tissue.nii.gz",
     "brain_mask": "sample_brainmask.nii.gz",
 }
+TISSUE_1MM_FILENAME = "sample_tissue_1mm.nii.gz"
 RESOLUTION_MM = 2
 XFORM_CODE_MNI152 = 4
 
 
-def load_templates() -> dict[str, nib.Nifti1Image]:
-    """Load nilearn's 2 mm MNI152 images: ``"t1"``, ``"gm"``, ``"wm"`` and ``"brain_mask"``."""
+def load_templates(resolution: int = RESOLUTION_MM) -> dict[str, nib.Nifti1Image]:
+    """Load nilearn's MNI152 images: ``"t1"``, ``"gm"``, ``"wm"`` and ``"brain_mask"`` (2 mm by default)."""
     from nilearn import datasets
 
     return {
-        "t1": datasets.load_mni152_template(resolution=RESOLUTION_MM),
-        "gm": datasets.load_mni152_gm_template(resolution=RESOLUTION_MM),
-        "wm": datasets.load_mni152_wm_template(resolution=RESOLUTION_MM),
-        "brain_mask": datasets.load_mni152_brain_mask(resolution=RESOLUTION_MM),
+        "t1": datasets.load_mni152_template(resolution=resolution),
+        "gm": datasets.load_mni152_gm_template(resolution=resolution),
+        "wm": datasets.load_mni152_wm_template(resolution=resolution),
+        "brain_mask": datasets.load_mni152_brain_mask(resolution=resolution),
     }
 
 
@@ -99,10 +102,12 @@ def save_uint8(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     path.write_bytes(gzip.compress(img.to_bytes(), compresslevel=9, mtime=0))
 
 
-def main(argv: Sequence[str] | None = None, *, templates: dict | None = None) -> dict[str, Path]:
-    """Write the sample files into ``--output-dir`` and return their paths by key.
+def main(argv: Sequence[str] | None = None, *, templates: dict | None = None,
+         templates_1mm: dict | None = None) -> dict[str, Path]:
+    """Write the sample files into ``--output-dir`` and return their paths by key (``"tissue_1mm"`` too).
 
-    ``templates`` (from :func:`load_templates`) saves loading them again when already at hand.
+    ``templates`` and ``templates_1mm`` (from :func:`load_templates`) save loading them again when
+    already at hand.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -117,6 +122,10 @@ def main(argv: Sequence[str] | None = None, *, templates: dict | None = None) ->
         paths[key] = args.output_dir / name
         save_uint8(arrays[key], affine, paths[key])
         print(f"wrote {paths[key]} {arrays[key].shape} uint8")
+    fine, fine_affine = derive_arrays(load_templates(1) if templates_1mm is None else templates_1mm)
+    paths["tissue_1mm"] = args.output_dir / TISSUE_1MM_FILENAME
+    save_uint8(fine["label"], fine_affine, paths["tissue_1mm"])
+    print(f"wrote {paths['tissue_1mm']} {fine['label'].shape} uint8")
     return paths
 
 

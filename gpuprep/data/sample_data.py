@@ -24,6 +24,19 @@ _FILES = {
 }
 
 
+def tissue_1mm_path() -> Path:
+    """Path of the 1 mm tissue label map (0 background, 1 CSF, 2 GM, 3 WM) of the same template.
+
+    The anatomy the shipped brain-tissue U-Net is trained on (``gpuprep/models/train.py``).
+
+    Example
+    -------
+    >>> tissue_1mm_path().name
+    'sample_tissue_1mm.nii.gz'
+    """
+    return SAMPLE_DIR / "sample_tissue_1mm.nii.gz"
+
+
 def sample_brain_paths() -> dict[str, Path]:
     """Return the paths of the sample brain's files, by sample key.
 

@@ -5,7 +5,9 @@ map (``brain-tissue``) or synthetic heads built around it (``brain-mask``) are d
 (RandAffine and RandElastic, fused into one resampling), given a random Gaussian intensity per
 label (:class:`~gpuprep.transforms.augment.synth.RandLabelsToImage`), then a bias field, blur,
 gamma and noise, and cut into label-balanced patches. The network never sees a real T1, so it
-does not depend on one contrast. Everything is seeded: the same command gives the same weights
+does not depend on one contrast. The tissue model works at 1.5 mm: at 2 mm even perfect soft
+predictions mapped back to 1 mm cap CSF Dice at 0.76 (thin sulcal CSF), at 1.5 mm at 0.89.
+Everything is seeded: the same command gives the same weights
 on the same device.
 
 Run::
@@ -27,17 +29,19 @@ import torch
 from .._version import __version__
 from ..data.loader import resolve_device
 from ..data.patches import RandPatches
-from ..data.sample_data import sample_brain
+from ..data.sample_data import sample_brain, tissue_1mm_path
 from ..errors import ConfigError
 from ..sample import collate, make_sample
 from ..transforms import (
     Compose,
+    LoadImage,
     RandAffine,
     RandBiasField,
     RandBlur,
     RandElastic,
     RandGamma,
     RandNoise,
+    Resample,
     RescaleIntensity,
 )
 from ..transforms.augment.synth import RandLabelsToImage
@@ -52,16 +56,23 @@ PERCENTILES = [0.5, 99.5]
 NUM_HEADS = 24  # synthetic heads for the brain-mask task (seeds below 10000; evaluation uses others)
 
 
-def label_maps(task: str, seed: int, num_heads: int = NUM_HEADS) -> tuple[list[torch.Tensor], list, list[torch.Tensor]]:
+DEFAULT_SPACING = {"brain-tissue": 1.5, "brain-mask": 2.0}
+
+
+def label_maps(task: str, seed: int, num_heads: int = NUM_HEADS,
+               spacing: float = 2.0) -> tuple[list[torch.Tensor], list, list[torch.Tensor]]:
     """The label maps the generator draws from, their affines, and the training target of each.
 
-    ``brain-tissue``: the bundled tissue map (0 background, 1 CSF, 2 GM, 3 WM), target = itself.
-    ``brain-mask``: synthetic heads around it (labels of :data:`HEAD_LABELS`), target = brain (1-3).
+    ``brain-tissue``: the bundled 1 mm tissue map (0 background, 1 CSF, 2 GM, 3 WM) resampled to
+    ``spacing`` (one-hot), target = itself. ``brain-mask``: synthetic heads around the bundled
+    2 mm map (labels of :data:`HEAD_LABELS`), target = brain (1-3).
     """
+    if task == "brain-tissue":
+        fine = LoadImage("label")({"label": str(tissue_1mm_path())})
+        coarse = Resample("label", spacing, label_mode="onehot")(fine)
+        return [coarse["label"]], [coarse["label_meta"]["affine"].numpy()], [coarse["label"]]
     brain = sample_brain()
     tissue, affine = brain["label"], brain["label_meta"]["affine"].numpy()
-    if task == "brain-tissue":
-        return [tissue], [affine], [tissue]
     heads = [synthetic_head(tissue, affine, seed=seed * 1000 + index) for index in range(num_heads)]
     maps = [labels for labels, _ in heads]
     return maps, [a for _, a in heads], [((m >= 1) & (m <= 3)).to(torch.uint8) for m in maps]
@@ -87,7 +98,8 @@ def generator(task: str, patch: int, num_patches: int, num_labels: int, seed: in
 
 def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 2, patch: int = 64,
           channels: Sequence[int] = (8, 16, 32, 64), lr: float = 2e-3, device: str = "auto", seed: int = 0,
-          progress: bool = True, num_heads: int = NUM_HEADS) -> tuple[torch.nn.Module, dict]:
+          progress: bool = True, num_heads: int = NUM_HEADS,
+          spacing: float | None = None) -> tuple[torch.nn.Module, dict]:
     """Train one task and return the model (eval mode) and its spec (see ``gpuprep/models/weights``)."""
     from monai.losses import DiceCELoss
     from tqdm import tqdm
@@ -96,7 +108,8 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
         raise ConfigError(f"train: task must be one of {sorted(TASK_LABELS)}, got {task!r}")
     torch.manual_seed(seed)
     run_device = resolve_device(device)
-    maps, affines, targets = label_maps(task, seed, num_heads)
+    spacing = DEFAULT_SPACING[task] if spacing is None else float(spacing)
+    maps, affines, targets = label_maps(task, seed, num_heads, spacing)
     num_labels = 4 if task == "brain-tissue" else len(HEAD_LABELS)
     labels = TASK_LABELS[task]
     architecture = {"spatial_dims": 3, "in_channels": 1, "out_channels": len(labels),
@@ -128,7 +141,7 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
         "task": task,
         "architecture": architecture,
         "labels": labels,
-        "spacing_mm": 2.0,
+        "spacing_mm": spacing,
         "intensity": {"percentiles": PERCENTILES},
         "roi_size": [96, 96, 96],
         "gpuprep_version": __version__,
@@ -157,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heads", type=int, default=NUM_HEADS, help="synthetic heads (brain-mask)")
+    parser.add_argument("--spacing", type=float, default=None,
+                        help=f"training (and inference) spacing in mm; default {DEFAULT_SPACING}")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--output", type=Path, required=True, help="checkpoint path (.pt)")
     parser.add_argument("--no-progress", action="store_true")
@@ -164,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, spec = train(args.task, args.steps, args.batch_size, args.num_patches, args.patch, args.channels,
-                        args.lr, args.device, args.seed, progress=not args.no_progress, num_heads=args.heads)
+                        args.lr, args.device, args.seed, progress=not args.no_progress, num_heads=args.heads,
+                        spacing=args.spacing)
     save_checkpoint(args.output, model, spec)
     print(json.dumps(spec["training"] | {"generator": "..."}, indent=1))
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.2f} MB)")

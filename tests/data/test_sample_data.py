@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gpuprep.data.labels import CSF, GM, TISSUE_LABELS, WM
-from gpuprep.data.sample_data import SAMPLE_DIR, sample_brain, sample_brain_paths
+from gpuprep.data.sample_data import SAMPLE_DIR, sample_brain, sample_brain_paths, tissue_1mm_path
 from gpuprep.sample import get_affine, get_history
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +79,8 @@ def test_files_on_disk_are_uint8_with_mni_qform_and_sform(on_disk):
 
 def test_files_regenerate_identically_from_nilearn(script, templates, tmp_path, on_disk):
     written = script.main(["--output-dir", str(tmp_path)], templates=templates)
-    assert set(written) == set(KEYS)
+    assert set(written) == {*KEYS, "tissue_1mm"}
+    assert written["tissue_1mm"].read_bytes() == tissue_1mm_path().read_bytes()
     for key, img in on_disk.items():
         regenerated = nib.load(written[key])
         assert regenerated.get_data_dtype() == img.get_data_dtype()

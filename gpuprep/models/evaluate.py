@@ -98,21 +98,30 @@ def evaluate_mask(model: torch.nn.Module, seeds: Sequence[int] = (10_001, 10_002
         synthetic.append(dice(strip(generated)["brain_mask"], brain_mask_of(labels), 1))
     image, truth, affine = mni_tissue(resolution)
     real = []
-    white = float(image[truth == 3].median())
     for seed in seeds:
-        labels, head_affine = synthetic_head(truth, affine, seed=seed)
-        brain = brain_mask_of(labels).bool()
-        head = torch.zeros(labels.shape, dtype=torch.float32)
-        for value, level in HEAD_T1.items():
-            head[labels == value] = level * white
-        placed = torch.zeros(labels.shape, dtype=torch.float32)
-        offset = [(n - m) // 2 for n, m in zip(labels.shape[1:], image.shape[1:])]
-        placed[(slice(None), *(slice(o, o + m) for o, m in zip(offset, image.shape[1:])))] = image
-        head = torch.where(brain, placed, head)
-        sample = make_sample({"image": head}, affine=head_affine)
-        real.append(dice(strip(sample)["brain_mask"], brain.to(torch.uint8), 1))
+        head, brain, head_affine = t1_in_synthetic_head(image, truth, affine, seed)
+        real.append(dice(strip(make_sample({"image": head}, affine=head_affine))["brain_mask"], brain, 1))
     return {"synthetic_heads": float(np.mean(synthetic)), "synthetic_each": synthetic,
             "mni_t1_in_synthetic_head": float(np.mean(real)), "mni_each": real}
+
+
+def t1_in_synthetic_head(image: torch.Tensor, tissue: torch.Tensor, affine: np.ndarray,
+                         seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """A skull-stripped T1 ``[1, D, H, W]`` placed inside a synthetic head with T1-like layer intensities.
+
+    Returns the head image, its brain mask (uint8) and its affine. The layers (extracerebral
+    CSF, skull, scalp) get the :data:`HEAD_T1` intensities relative to the white-matter median.
+    """
+    labels, head_affine = synthetic_head(tissue, affine, seed=seed)
+    brain = brain_mask_of(labels)
+    white = float(image[tissue == 3].median())
+    head = torch.zeros(labels.shape, dtype=torch.float32)
+    for value, level in HEAD_T1.items():
+        head[labels == value] = level * white
+    placed = torch.zeros(labels.shape, dtype=torch.float32)
+    offset = [(n - m) // 2 for n, m in zip(labels.shape[1:], image.shape[1:])]
+    placed[(slice(None), *(slice(o, o + m) for o, m in zip(offset, image.shape[1:])))] = image
+    return torch.where(brain.bool(), placed, head), brain, head_affine
 
 
 def main(argv: Sequence[str] | None = None) -> int:

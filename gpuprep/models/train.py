@@ -46,7 +46,7 @@ from ..transforms import (
 )
 from ..transforms.augment.synth import RandLabelsToImage
 from .synth import HEAD_LABELS, synthetic_head
-from .unet import build_unet, save_checkpoint
+from .unet import build_unet, load_checkpoint, save_checkpoint
 
 TASK_LABELS = {
     "brain-tissue": {"0": "background", "1": "CSF", "2": "GM", "3": "WM"},
@@ -99,8 +99,12 @@ def generator(task: str, patch: int, num_patches: int, num_labels: int, seed: in
 def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 2, patch: int = 64,
           channels: Sequence[int] = (8, 16, 32, 64), lr: float = 2e-3, device: str = "auto", seed: int = 0,
           progress: bool = True, num_heads: int = NUM_HEADS,
-          spacing: float | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train one task and return the model (eval mode) and its spec (see ``gpuprep/models/weights``)."""
+          spacing: float | None = None, init: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train one task and return the model (eval mode) and its spec (see ``gpuprep/models/weights``).
+
+    ``init`` continues from a checkpoint of the same task and architecture; its training record
+    is kept under ``spec["training"]["previous"]``.
+    """
     from monai.losses import DiceCELoss
     from tqdm import tqdm
 
@@ -115,6 +119,14 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
     architecture = {"spatial_dims": 3, "in_channels": 1, "out_channels": len(labels),
                     "channels": list(channels), "strides": [2] * (len(channels) - 1), "num_res_units": 1}
     model = build_unet(architecture).to(run_device)
+    previous = None
+    if init is not None:
+        start_model, start_spec = load_checkpoint(init)
+        if start_spec["task"] != task or start_spec["architecture"] != architecture:
+            raise ConfigError(f"train: --init {init} holds a {start_spec['task']} model with architecture "
+                              f"{start_spec['architecture']}, not {task} with {architecture}")
+        model.load_state_dict(start_model.state_dict())
+        previous = {**start_spec["training"], "file_sha256": start_model.weights_sha256}
     make_batch = generator(task, patch, num_patches, num_labels, seed)
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
@@ -151,6 +163,7 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
             "seconds": round(time.perf_counter() - start, 1),
             "final_loss": round(sum(history[-100:]) / len(history[-100:]), 4),
             "generator": make_batch.get_config()["transforms"],
+            "previous": previous,
         },
     }
     return model, spec
@@ -174,13 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"training (and inference) spacing in mm; default {DEFAULT_SPACING}")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--output", type=Path, required=True, help="checkpoint path (.pt)")
+    parser.add_argument("--init", type=Path, default=None, help="continue from this checkpoint")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, spec = train(args.task, args.steps, args.batch_size, args.num_patches, args.patch, args.channels,
                         args.lr, args.device, args.seed, progress=not args.no_progress, num_heads=args.heads,
-                        spacing=args.spacing)
+                        spacing=args.spacing, init=args.init)
     save_checkpoint(args.output, model, spec)
     print(json.dumps(spec["training"] | {"generator": "..."}, indent=1))
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.2f} MB)")

@@ -13,7 +13,8 @@ def _weights(model) -> torch.Tensor:
 
 
 def test_training_is_deterministic_and_moves_the_weights():
-    options = {"steps": 2, "batch_size": 1, "num_patches": 1, "patch": 32, "channels": (4, 8), "progress": False}
+    options = {"steps": 2, "batch_size": 1, "num_patches": 1, "patch": 32, "channels": (4, 8), "progress": False,
+               "spacing": 3.0}
     first, spec = train("brain-tissue", seed=3, **options)
     second, _ = train("brain-tissue", seed=3, **options)
     other, _ = train("brain-tissue", seed=4, **options)

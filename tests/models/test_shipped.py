@@ -20,7 +20,7 @@ MAX_BYTES = 5 * 2**20
 def test_weights_are_bundled_small_and_have_a_model_card(task):
     path = weights_path(task)
     assert path.is_file() and path.stat().st_size <= MAX_BYTES
-    card = path.with_suffix(".md").read_text()
+    card = path.with_suffix(".md").read_text(encoding="utf-8")
     model = gp.models.load_pretrained(task, device="cpu")
     assert model.weights_sha256 in card  # the card describes this very file
     assert model.spec["task"] == task and not model.training

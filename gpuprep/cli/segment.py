@@ -123,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_paths(source: Path, outputs: dict[str, Path]) -> None:
-    """Refuse outputs that would overwrite the input or each other (the input is never modified)."""
+    """Refuse outputs that would overwrite the input or each other (the input is never modified).
+
+    Output folders that do not exist yet are created here, before any work is done.
+    """
     if not source.exists():
         raise FileNotFoundError(f"input image not found: {source}")
     seen: dict[Path, str] = {source.resolve(): "INPUT"}
@@ -132,6 +135,10 @@ def _check_paths(source: Path, outputs: dict[str, Path]) -> None:
         if resolved in seen:
             raise ConfigError(f"{name} {path} is the same file as {seen[resolved]}; choose another path")
         seen[resolved] = name
+    for path in outputs.values():
+        if path.parent.exists() and not path.parent.is_dir():
+            raise ConfigError(f"cannot write {path}: {path.parent} is a file, not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _volumes(labels: torch.Tensor, affine: torch.Tensor, names: dict[str, str]) -> dict:

@@ -91,3 +91,12 @@ def test_errors_are_one_line_with_exit_code_2(head, tmp_path, capsys, monkeypatc
     assert main(["segment", str(head), str(tmp_path / "o.nii.gz"), "--device", "cpu"]) == 2
     assert "not bundled in this build" in capsys.readouterr().err
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_missing_output_folders_are_created(tmp_path):
+    source = tmp_path / "in.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((12, 12, 12)).astype(np.float32), np.eye(4)), source)
+    output = tmp_path / "new" / "deeper" / "seg.nii.gz"
+    assert main(["segment", str(source), str(output), "--weights", str(tiny_checkpoint(tmp_path, "brain-tissue")),
+                 "--device", "cpu"]) == 0
+    assert output.is_file() and output.with_suffix("").with_suffix(".json").is_file()

@@ -75,7 +75,7 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
         target_shape, target_affine = tuple(step["in_shape"]), np.asarray(step["in_affine"])
     mode = mode or ("linear" if data.is_floating_point() else "onehot")
     if not chain:
-        restored = data
+        restored = data.clone()  # never hand back the caller's tensor itself
     elif mode == "onehot":
         restored = resample_steps(data[None], chain, target_shape, "nearest" if data.is_floating_point() else "linear",
                                   label_mode="onehot")[0]

@@ -200,7 +200,8 @@ def resample_steps(volume, chain, out_shape, mode, anti_aliasing=False, padding_
     size = len(chain[0])
     warped = [position for position, steps in enumerate(chain) if any("displacement" in s for s in steps)]
     if len(warped) > 1:
-        raise TransformError("one resampling can apply one elastic step; apply the others separately (fuse=False)")
+        raise TransformError("one resampling can apply one elastic step: Compose splits its runs so, and gp.invert "
+                             "cannot yet undo a history with two elastic steps for one key")
 
     def product(part: list, index: int) -> np.ndarray:
         return np.linalg.multi_dot([np.eye(4), np.eye(4)] + [np.asarray(steps[index]["voxel_map"]) for steps in part])

@@ -142,6 +142,27 @@ def get_meta(sample: Mapping, key: str) -> dict:
         ) from None
 
 
+def copy_meta(meta: Any) -> Any:
+    """A copy of a metadata dict deep enough that a new key never shares a mutable value with it.
+
+    Used when a transform adds a key on the grid of another (a mask, a prediction, a synthetic
+    image): tensors are cloned, dicts and lists copied, other values shared.
+
+    Example
+    -------
+    >>> meta = {"affine": torch.eye(4), "filename": "a.nii.gz"}
+    >>> copy_meta(meta)["affine"] is meta["affine"]
+    False
+    """
+    if isinstance(meta, Mapping):
+        return {k: copy_meta(v) for k, v in meta.items()}
+    if isinstance(meta, torch.Tensor):
+        return meta.clone()
+    if isinstance(meta, list):
+        return [copy_meta(v) for v in meta]
+    return meta
+
+
 def get_affine(sample: Mapping, key: str) -> torch.Tensor:
     """Return the voxel-to-world affine of image ``key``: float64 ``[4, 4]`` (``[B, 4, 4]`` for a batch).
 

@@ -26,11 +26,10 @@ import torch
 from ..data.sliding_window import predict_sample
 from ..errors import ConfigError, TransformError
 from ..functional.morphology import fill_holes, largest_component
-from ..sample import make_sample, meta_key
+from ..sample import copy_meta, make_sample, meta_key
 from ..transforms.base import Transform
 from ..transforms.compose import Compose
 from ..transforms.intensity.rescale import RescaleIntensity
-from ..transforms.mask.foreground import _copy_meta
 from ..transforms.spatial.crop_pad import PadToMultiple
 from ..transforms.spatial.orientation import Orientation
 from ..transforms.spatial.resample import Resample
@@ -194,7 +193,7 @@ class SegmentBrain(_SegmentationTransform):
         self._check_replay(params)
         (key,) = keys
         batch[self.output_key] = self._segment(batch, key)
-        batch[meta_key(self.output_key)] = _copy_meta(batch.get(meta_key(key), {}))
+        batch[meta_key(self.output_key)] = copy_meta(batch.get(meta_key(key), {}))
         return batch
 
 
@@ -290,7 +289,7 @@ class SkullStrip(_SegmentationTransform):
                 batch[key] = torch.where(mask, batch[key], torch.zeros((), dtype=batch[key].dtype,
                                                                        device=batch[key].device))
         batch[self.mask_key] = mask.to(torch.uint8)
-        batch[meta_key(self.mask_key)] = _copy_meta(batch.get(meta_key(self.source_key), {}))
+        batch[meta_key(self.mask_key)] = copy_meta(batch.get(meta_key(self.source_key), {}))
         return batch
 
 

@@ -22,7 +22,7 @@ import torch
 from ...errors import ConfigError, TransformError
 from ...functional.augment_intensity import draw_noise
 from ...random.ranges import uniform_range
-from ...sample import meta_key
+from ...sample import copy_meta, meta_key
 from ..random_base import RandomTransform
 
 __all__ = ["RandLabelsToImage"]
@@ -204,7 +204,7 @@ class RandLabelsToImage(RandomTransform):
                 made = self.generate(label.index_select(0, index), [params[i] for i in chosen], dtype)
                 image = image.index_copy(0, index, made)
         batch[self.image_key] = image
-        batch[meta_key(self.image_key)] = _copy_meta(batch.get(meta_key(self.label_key), {}))
+        batch[meta_key(self.image_key)] = copy_meta(batch.get(meta_key(self.label_key), {}))
         return batch
 
     def generate(self, label: torch.Tensor, params: list[dict], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -228,8 +228,3 @@ class RandLabelsToImage(RandomTransform):
             valid = (index >= 0) & (index < size)
             image = torch.where(valid, image, torch.full((), math.nan, device=label.device))
         return image.to(dtype)
-
-
-def _copy_meta(meta: dict) -> dict:
-    return {k: v.clone() if isinstance(v, torch.Tensor) else list(v) if isinstance(v, list) else v
-            for k, v in meta.items()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -12,7 +11,7 @@ from ...errors import ConfigError
 from ...functional.intensity import mask_fill
 from ...functional.morphology import binary_closing, fill_holes, largest_component
 from ...functional.threshold import otsu_threshold
-from ...sample import meta_key
+from ...sample import copy_meta, meta_key
 from ..base import Transform, intensity_keys
 from ..intensity._masking import check_bool, check_number, mask_tensor
 
@@ -117,7 +116,7 @@ class ForegroundMask(Transform):
         if self.fill_holes:
             mask = fill_holes(mask)
         batch[self.mask_key] = mask.to(torch.uint8)
-        batch[meta_key(self.mask_key)] = _copy_meta(batch.get(meta_key(key), {}))
+        batch[meta_key(self.mask_key)] = copy_meta(batch.get(meta_key(key), {}))
         return batch
 
 
@@ -171,14 +170,3 @@ class MaskImage(Transform):
         for key in targets:
             batch[key] = mask_fill(batch[key], masks[key], self.fill)
         return batch
-
-
-def _copy_meta(meta: Any) -> Any:
-    """A copy of a metadata dict deep enough that the new key never shares a mutable value."""
-    if isinstance(meta, dict):
-        return {k: _copy_meta(v) for k, v in meta.items()}
-    if isinstance(meta, torch.Tensor):
-        return meta.clone()
-    if isinstance(meta, list):
-        return [_copy_meta(v) for v in meta]
-    return meta

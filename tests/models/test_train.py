@@ -34,3 +34,17 @@ def test_command_line_writes_a_checkpoint_that_segments(tmp_path, capsys):
     sample = gp.data.sample_brain()
     out = gp.SkullStrip("image", model=model, apply=False)(sample)
     assert out["brain_mask"].shape == sample["image"].shape and out["brain_mask"].dtype == torch.uint8
+
+
+def test_checkpoints_during_training_hold_the_weights_of_that_step(tmp_path):
+    options = {"steps": 3, "batch_size": 1, "num_patches": 1, "patch": 32, "channels": (4, 8), "progress": False,
+               "spacing": 3.0, "seed": 5}
+    finished, _ = train("brain-tissue", checkpoint=tmp_path / "run.pt", checkpoint_every=2, **options)
+    snapshot, spec = gp.models.load_checkpoint(tmp_path / "run.pt")
+    assert spec["training"]["steps_done"] == 2 and spec["training"]["steps"] == 3
+    # Written after step 2 and not again at the end (the caller saves the finished model) ...
+    assert not torch.equal(_weights(snapshot), _weights(finished).half().float())
+    # ... and the same snapshot when the run is repeated.
+    train("brain-tissue", checkpoint=tmp_path / "again.pt", checkpoint_every=2, **options)
+    repeated, _ = gp.models.load_checkpoint(tmp_path / "again.pt")
+    assert torch.equal(_weights(snapshot), _weights(repeated))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -204,9 +205,42 @@ def test_synthseg_pipeline_on_a_batch():
         ({"mean": (1.0, 0.0)}, "mean"),
         ({"std": (-0.1, 0.1)}, "std"),
         ({"zero_background": 1.5}, "zero_background"),
+        ({"min_separation": -0.1}, "min_separation"),
+        ({"min_separation": 0.4, "num_labels": 4}, r"cannot have means 0\.4 apart"),
+        ({"min_separation": 0.1, "zero_background": 0.5, "mean": (-1.0, 1.0)}, "mean low >= 0"),
         ({"p": 2.0}, "p must"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         RandLabelsToImage(**kwargs)
+
+
+def _separated_means(transform: RandLabelsToImage, size: int, count: int) -> list[list[float]]:
+    return [transform.draw_table(random.Random(seed), size)["means"] for seed in range(count)]
+
+
+def test_min_separation_matches_rejection_sampling():
+    """Separated means are uniform over the separated tables: compare with rejection sampling."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    transform = RandLabelsToImage(num_labels=4, mean=(0.0, 1.0), min_separation=0.15)
+    drawn = _separated_means(transform, 4, 4000)
+    gaps = [min(abs(a - b) for i, a in enumerate(m) for b in m[i + 1:]) for m in drawn]
+    assert min(gaps) >= 0.15 - 1e-12 and all(0.0 <= v <= 1.0 for m in drawn for v in m)
+    rng, accepted = random.Random(1), []
+    while len(accepted) < 4000:
+        means = [rng.random() for _ in range(4)]
+        if min(abs(a - b) for i, a in enumerate(means) for b in means[i + 1:]) >= 0.15:
+            accepted.append(means)
+    for label in range(4):  # every label's marginal, and the spread of the table, as rejection gives
+        assert scipy_stats.ks_2samp([m[label] for m in drawn], [m[label] for m in accepted]).pvalue > 1e-3
+    spread = [max(m) - min(m) for m in drawn]
+    assert scipy_stats.ks_2samp(spread, [max(m) - min(m) for m in accepted]).pvalue > 1e-3
+
+
+def test_min_separation_with_zero_background_keeps_the_background_lowest():
+    transform = RandLabelsToImage(mean=(0.0, 1.0), min_separation=0.1, zero_background=1.0)
+    for means in _separated_means(transform, 7, 200):
+        assert means[0] == 0.0 and min(means[1:]) >= 0.1 - 1e-12
+    with pytest.raises(ConfigError, match=r"7 labels cannot have means 0\.2 apart"):
+        RandLabelsToImage(min_separation=0.2)(_blocks(labels=7))

@@ -34,7 +34,10 @@ class RandLabelsToImage(RandomTransform):
     Each sample draws, for every label value ``v`` in ``0 .. num_labels - 1``, a mean
     ``mean_v ~ U(mean)`` and a standard deviation ``std_v ~ U(std)``; with probability
     ``zero_background`` label 0 gets ``mean_0 = std_0 = 0`` instead (an empty background, as in
-    skull-stripped or masked scans). The image is ``mean[label] + std[label] * n`` with ``n``
+    skull-stripped or masked scans). With ``min_separation = g > 0`` the means are drawn uniformly
+    among the tables whose means all differ by at least ``g`` (so no two labels get the same
+    intensity and every boundary stays visible); a zeroed background then takes the lowest of
+    them. The image is ``mean[label] + std[label] * n`` with ``n``
     standard normal noise drawn on the data's device from a recorded 63-bit ``noise_seed`` (one
     per sample, :func:`~gpuprep.functional.augment_intensity.draw_noise`). The means, stds and
     seed are recorded, so :func:`~gpuprep.replay` repeats the image bit for bit. The lookup is one
@@ -74,6 +77,10 @@ class RandLabelsToImage(RandomTransform):
         Range of the per-label standard deviations, ``low >= 0``.
     zero_background:
         Probability (per sample) that label 0 gets intensity exactly 0.
+    min_separation:
+        Smallest difference between the means of any two labels (0: independent draws). It needs
+        ``(num_labels - 1) * min_separation <= high - low`` of ``mean``, and ``low >= 0`` when
+        ``zero_background > 0``.
     p, same_on_batch, seed, allow_missing_keys:
         See :class:`~gpuprep.transforms.random_base.RandomTransform`; ``allow_missing_keys``
         applies to ``label_key``.
@@ -106,6 +113,7 @@ class RandLabelsToImage(RandomTransform):
         mean: float | Sequence[float] = (0.0, 1.0),
         std: float | Sequence[float] = (0.0, 0.1),
         zero_background: float = 0.0,
+        min_separation: float = 0.0,
         p: float = 1.0,
         same_on_batch: bool = False,
         seed: int | None = None,
@@ -129,6 +137,14 @@ class RandLabelsToImage(RandomTransform):
         self.mean = uniform_range(mean, "mean", "RandLabelsToImage")
         self.std = uniform_range(std, "std", "RandLabelsToImage", minimum=0.0)
         self.zero_background = float(zero_background)
+        if isinstance(min_separation, bool) or not isinstance(min_separation, (int, float)) or not min_separation >= 0:
+            raise ConfigError(f"RandLabelsToImage: min_separation must be a number >= 0, got {min_separation!r}")
+        self.min_separation = float(min_separation)
+        if self.min_separation > 0 and self.zero_background > 0 and self.mean[0] < 0:
+            raise ConfigError(f"RandLabelsToImage: min_separation with zero_background needs mean low >= 0 (the "
+                              f"zeroed background must stay below every other label), got mean={self.mean}")
+        if num_labels is not None:
+            self._check_separation(num_labels)
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -144,9 +160,37 @@ class RandLabelsToImage(RandomTransform):
         for _ in range(size):
             means.append(rng.uniform(*self.mean))
             stds.append(rng.uniform(*self.std))
+        if self.min_separation > 0:
+            means = self._separate(means)
+            if zero:  # the background takes the lowest mean, so 0 stays below the others
+                lowest = min(range(size), key=means.__getitem__)
+                means[0], means[lowest] = means[lowest], means[0]
         if zero:
             means[0], stds[0] = 0.0, 0.0
         return {"noise_seed": noise_seed, "zero_background": zero, "means": means, "stds": stds}
+
+    def _check_separation(self, size: int) -> None:
+        low, high = self.mean
+        if (size - 1) * self.min_separation > high - low + 1e-12:
+            raise ConfigError(f"RandLabelsToImage: {size} labels cannot have means {self.min_separation} apart "
+                              f"within mean={self.mean}; need (num_labels - 1) * min_separation <= {high - low:g}")
+
+    def _separate(self, draws: list[float]) -> list[float]:
+        """Spread independent draws into means at least ``min_separation`` apart, uniformly.
+
+        The draws are rescaled to ``[low, high - (n - 1) g]`` and the ``r``-th smallest moved up
+        by ``r g``: a bijection between unconstrained points and separated ones, so the result
+        is uniform over the separated tables and each label's rank stays random.
+        """
+        self._check_separation(len(draws))
+        low, high = self.mean
+        gap = self.min_separation
+        shrink = (high - low - (len(draws) - 1) * gap) / (high - low) if high > low else 0.0
+        order = sorted(range(len(draws)), key=draws.__getitem__)
+        means = [0.0] * len(draws)
+        for rank, index in enumerate(order):
+            means[index] = low + (draws[index] - low) * shrink + rank * gap
+        return means
 
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
         label = self._label(batch)

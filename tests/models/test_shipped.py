@@ -28,7 +28,7 @@ def test_weights_are_bundled_small_and_have_a_model_card(task):
 
 @pytest.mark.slow
 def test_skull_strip_on_the_sample_brain_inside_a_synthetic_head():
-    """Measured 0.973 and 0.968 for these two unseen heads when the weights were made."""
+    """Measured 0.976 and 0.970 for these two unseen heads when the weights were made."""
     brain = gp.data.sample_brain()
     for seed in (20001, 20002):
         head, truth, affine = t1_in_synthetic_head(brain["image"], brain["label"],
@@ -40,9 +40,9 @@ def test_skull_strip_on_the_sample_brain_inside_a_synthetic_head():
 
 @pytest.mark.slow
 def test_segment_brain_on_the_sample_brain():
-    """Measured CSF 0.299, GM 0.764, WM 0.618 when the (preliminary) weights were made."""
+    """Measured CSF 0.583, GM 0.827, WM 0.767 when the (preliminary) weights were made."""
     brain = gp.data.sample_brain()
     out = gp.SegmentBrain("image", device="cpu")(brain)
     assert out["tissue"].shape == brain["label"].shape
     scores = {value: dice(out["tissue"], brain["label"], value) for value in (1, 2, 3)}
-    assert scores[1] > 0.25 and scores[2] > 0.72 and scores[3] > 0.57, scores
+    assert scores[1] > 0.55 and scores[2] > 0.80 and scores[3] > 0.74, scores

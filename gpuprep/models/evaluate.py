@@ -25,8 +25,11 @@ from ..transforms.augment.synth import RandLabelsToImage
 from .inference import SegmentBrain, SkullStrip
 from .pretrained import load_pretrained
 from .synth import HEAD_LABELS, brain_mask_of, synthetic_head
+from .train import MIN_SEPARATION
 
 TISSUE_NAMES = {1: "CSF", 2: "GM", 3: "WM"}
+# Synthetic heads never used in training (training draws seeds below 10000).
+HELD_OUT_HEAD_SEEDS = tuple(range(10_001, 10_011))
 # T1-like intensities (relative to white matter = 1) of the head layers around a real T1 brain.
 HEAD_T1 = {0: 0.0, 4: 0.15, 5: 0.08, 6: 0.85}
 
@@ -81,8 +84,8 @@ def evaluate_tissue(model: torch.nn.Module, resolution: int = 1, perturb_seeds: 
     return result
 
 
-def evaluate_mask(model: torch.nn.Module, seeds: Sequence[int] = (10_001, 10_002, 10_003),
-                  resolution: int = 1, min_separation: float = 0.08) -> dict:
+def evaluate_mask(model: torch.nn.Module, seeds: Sequence[int] = HELD_OUT_HEAD_SEEDS, resolution: int = 1,
+                  min_separation: float = MIN_SEPARATION["brain-mask"]) -> dict:
     """Brain-mask Dice on held-out synthetic heads (2 mm) and on the MNI T1 inside synthetic heads.
 
     Synthetic heads are scored twice: with random means at least ``min_separation`` apart (every
@@ -140,12 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--task", required=True, choices=["brain-tissue", "brain-mask"])
     parser.add_argument("--weights", default=None, help="checkpoint path (default: the shipped weights)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(HELD_OUT_HEAD_SEEDS),
                         help="brain-mask: synthetic-head seeds (default 10001-10010)")
     args = parser.parse_args(argv)
     model = load_pretrained(args.weights or args.task, device=args.device)
-    seeds = args.seeds or list(range(10_001, 10_011))
-    metrics = evaluate_tissue(model) if args.task == "brain-tissue" else evaluate_mask(model, seeds)
+    metrics = evaluate_tissue(model) if args.task == "brain-tissue" else evaluate_mask(model, args.seeds)
     print(json.dumps(metrics, indent=1))
     return 0
 

@@ -4,7 +4,8 @@ The numbers of the model cards come from here. The MNI152 2009a T1 at 1 mm and i
 white-matter and brain-mask templates come from nilearn (a development dependency; it ships
 them, nothing is downloaded); the tissue truth is the argmax of (CSF = 1 - GM - WM, GM, WM)
 inside the brain mask, as for the bundled sample. The networks were trained on synthetic images
-made from the 2 mm version of that label map only: they have never seen the T1's intensities.
+made from those tissue maps (or heads built around them) only: they have never seen the T1's
+intensities.
 
 Run: ``python -m gpuprep.models.evaluate --task brain-tissue [--weights PATH]``
 """
@@ -18,11 +19,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..errors import MissingDependencyError
 from ..sample import make_sample
 from ..transforms import Compose, RandAffine, RandBiasField, RandNoise
 from ..transforms.augment.synth import RandLabelsToImage
+from . import mni
 from .inference import SegmentBrain, SkullStrip
+from .mni import mni_t1
 from .pretrained import load_pretrained
 from .synth import HEAD_LABELS, brain_mask_of, synthetic_head
 from .train import MIN_SEPARATION
@@ -36,23 +38,8 @@ HEAD_T1 = {0: 0.0, 4: 0.15, 5: 0.08, 6: 0.85}
 
 def mni_tissue(resolution: int = 1) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """The MNI152 2009a T1 ``[1, D, H, W]`` float32, its tissue labels (uint8) and the affine."""
-    try:
-        from nilearn.datasets import (
-            load_mni152_brain_mask,
-            load_mni152_gm_template,
-            load_mni152_template,
-            load_mni152_wm_template,
-        )
-    except ImportError:
-        raise MissingDependencyError("evaluating on the MNI152 template needs nilearn: pip install nilearn") from None
-    t1 = load_mni152_template(resolution=resolution)
-    gm = load_mni152_gm_template(resolution=resolution).get_fdata()
-    wm = load_mni152_wm_template(resolution=resolution).get_fdata()
-    mask = np.asarray(load_mni152_brain_mask(resolution=resolution).dataobj) > 0
-    tissue = np.argmax(np.stack([np.clip(1 - gm - wm, 0, 1), gm, wm]), axis=0) + 1
-    labels = np.where(mask, tissue, 0).astype(np.uint8)
-    image = np.ascontiguousarray(t1.get_fdata(dtype=np.float32))
-    return torch.from_numpy(image)[None], torch.from_numpy(np.ascontiguousarray(labels))[None], t1.affine
+    image, affine = mni_t1(resolution)
+    return image, mni.mni_tissue(resolution)[1], affine
 
 
 def dice(prediction: torch.Tensor, truth: torch.Tensor, value: int) -> float:

@@ -1,7 +1,8 @@
 """Train the shipped U-Nets on synthetic images generated from label maps (SynthSeg / SynthStrip).
 
-Every training batch is made on the device from label maps alone: the bundled MNI tissue map
-(``brain-tissue``) or synthetic heads built around it (``brain-mask``) are deformed
+Every training batch is made on the device from label maps alone: the MNI tissue fractions
+(``brain-tissue``; partial volumes, so a voxel half GM and half WM gets the mean of the two) or
+synthetic heads built around the tissue map (``brain-mask``) are deformed
 (RandAffine and RandElastic, fused into one resampling), given a random Gaussian intensity per
 label (:class:`~gpuprep.transforms.augment.synth.RandLabelsToImage`, means at least
 :data:`MIN_SEPARATION` apart so that every boundary is visible, in any order), then blur, a bias
@@ -29,12 +30,11 @@ import torch
 from .._version import __version__
 from ..data.loader import resolve_device
 from ..data.patches import RandPatches
-from ..data.sample_data import sample_brain, tissue_1mm_path
+from ..data.sample_data import sample_brain
 from ..errors import ConfigError
 from ..sample import collate, make_sample
 from ..transforms import (
     Compose,
-    LoadImage,
     RandAffine,
     RandBiasField,
     RandBlur,
@@ -45,6 +45,7 @@ from ..transforms import (
     RescaleIntensity,
 )
 from ..transforms.augment.synth import RandLabelsToImage
+from .mni import mni_tissue
 from .synth import HEAD_LABELS, synthetic_head
 from .unet import build_unet, load_checkpoint, save_checkpoint
 
@@ -62,20 +63,28 @@ DEFAULT_CHANNELS = {"brain-tissue": (16, 32, 64, 128, 128), "brain-mask": (16, 3
 # field and gamma): a draw where two tissues get the same intensity has no visible boundary, so it
 # only teaches the network to guess. Every ordering of the tissues is still drawn.
 MIN_SEPARATION = {"brain-tissue": 0.15, "brain-mask": 0.08}
+# Patch centres: brain voxels vs the rest, per task. Tissue patches sit mostly on the brain (the
+# classes to learn). A skull stripper must also learn that a bright background far from the head
+# is not brain: with 9 brain-centred patches in 10 it called such backgrounds brain on unseen heads.
+POS_NEG_RATIO = {"brain-tissue": (9, 1), "brain-mask": (1, 1)}
 
 
 def label_maps(task: str, seed: int, num_heads: int = NUM_HEADS,
                spacing: float = 2.0) -> tuple[list[torch.Tensor], list, list[torch.Tensor]]:
     """The label maps the generator draws from, their affines, and the training target of each.
 
-    ``brain-tissue``: the bundled 1 mm tissue map (0 background, 1 CSF, 2 GM, 3 WM) resampled to
-    ``spacing`` (one-hot), target = itself. ``brain-mask``: synthetic heads around the bundled
-    2 mm map (labels of :data:`HEAD_LABELS`), target = brain (1-3).
+    ``brain-tissue``: the MNI152 tissue fractions (background, CSF, GM, WM; nilearn's 1 mm
+    templates, :func:`~gpuprep.models.mni.mni_tissue`) resampled to ``spacing`` (linear), so the
+    generated images have the template's partial volumes, for example white matter that darkens
+    towards the cortex; target = the tissue labels (the bundled 1 mm map) resampled one-hot.
+    ``brain-mask``: synthetic heads around the bundled 2 mm map (labels of :data:`HEAD_LABELS`),
+    target = brain (1-3).
     """
     if task == "brain-tissue":
-        fine = LoadImage("label")({"label": str(tissue_1mm_path())})
-        coarse = Resample("label", spacing, label_mode="onehot")(fine)
-        return [coarse["label"]], [coarse["label_meta"]["affine"].numpy()], [coarse["label"]]
+        fractions, labels, affine = mni_tissue(1)
+        fine = make_sample({"label": fractions, "target": labels}, affine=affine)
+        coarse = Resample(["label", "target"], spacing, label_mode="onehot")(fine)
+        return [coarse["label"]], [coarse["label_meta"]["affine"].numpy()], [coarse["target"]]
     brain = sample_brain()
     tissue, affine = brain["label"], brain["label_meta"]["affine"].numpy()
     heads = [synthetic_head(tissue, affine, seed=seed * 1000 + index) for index in range(num_heads)]
@@ -98,7 +107,7 @@ def generator(task: str, patch: int, num_patches: int, num_labels: int, seed: in
         RandNoise("image", std=(0.0, 0.05)),
         RescaleIntensity("image", percentiles=PERCENTILES, out_range=(0.0, 1.0), clip=True),
         RandPatches(["image", "target"], size=patch, num_patches=num_patches, sampler="label",
-                    label_key="target", pos_neg_ratio=(9, 1)),
+                    label_key="target", pos_neg_ratio=POS_NEG_RATIO[task]),
     ], seed=seed)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 import gpuprep as gp
-from gpuprep.models.train import main, train
+from gpuprep.models.train import label_maps, main, train
 
 
 def _weights(model) -> torch.Tensor:
@@ -48,3 +49,16 @@ def test_checkpoints_during_training_hold_the_weights_of_that_step(tmp_path):
     train("brain-tissue", checkpoint=tmp_path / "again.pt", checkpoint_every=2, **options)
     repeated, _ = gp.models.load_checkpoint(tmp_path / "again.pt")
     assert torch.equal(_weights(snapshot), _weights(repeated))
+
+
+def test_tissue_label_maps_are_the_templates_partial_volumes():
+    """The tissue generator paints the MNI fractions (linear at 1.5 mm); the target is the label map."""
+    maps, affines, targets = label_maps("brain-tissue", seed=0, spacing=1.5)
+    fractions, target = maps[0], targets[0]
+    assert fractions.dtype == torch.float32 and fractions.shape[0] == 4 and target.shape == (1, *fractions.shape[1:])
+    torch.testing.assert_close(fractions.sum(0), torch.ones(fractions.shape[1:]), rtol=0, atol=1e-5)
+    assert np.allclose(np.diag(affines[0])[:3], 1.5)
+    # Mixed voxels (the partial volumes) exist, and the hard target mostly agrees with the argmax.
+    assert ((fractions > 0.2) & (fractions < 0.8)).any(0).float().mean() > 0.05
+    assert (fractions.argmax(0, keepdim=True).to(torch.uint8) == target).float().mean() > 0.98
+    assert set(torch.unique(target).tolist()) == {0, 1, 2, 3}

@@ -1,4 +1,5 @@
-"""RandLabelsToImage: per-label statistics, batch = singles, replay, skipping, label range, SynthSeg pipeline."""
+"""RandLabelsToImage: per-label statistics, batch = singles, replay, skipping, label range, partial volumes,
+SynthSeg pipeline."""
 
 from __future__ import annotations
 
@@ -133,8 +134,8 @@ def test_label_range_is_checked():
     signed = dict(sample, label=sample["label"].to(torch.int8) - 1)
     with pytest.raises(TransformError, match="has label value -1"):
         RandLabelsToImage(seed=0)(signed)
-    with pytest.raises(TransformError, match="integer label map"):
-        RandLabelsToImage(seed=0)(dict(sample, label=sample["label"].float()))
+    with pytest.raises(TransformError, match=r"integer label map or floating label fractions, got dtype torch\.bool"):
+        RandLabelsToImage(seed=0)(dict(sample, label=sample["label"] > 0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the unchecked (no synchronisation) path is for CUDA")
@@ -244,3 +245,69 @@ def test_min_separation_with_zero_background_keeps_the_background_lowest():
         assert means[0] == 0.0 and min(means[1:]) >= 0.1 - 1e-12
     with pytest.raises(ConfigError, match=r"7 labels cannot have means 0\.2 apart"):
         RandLabelsToImage(min_separation=0.2)(_blocks(labels=7))
+
+
+# -- partial volumes (floating label fractions) ------------------------------------------------
+
+
+def _fractions(sample: dict, labels: int = 4) -> torch.Tensor:
+    """The one-hot fractions ``[1, labels, D, H, W]`` of a ``_blocks`` label map."""
+    return torch.nn.functional.one_hot(sample["label"][0].long(), labels).permute(3, 0, 1, 2)[None].float()
+
+
+def test_one_hot_fractions_give_the_label_maps_image(device):
+    sample = _blocks(device=device)
+    transform = RandLabelsToImage(num_labels=4, std=(0.05, 0.2), seed=4)
+    hard = transform(sample)
+    soft = transform(dict(sample, label=_fractions(sample)[0]))
+    assert soft["image"].shape == hard["image"].shape == (1, 16, 16, 16)
+    assert gp.get_history(soft)[-1]["params"] == gp.get_history(hard)[-1]["params"]
+    torch.testing.assert_close(soft["image"], hard["image"], rtol=0, atol=1e-6)
+
+
+def test_mixed_voxels_average_the_labels_parameters():
+    """Half label 1 and half label 2: mean and std are the averages (checked on 40k voxels)."""
+    shape = (40, 32, 32)
+    fractions = torch.zeros(3, *shape)
+    fractions[1], fractions[2] = 0.5, 0.5
+    fractions[:, :, :, :4] = torch.tensor([0.2, 0.0, 0.0]).reshape(3, 1, 1, 1)  # sums to 0.2: the rest is label 0
+    out = RandLabelsToImage(num_labels=3, mean=(0.0, 1.0), std=(0.1, 0.3), seed=7)(gp.make_sample({"label": fractions}))
+    params = gp.get_history(out)[-1]["params"]
+    means, stds = params["means"], params["stds"]
+    mixed = out["image"][0, :, :, 4:].double()
+    mean, std, n = (means[1] + means[2]) / 2, (stds[1] + stds[2]) / 2, mixed.numel()
+    assert abs(mixed.mean().item() - mean) < 5 * std / math.sqrt(n)
+    assert abs(mixed.std().item() / std - 1) < 5 / math.sqrt(2 * n)
+    padded = out["image"][0, :, :, :4].double()  # all label 0 (fraction 0.2 given + 0.8 left over)
+    assert abs(padded.mean().item() - means[0]) < 5 * stds[0] / math.sqrt(padded.numel())
+    noise = draw_noise(fractions[None, :1], [params["noise_seed"]], dtype=torch.float32)[0, 0, 0]
+    expected = torch.where(torch.arange(32).reshape(1, 1, 32) >= 4,
+                           torch.tensor(mean) + torch.tensor(std) * noise,
+                           torch.tensor(means[0]) + torch.tensor(stds[0]) * noise)
+    torch.testing.assert_close(out["image"][0], expected.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_fractions_batch_replay_and_skipped_samples():
+    samples = [dict(_blocks(i), label=_fractions(_blocks(i))[0] * 0.5 + 0.125) for i in range(4)]
+    transform = RandLabelsToImage(num_labels=4, p=0.5, seed=2)
+    batch = transform(gp.collate(samples))
+    applied = [h[-1]["params"]["apply"] for h in gp.get_history(batch)]
+    assert 0 < sum(applied) < len(applied)
+    for index, sample in enumerate(samples):
+        single = transform(sample)
+        assert torch.equal(batch["image"][index], single["image"])
+        assert torch.equal(gp.replay(sample, gp.get_history(single))["image"], single["image"])
+        if not applied[index]:  # no image before: the expected label value sum_k k f_k
+            expected = (torch.arange(4.0).reshape(4, 1, 1, 1) * sample["label"]).sum(0, keepdim=True)
+            torch.testing.assert_close(single["image"], expected)
+
+
+@pytest.mark.parametrize("label, num_labels, match", [
+    (torch.full((1, 3, 4, 4, 4), 0.5), 4, "have 3 channels; with num_labels=4"),
+    (torch.full((1, 2, 4, 4, 4), -0.1), None, "must lie in \\[0, 1\\], got values from -0.1"),
+    (torch.full((1, 2, 4, 4, 4), 1.5), None, "to 1.5"),
+])
+def test_bad_fractions(label, num_labels, match):
+    sample = {"label": label, "label_meta": gp.make_meta(torch.eye(4)), "history": [[]]}
+    with pytest.raises(TransformError, match=match):
+        RandLabelsToImage(num_labels=num_labels, seed=0)(sample)

@@ -48,10 +48,19 @@ class RandLabelsToImage(RandomTransform):
     map is unchanged. An ``image_key`` already in the sample is **overwritten**; its floating
     dtype is kept (so float16 or float64 pipelines stay so), otherwise the image is float32.
 
+    Partial volumes: a **floating** label tensor ``[B, K, D, H, W]`` holds the fraction of each
+    label ``0 .. K-1`` in every voxel (for example tissue probability maps, or a one-hot map after
+    linear resampling). Each voxel then mixes its labels' parameters by their fractions, mean
+    ``sum_k f_k mean_k`` and std ``sum_k f_k std_k``, as a scanner averages the tissues inside a
+    voxel, and the image is ``[B, 1, D, H, W]``. Fractions summing to less than 1 (zeros padded
+    in by a spatial transform) give the rest to label 0. Values must lie in [0, 1] (checked on
+    the CPU) and ``num_labels``, if given, must equal ``K``.
+
     Samples skipped by ``p`` (``{"apply": False}`` recorded): an existing ``image_key`` keeps its
     data for them (so ``p=0`` is the identity, metadata included); without one, a skipped sample
-    gets its label values as intensities (``label.float()``), so a batch always has an image. A
-    batch mixing generated and kept images needs the existing image to have the label's shape.
+    gets its label values as intensities (``label.float()``; ``sum_k k f_k`` for fractions), so a
+    batch always has an image. A batch mixing generated and kept images needs the existing image
+    to have the generated image's shape.
 
     Label range and device synchronisation:
 
@@ -66,7 +75,8 @@ class RandLabelsToImage(RandomTransform):
     Parameters
     ----------
     label_key:
-        Key of the integer label map (it must be in the sample, unless ``allow_missing_keys``).
+        Key of the integer label map or of the label fractions (it must be in the sample, unless
+        ``allow_missing_keys``).
     image_key:
         Key the image is written to (different from ``label_key``).
     num_labels:
@@ -204,13 +214,31 @@ class RandLabelsToImage(RandomTransform):
 
     def _label(self, batch: dict) -> torch.Tensor:
         label = batch[self.label_key]
-        if label.is_floating_point() or label.is_complex():
-            raise TransformError(f"RandLabelsToImage: {self.label_key!r} must be an integer label map, "
-                                 f"got dtype {label.dtype}")
+        if label.is_complex() or label.dtype == torch.bool:
+            raise TransformError(f"RandLabelsToImage: {self.label_key!r} must be an integer label map or "
+                                 f"floating label fractions, got dtype {label.dtype}")
+        if label.is_floating_point():
+            self._check_fractions(label)
         return label
+
+    def _check_fractions(self, fractions: torch.Tensor) -> None:
+        """Floating labels are fractions ``[B, K, ...]``: K must match ``num_labels``, values in [0, 1]."""
+        if fractions.ndim < 3:
+            raise TransformError(f"RandLabelsToImage: label fractions {self.label_key!r} must be [B, K, ...], got "
+                                 f"shape {tuple(fractions.shape)}")
+        if self.num_labels is not None and fractions.shape[1] != self.num_labels:
+            raise TransformError(f"RandLabelsToImage: label fractions {self.label_key!r} have {fractions.shape[1]} "
+                                 f"channels; with num_labels={self.num_labels} they need one per label")
+        if fractions.device.type == "cpu":  # reading the range back is free only on the CPU
+            low, high = float(fractions.min()), float(fractions.max())
+            if not (low >= 0.0 and high <= 1.0 + 1e-4):
+                raise TransformError(f"RandLabelsToImage: label fractions {self.label_key!r} must lie in [0, 1], "
+                                     f"got values from {low:g} to {high:g}")
 
     def _table_sizes(self, label: torch.Tensor) -> list[int]:
         """Per-sample table sizes; checks the label range where that needs no synchronisation."""
+        if label.is_floating_point():
+            return [label.shape[1]] * label.shape[0]
         if self.num_labels is not None and label.device.type != "cpu":
             return [self.num_labels] * label.shape[0]
         flat = label.reshape(label.shape[0], -1)
@@ -237,12 +265,13 @@ class RandLabelsToImage(RandomTransform):
         if len(chosen) == len(params):
             image = self.generate(label, params, dtype)
         else:
-            if keep and existing.shape != label.shape:
+            shape = label.shape if not label.is_floating_point() else (label.shape[0], 1, *label.shape[2:])
+            if keep and existing.shape != shape:
                 raise TransformError(
-                    f"RandLabelsToImage: {self.image_key!r} has shape {tuple(existing.shape)}, {self.label_key!r} "
-                    f"{tuple(label.shape)}; a batch where p skips some samples keeps their image, so the "
-                    "shapes must match (or use p=1)")
-            image = existing.to(dtype) if keep else label.to(dtype)
+                    f"RandLabelsToImage: {self.image_key!r} has shape {tuple(existing.shape)}, the image of "
+                    f"{self.label_key!r} {tuple(shape)}; a batch where p skips some samples keeps their image, so "
+                    "the shapes must match (or use p=1)")
+            image = existing.to(dtype) if keep else _label_values(label, dtype)
             if chosen:
                 index = torch.tensor(chosen, device=label.device)
                 made = self.generate(label.index_select(0, index), [params[i] for i in chosen], dtype)
@@ -259,6 +288,8 @@ class RandLabelsToImage(RandomTransform):
             table[0, row, : len(p["means"])] = torch.tensor(p["means"], dtype=torch.float32)
             table[1, row, : len(p["stds"])] = torch.tensor(p["stds"], dtype=torch.float32)
         table = table.to(label.device)
+        if label.is_floating_point():
+            return self._generate_mixed(label, table, params, dtype)
         view = (-1,) + (1,) * (label.ndim - 1)
         offsets = torch.arange(len(params), device=label.device).reshape(view) * size
         index = label.long()
@@ -272,3 +303,28 @@ class RandLabelsToImage(RandomTransform):
             valid = (index >= 0) & (index < size)
             image = torch.where(valid, image, torch.full((), math.nan, device=label.device))
         return image.to(dtype)
+
+    @staticmethod
+    def _generate_mixed(fractions: torch.Tensor, table: torch.Tensor, params: list[dict],
+                        dtype: torch.dtype) -> torch.Tensor:
+        """Partial volumes: each voxel mixes its labels' means and stds by their fractions.
+
+        Fractions summing to less than 1 (zeros a spatial transform padded in) leave the rest
+        to label 0, the background: ``m = m_0 + sum_k f_k (m_k - m_0)``, and the same for ``s``.
+        """
+        weights = fractions.to(torch.float32)
+        size = weights.shape[1]
+        view = (weights.shape[0], 1) + (1,) * (weights.ndim - 2)
+        relative = table[:, :, :size] - table[:, :, :1]  # [2, B, K]: each label against the background
+        means = torch.einsum("bk...,bk->b...", weights, relative[0]).unsqueeze(1) + table[0, :, :1].reshape(view)
+        stds = torch.einsum("bk...,bk->b...", weights, relative[1]).unsqueeze(1) + table[1, :, :1].reshape(view)
+        noise = draw_noise(weights[:, :1], [p["noise_seed"] for p in params], dtype=torch.float32)[0]
+        return torch.addcmul(means, stds, noise).to(dtype)
+
+
+def _label_values(label: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The label map as intensities (the image of a skipped sample): fractions give ``sum_k k f_k``."""
+    if not label.is_floating_point():
+        return label.to(dtype)
+    values = torch.arange(label.shape[1], device=label.device, dtype=torch.float32)
+    return torch.einsum("bk...,k->b...", label.to(torch.float32), values).unsqueeze(1).to(dtype)

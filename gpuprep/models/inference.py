@@ -71,11 +71,14 @@ class _SegmentationTransform(Transform, abstract=True):
         self.spec = check_spec(self.model.spec, f"{name}: model.spec")
         self.model.eval()
         strides = math.prod(self.spec["architecture"]["strides"])
+        # Padding repeats the edge (to the U-Net's multiple, and in the sliding windows):
+        # zeros would frame a bright background with a dark border, which the network takes for
+        # the skull around a brain.
         self._preprocess = Compose([
             Orientation("image", "RAS"),
             Resample("image", self.spec["spacing_mm"]),
             RescaleIntensity("image", percentiles=self.spec["intensity"]["percentiles"], out_range=(0.0, 1.0)),
-            PadToMultiple("image", strides),
+            PadToMultiple("image", strides, padding_mode="border"),
         ])
 
     def get_config(self) -> dict:
@@ -115,7 +118,8 @@ class _SegmentationTransform(Transform, abstract=True):
             sub = make_sample({"image": image.to(self.device, torch.float32)}, affine=affine)
             sub = self._preprocess(sub)
             out = predict_sample(sub, self._predict, self.spec["roi_size"], "image", sw_batch_size=self.sw_batch_size,
-                                 overlap=self.overlap, argmax=True, invert=True, output_key="labels")
+                                 overlap=self.overlap, padding_mode="replicate", argmax=True, invert=True,
+                                 output_key="labels")
             labels.append(out["labels"].to(torch.uint8))
         return torch.stack(labels).to(images.device)
 

@@ -162,6 +162,28 @@ def test_pad_to_multiple_matches_monai():
     np.testing.assert_array_equal(out["image"].numpy(), np.asarray(reference))
 
 
+def test_pad_to_multiple_repeats_the_edge_like_monai_and_inverts():
+    from monai.transforms import DivisiblePad
+
+    data = np.random.default_rng(5).normal(size=(1, 13, 16, 7)).astype(np.float32)
+    out = gp.PadToMultiple("image", 8, padding_mode="border")(_sample(data[0], oblique_affine()))
+    reference = DivisiblePad(k=8, method="symmetric", mode="edge")(torch.from_numpy(data))
+    np.testing.assert_array_equal(out["image"].numpy(), np.asarray(reference))
+    np.testing.assert_array_equal(gp.invert(out, "image")["image"].numpy(), data)
+
+
+def test_a_fused_orientation_keeps_the_padding_of_the_next_step():
+    """Orientation never looks outside its input: fused with PadToMultiple(border) the edge is repeated."""
+    data = np.random.default_rng(8).normal(size=(9, 8, 7)).astype(np.float32) + 5
+    sample = _sample(data, np.diag([-2.0, 2.0, 2.0, 1.0]))
+    for padding in ("zeros", "border"):
+        fused = gp.Compose([gp.Orientation("image", "RAS"), gp.PadToMultiple("image", 4, padding_mode=padding)])(sample)
+        apart = gp.PadToMultiple("image", 4, padding_mode=padding)(gp.Orientation("image", "RAS")(sample))
+        torch.testing.assert_close(fused["image"], apart["image"], rtol=0, atol=0)
+    zeros = gp.PadToMultiple("image", 4)(gp.Orientation("image", "RAS")(sample))
+    assert not torch.allclose(fused["image"], zeros["image"])  # the two paddings differ on this grid
+
+
 @pytest.mark.parametrize("axes", [0, (1, 2), (0, 1, 2)])
 def test_flip_matches_numpy_and_keeps_world(axes):
     data = np.random.default_rng(6).normal(size=(5, 6, 7)).astype(np.float32)
@@ -335,6 +357,7 @@ def test_batch_equals_singles_and_replay(transform, device):
         lambda: gp.Flip("image", 3),
         lambda: gp.Rotate90("image", 1, (0, 0)),
         lambda: gp.PadToMultiple("image", 0),
+        lambda: gp.PadToMultiple("image", 8, padding_mode="reflect"),
         lambda: gp.CropForeground("image", "image", margin=-1),
     ],
 )

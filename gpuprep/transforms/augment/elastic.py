@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...errors import ConfigError
-from ..spatial.base import validate_mode
+from ..spatial.base import validate_mode, validate_padding_mode
 from .spatial import _RandomSpatial
 
 
@@ -87,9 +87,7 @@ class RandElastic(_RandomSpatial):
         self.mode = validate_mode(mode, "RandElastic")
         if self.mode == "cubic":
             raise ConfigError("RandElastic: mode must be 'linear' or 'nearest', got 'cubic'")
-        if padding_mode not in ("zeros", "border"):
-            raise ConfigError(f"RandElastic: padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
-        self.padding_mode = padding_mode
+        self.padding_mode = validate_padding_mode(padding_mode, "RandElastic")
 
     def draw(self, rng: random.Random) -> dict:
         n_d, n_h, n_w = self.num_control_points

@@ -20,7 +20,7 @@ from ...functional.grid import flip_map, rot90_map
 from ...random.ranges import symmetric_range
 from ..base import spatial_axes
 from ..random_base import RandomTransform
-from ..spatial.base import SpatialTransform, make_step, validate_mode
+from ..spatial.base import SpatialTransform, make_step, validate_mode, validate_padding_mode
 
 
 class _RandomSpatial(SpatialTransform, RandomTransform, abstract=True):
@@ -193,9 +193,7 @@ class RandAffine(_RandomSpatial):
         self.translate = symmetric_range(translate, "translate", "RandAffine")
         self.isotropic = bool(isotropic)
         self.mode = validate_mode(mode, "RandAffine")
-        if padding_mode not in ("zeros", "border"):
-            raise ConfigError(f"RandAffine: padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
-        self.padding_mode = padding_mode
+        self.padding_mode = validate_padding_mode(padding_mode, "RandAffine")
 
     def draw(self, rng: random.Random) -> dict:
         scale = [rng.uniform(*r) for r in self.scale]

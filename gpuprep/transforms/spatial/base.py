@@ -51,7 +51,9 @@ class SpatialTransform(Transform, abstract=True):
     #: Interpolation for floating-point images; None for transforms that never interpolate.
     mode: str | None = None
     anti_aliasing: bool = False
-    padding_mode: str = "zeros"
+    #: What points outside the input get: "zeros" or "border" (the nearest edge value); None for
+    #: transforms that never look outside their input (a fused chain then follows the others).
+    padding_mode: str | None = "zeros"
     #: How integer label maps are resampled when a step interpolates: "nearest" or "onehot".
     label_mode: str = "nearest"
 
@@ -126,6 +128,13 @@ def validate_mode(mode: str, owner: str) -> str:
     return mode
 
 
+def validate_padding_mode(padding_mode: str, owner: str) -> str:
+    """Check a padding mode argument: ``"zeros"`` or ``"border"``."""
+    if padding_mode not in ("zeros", "border"):
+        raise ConfigError(f"{owner}: padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+    return padding_mode
+
+
 def apply_fused(transforms: Sequence[SpatialTransform], data: Mapping) -> dict:
     """Apply consecutive spatial transforms with a single resampling per key.
 
@@ -168,7 +177,8 @@ def _resample_chains(batch: dict, chains: dict) -> None:
         modes = [t.mode or "nearest" for t, steps in chain if not _is_exact(steps)]
         mode = max(modes, key=_MODE_ORDER.__getitem__) if modes else "nearest"
         anti_aliasing = any(t.anti_aliasing for t, _ in chain)
-        padding = "border" if all(t.padding_mode == "border" for t, _ in chain) else "zeros"
+        wishes = [t.padding_mode for t, _ in chain if t.padding_mode is not None]
+        padding = "border" if wishes and all(w == "border" for w in wishes) else "zeros"
         label_mode = "onehot" if any(t.label_mode == "onehot" for t, _ in chain) else "nearest"
         _resample_key(batch, key, [steps for _, steps in chain], mode, anti_aliasing, padding, label_mode)
 

@@ -10,7 +10,7 @@ import torch
 from ...errors import ConfigError
 from ...functional.grid import translation_map
 from ...sample import meta_key
-from .base import SpatialTransform, current_grids, make_step
+from .base import SpatialTransform, current_grids, make_step, validate_padding_mode
 from .resample import _target_shape
 
 
@@ -131,7 +131,11 @@ class CropForeground(SpatialTransform):
 
 
 class PadToMultiple(SpatialTransform):
-    """Zero-pad each spatial axis up to the next multiple of ``k`` (as a U-Net needs), centred.
+    """Pad each spatial axis up to the next multiple of ``k`` (as a U-Net needs), centred.
+
+    ``padding_mode="zeros"`` (default) pads with zeros; ``"border"`` repeats the edge voxels,
+    so that an image whose background is not dark gets no dark frame a network could mistake
+    for an edge.
 
     Example
     -------
@@ -140,12 +144,14 @@ class PadToMultiple(SpatialTransform):
     torch.Size([1, 32, 32, 16])
     """
 
-    def __init__(self, keys: str | Sequence[str], k: int | Sequence[int] = 16, allow_missing_keys: bool = False):
+    def __init__(self, keys: str | Sequence[str], k: int | Sequence[int] = 16, allow_missing_keys: bool = False,
+                 padding_mode: str = "zeros"):
         super().__init__(keys, allow_missing_keys)
         multiples = (k,) * 3 if isinstance(k, int) else tuple(k)
         if len(multiples) != 3 or not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in multiples):
             raise ConfigError(f"PadToMultiple: k must be a positive int or three of them, got {k!r}")
         self.k = multiples
+        self.padding_mode = validate_padding_mode(padding_mode, "PadToMultiple")
 
     def grid_step(self, key, shape, affine):
         out_shape = tuple(-(-n // m) * m for n, m in zip(shape, self.k))

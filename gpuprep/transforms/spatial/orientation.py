@@ -40,6 +40,8 @@ class Orientation(SpatialTransform):
     'RAS'
     """
 
+    padding_mode = None  # a permutation and flips never look outside the input
+
     def __init__(self, keys: str | Sequence[str], axcodes: str = "RAS", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         codes = axcodes.upper() if isinstance(axcodes, str) else axcodes

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...functional.grid import scaling_map, spacing_of, world_preserving_map
-from .base import Grid, SpatialTransform, make_step, validate_mode
+from .base import Grid, SpatialTransform, make_step, validate_mode, validate_padding_mode
 
 
 class _Interpolating(SpatialTransform, abstract=True):
@@ -21,9 +21,7 @@ class _Interpolating(SpatialTransform, abstract=True):
             raise ConfigError(f"{name}: label_mode must be 'nearest' or 'onehot', got {label_mode!r}")
         self.label_mode = label_mode
         self.anti_aliasing = bool(anti_aliasing)
-        if padding_mode not in ("zeros", "border"):
-            raise ConfigError(f"{name}: padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
-        self.padding_mode = padding_mode
+        self.padding_mode = validate_padding_mode(padding_mode, name)
 
 
 class Resample(_Interpolating):

@@ -12,6 +12,7 @@ import torch
 import gpuprep as gp
 from gpuprep.models.evaluate import dice, t1_in_synthetic_head
 from gpuprep.models.pretrained import weights_path
+from gpuprep.models.synth import brain_mask_of, synthetic_head
 
 MAX_BYTES = 5 * 2**20
 
@@ -28,15 +29,28 @@ def test_weights_are_bundled_small_and_have_a_model_card(task):
 
 @pytest.mark.slow
 def test_skull_strip_on_the_sample_brain_inside_a_synthetic_head():
-    """Measured 0.976 and 0.970 for these two unseen heads when the weights were made."""
+    """Measured 0.984 and 0.985 for these two unseen heads when the weights were made."""
     brain = gp.data.sample_brain()
     for seed in (20001, 20002):
         head, truth, affine = t1_in_synthetic_head(brain["image"], brain["label"],
                                                    brain["image_meta"]["affine"].numpy(), seed)
         out = gp.SkullStrip("image", device="cpu")(gp.make_sample({"image": head}, affine=affine))
-        assert dice(out["brain_mask"], truth, 1) > 0.95, seed
+        assert dice(out["brain_mask"], truth, 1) > 0.97, seed
         assert torch.all(out["image"][out["brain_mask"] == 0] == 0)
 
+
+@pytest.mark.slow
+def test_skull_strip_a_synthetic_head_on_a_bright_background():
+    """A background brighter than the brain must not become brain (measured 0.973; padding the
+    network input with zeros instead of the edge framed the background darkly and gave 0.0)."""
+    brain = gp.data.sample_brain()
+    labels, affine = synthetic_head(brain["label"], brain["label_meta"]["affine"].numpy(), seed=20003)
+    # background, CSF, GM, WM, extracerebral CSF, skull, scalp
+    levels = torch.tensor([0.9, 0.25, 0.45, 0.6, 0.2, 0.05, 0.7])
+    head = gp.make_sample({"image": levels[labels.long()]}, affine=affine)
+    head = gp.RandNoise("image", std=(0.02, 0.02), seed=0)(head)
+    out = gp.SkullStrip("image", device="cpu", apply=False)(head)
+    assert dice(out["brain_mask"], brain_mask_of(labels), 1) > 0.95
 
 @pytest.mark.slow
 def test_segment_brain_on_the_sample_brain():

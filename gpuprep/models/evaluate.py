@@ -22,9 +22,8 @@ import torch
 from ..sample import make_sample
 from ..transforms import Compose, RandAffine, RandBiasField, RandNoise
 from ..transforms.augment.synth import RandLabelsToImage
-from . import mni
 from .inference import SegmentBrain, SkullStrip
-from .mni import mni_t1
+from .mni import mni_t1, mni_tissue_fractions
 from .pretrained import load_pretrained
 from .synth import HEAD_LABELS, brain_mask_of, synthetic_head
 from .train import MIN_SEPARATION
@@ -39,7 +38,7 @@ HEAD_T1 = {0: 0.0, 4: 0.15, 5: 0.08, 6: 0.85}
 def mni_tissue(resolution: int = 1) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """The MNI152 2009a T1 ``[1, D, H, W]`` float32, its tissue labels (uint8) and the affine."""
     image, affine = mni_t1(resolution)
-    return image, mni.mni_tissue(resolution)[1], affine
+    return image, mni_tissue_fractions(resolution)[1], affine
 
 
 def dice(prediction: torch.Tensor, truth: torch.Tensor, value: int) -> float:

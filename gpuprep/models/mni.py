@@ -15,7 +15,7 @@ import torch
 
 from ..errors import MissingDependencyError
 
-__all__ = ["mni_t1", "mni_tissue"]
+__all__ = ["mni_t1", "mni_tissue_fractions"]
 
 
 def _nilearn_datasets():
@@ -32,7 +32,7 @@ def mni_t1(resolution: int = 1) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(np.ascontiguousarray(t1.get_fdata(dtype=np.float32)))[None], t1.affine
 
 
-def mni_tissue(resolution: int = 1) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def mni_tissue_fractions(resolution: int = 1) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Tissue fractions ``[4, D, H, W]`` float32, tissue labels ``[1, D, H, W]`` uint8 and the affine.
 
     The fractions are background, CSF, GM and WM and sum to 1 in every voxel (background 1
@@ -42,7 +42,7 @@ def mni_tissue(resolution: int = 1) -> tuple[torch.Tensor, torch.Tensor, np.ndar
 
     Example
     -------
-    >>> fractions, labels, affine = mni_tissue(2)
+    >>> fractions, labels, affine = mni_tissue_fractions(2)
     >>> tuple(fractions.shape), tuple(labels.shape)
     ((4, 99, 117, 95), (1, 99, 117, 95))
     """

@@ -45,7 +45,7 @@ from ..transforms import (
     RescaleIntensity,
 )
 from ..transforms.augment.synth import RandLabelsToImage
-from .mni import mni_tissue
+from .mni import mni_tissue_fractions
 from .synth import HEAD_LABELS, synthetic_head
 from .unet import build_unet, load_checkpoint, save_checkpoint
 
@@ -74,14 +74,14 @@ def label_maps(task: str, seed: int, num_heads: int = NUM_HEADS,
     """The label maps the generator draws from, their affines, and the training target of each.
 
     ``brain-tissue``: the MNI152 tissue fractions (background, CSF, GM, WM; nilearn's 1 mm
-    templates, :func:`~gpuprep.models.mni.mni_tissue`) resampled to ``spacing`` (linear), so the
+    templates, :func:`~gpuprep.models.mni.mni_tissue_fractions`) resampled to ``spacing`` (linear), so the
     generated images have the template's partial volumes, for example white matter that darkens
     towards the cortex; target = the tissue labels (the bundled 1 mm map) resampled one-hot.
     ``brain-mask``: synthetic heads around the bundled 2 mm map (labels of :data:`HEAD_LABELS`),
     target = brain (1-3).
     """
     if task == "brain-tissue":
-        fractions, labels, affine = mni_tissue(1)
+        fractions, labels, affine = mni_tissue_fractions(1)
         fine = make_sample({"label": fractions, "target": labels}, affine=affine)
         coarse = Resample(["label", "target"], spacing, label_mode="onehot")(fine)
         return [coarse["label"]], [coarse["label_meta"]["affine"].numpy()], [coarse["target"]]

@@ -64,8 +64,8 @@ DEFAULT_CHANNELS = {"brain-tissue": (16, 32, 64, 128, 128), "brain-mask": (16, 3
 # only teaches the network to guess. Every ordering of the tissues is still drawn.
 MIN_SEPARATION = {"brain-tissue": 0.15, "brain-mask": 0.08}
 # Patch centres: brain voxels vs the rest, per task. Tissue patches sit mostly on the brain (the
-# classes to learn). A skull stripper must also learn that a bright background far from the head
-# is not brain: with 9 brain-centred patches in 10 it called such backgrounds brain on unseen heads.
+# classes to learn). A skull stripper sees whole heads at inference, so half its patches are
+# centred off the brain (scalp, skull and background far from the head).
 POS_NEG_RATIO = {"brain-tissue": (9, 1), "brain-mask": (1, 1)}
 
 
@@ -76,7 +76,7 @@ def label_maps(task: str, seed: int, num_heads: int = NUM_HEADS,
     ``brain-tissue``: the MNI152 tissue fractions (background, CSF, GM, WM; nilearn's 1 mm
     templates, :func:`~gpuprep.models.mni.mni_tissue_fractions`) resampled to ``spacing`` (linear), so the
     generated images have the template's partial volumes, for example white matter that darkens
-    towards the cortex; target = the tissue labels (the bundled 1 mm map) resampled one-hot.
+    towards the cortex; target = their tissue labels (as in the bundled 1 mm map) resampled one-hot.
     ``brain-mask``: synthetic heads around the bundled 2 mm map (labels of :data:`HEAD_LABELS`),
     target = brain (1-3).
     """

@@ -217,8 +217,6 @@ class RandLabelsToImage(RandomTransform):
         if label.is_complex() or label.dtype == torch.bool:
             raise TransformError(f"RandLabelsToImage: {self.label_key!r} must be an integer label map or "
                                  f"floating label fractions, got dtype {label.dtype}")
-        if label.is_floating_point():
-            self._check_fractions(label)
         return label
 
     def _check_fractions(self, fractions: torch.Tensor) -> None:
@@ -230,7 +228,7 @@ class RandLabelsToImage(RandomTransform):
             raise TransformError(f"RandLabelsToImage: label fractions {self.label_key!r} have {fractions.shape[1]} "
                                  f"channels; with num_labels={self.num_labels} they need one per label")
         if fractions.device.type == "cpu":  # reading the range back is free only on the CPU
-            low, high = float(fractions.min()), float(fractions.max())
+            low, high = (float(v) for v in torch.aminmax(fractions))
             if not (low >= 0.0 and high <= 1.0 + 1e-4):
                 raise TransformError(f"RandLabelsToImage: label fractions {self.label_key!r} must lie in [0, 1], "
                                      f"got values from {low:g} to {high:g}")
@@ -238,6 +236,7 @@ class RandLabelsToImage(RandomTransform):
     def _table_sizes(self, label: torch.Tensor) -> list[int]:
         """Per-sample table sizes; checks the label range where that needs no synchronisation."""
         if label.is_floating_point():
+            self._check_fractions(label)
             return [label.shape[1]] * label.shape[0]
         if self.num_labels is not None and label.device.type != "cpu":
             return [self.num_labels] * label.shape[0]

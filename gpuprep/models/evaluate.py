@@ -47,16 +47,19 @@ def dice(prediction: torch.Tensor, truth: torch.Tensor, value: int) -> float:
     return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
 
 
-def evaluate_tissue(model: torch.nn.Module, resolution: int = 1, perturb_seeds: Sequence[int] = (0, 1, 2)) -> dict:
+def evaluate_tissue(model: torch.nn.Module, resolution: int = 1, perturb_seeds: Sequence[int] = (0, 1, 2),
+                    flip_average: bool = True) -> dict:
     """Dice per tissue on the MNI T1, as it is and under random rotation (<= 20°), bias field and noise.
 
     A perturbed copy moves the truth with the image (nearest neighbour), so each score compares
-    the prediction with the truth on the same grid.
+    the prediction with the truth on the same grid. ``flip_average`` is passed to
+    :class:`~gpuprep.models.inference.SegmentBrain` (on by default, as there).
     """
     image, truth, affine = mni_tissue(resolution)
-    segment = SegmentBrain("image", output_key="tissue", model=model)
+    segment = SegmentBrain("image", output_key="tissue", model=model, flip_average=flip_average)
     clean = segment(make_sample({"image": image, "label": truth}, affine=affine))
-    result = {"clean": {name: dice(clean["tissue"], truth, v) for v, name in TISSUE_NAMES.items()}}
+    result = {"clean": {name: dice(clean["tissue"], truth, v) for v, name in TISSUE_NAMES.items()},
+              "flip_average": flip_average}
     perturbed = []
     for seed in perturb_seeds:
         sample = make_sample({"image": image, "label": truth}, affine=affine)
@@ -131,9 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(HELD_OUT_HEAD_SEEDS),
                         help="brain-mask: synthetic-head seeds (default 10001-10010)")
+    parser.add_argument("--no-flip-average", dest="flip_average", action="store_false",
+                        help="brain-tissue: predict without averaging over the left-right mirror")
     args = parser.parse_args(argv)
     model = load_pretrained(args.weights or args.task, device=args.device)
-    metrics = evaluate_tissue(model) if args.task == "brain-tissue" else evaluate_mask(model, args.seeds)
+    if args.task == "brain-tissue":
+        metrics = evaluate_tissue(model, flip_average=args.flip_average)
+    else:
+        metrics = evaluate_mask(model, args.seeds)
     print(json.dumps(metrics, indent=1))
     return 0
 

@@ -4,7 +4,8 @@
 file's, or after any preprocessing), run the network's own preprocessing on a private copy
 (``Orientation("RAS")``, ``Resample`` to the spec's spacing, ``RescaleIntensity`` with the spec's
 percentiles to [0, 1], ``PadToMultiple`` of the U-Net's total stride), predict by sliding windows
-and map the class probabilities back onto the image's current grid through that copy's history
+(optionally averaged with the prediction of each window's left-right mirror) and map the class
+probabilities back onto the image's current grid through that copy's history
 (:func:`gpuprep.data.sliding_window.predict_sample`), where the argmax gives the label map. The
 result is a new key on the image's grid (same shape and affine); the image itself is not moved,
 so these transforms are neither spatial nor invertible, and they are deterministic.
@@ -42,8 +43,11 @@ __all__ = ["SegmentBrain", "SkullStrip"]
 class _SegmentationTransform(Transform, abstract=True):
     """Shared model handling and inference of :class:`SegmentBrain` and :class:`SkullStrip`."""
 
-    def _set_model(self, model: Any, device: Any, sw_batch_size: int, overlap: float) -> None:
+    def _set_model(self, model: Any, device: Any, sw_batch_size: int, overlap: float, flip_average: bool) -> None:
         name = type(self).__name__
+        if not isinstance(flip_average, bool):
+            raise ConfigError(f"{name}: flip_average must be True or False, got {flip_average!r}")
+        self.flip_average = flip_average
         if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
             raise ConfigError(f"{name}: sw_batch_size must be a positive int, got {sw_batch_size!r}")
         if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < 1:
@@ -92,7 +96,8 @@ class _SegmentationTransform(Transform, abstract=True):
 
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
         params = {"task": self.spec["task"], "model": self.model_name, "weights_sha256": self.weights_sha256,
-                  "labels": dict(self.spec["labels"]), "spacing_mm": self.spec["spacing_mm"]}
+                  "labels": dict(self.spec["labels"]), "spacing_mm": self.spec["spacing_mm"],
+                  "flip_average": self.flip_average}
         return [dict(params) for _ in range(len(batch[keys[0]]))]
 
     def _check_replay(self, params: list[dict]) -> None:
@@ -126,7 +131,13 @@ class _SegmentationTransform(Transform, abstract=True):
     def _predict(self, windows: torch.Tensor) -> torch.Tensor:
         # Probabilities, not logits: they interpolate sensibly on the way back, and the zeros
         # given to regions outside the preprocessed grid then mean background.
-        return torch.softmax(self.model(windows).float(), dim=1)
+        probabilities = torch.softmax(self.model(windows).float(), dim=1)
+        if self.flip_average:
+            # The windows are RAS (the preprocessing reorients), so dim 2 is left-right: the
+            # mirrored brain is as plausible an input as the brain itself.
+            mirrored = torch.softmax(self.model(windows.flip(2)).float(), dim=1).flip(2)
+            probabilities = (probabilities + mirrored) / 2
+        return probabilities
 
 
 class SegmentBrain(_SegmentationTransform):
@@ -153,6 +164,10 @@ class SegmentBrain(_SegmentationTransform):
         Windows per network call.
     overlap:
         Overlap of the sliding windows, in ``[0, 1)``.
+    flip_average:
+        Test-time augmentation: average the probabilities of each window and of its left-right
+        mirror (twice the network time). On the MNI T1 it raised the shipped tissue model's Dice
+        by about 0.01 per tissue (see its model card).
     allow_missing_keys:
         Skip (write nothing) when the image is absent.
 
@@ -179,6 +194,7 @@ class SegmentBrain(_SegmentationTransform):
         device: str | torch.device = "auto",
         sw_batch_size: int = 2,
         overlap: float = 0.25,
+        flip_average: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -191,7 +207,7 @@ class SegmentBrain(_SegmentationTransform):
                 f"{self.keys[0]!r}, got {output_key!r}"
             )
         self.output_key = output_key
-        self._set_model(model, device, sw_batch_size, overlap)
+        self._set_model(model, device, sw_batch_size, overlap, flip_average)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         self._check_replay(params)
@@ -226,6 +242,9 @@ class SkullStrip(_SegmentationTransform):
         Clean-up of the predicted mask (both on by default).
     device, sw_batch_size, overlap, allow_missing_keys:
         As in :class:`SegmentBrain`.
+    flip_average:
+        As in :class:`SegmentBrain`; off by default here (the mask model already meets its
+        target, and skull stripping often runs on every scan of a dataset).
 
     Example
     -------
@@ -252,6 +271,7 @@ class SkullStrip(_SegmentationTransform):
         device: str | torch.device = "auto",
         sw_batch_size: int = 2,
         overlap: float = 0.25,
+        flip_average: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -268,7 +288,7 @@ class SkullStrip(_SegmentationTransform):
                 raise ConfigError(f"{name}: {option} must be True or False, got {value!r}")
         self.mask_key, self.apply = mask_key, apply
         self.largest_component, self.fill_holes = largest_component, fill_holes
-        self._set_model(model, device, sw_batch_size, overlap)
+        self._set_model(model, device, sw_batch_size, overlap, flip_average)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         self._check_replay(params)

@@ -60,15 +60,17 @@ def test_segment_writes_labels_qc_and_volumes(head, tmp_path, task, capsys):
         assert entry["label"] == int(value) and entry["voxels"] == count
         assert entry["volume_ml"] == pytest.approx(count * voxel_mm3 / 1000, rel=1e-9)
     assert sum(e["voxels"] for e in report["labels"].values()) == labels.size
+    assert report["history"][-1]["params"]["flip_average"] == (task == "brain-tissue")  # the defaults
 
 
 def test_custom_qc_and_volumes_paths(head, tmp_path):
     weights = tiny_checkpoint(tmp_path, "brain-mask")
     qc, volumes = tmp_path / "qc.png", tmp_path / "v.json"
     args = ["segment", str(head), str(tmp_path / "mask.nii"), "--weights", str(weights), "--task", "brain-mask",
-            "--qc", str(qc), "--volumes", str(volumes), "--device", "cpu"]
+            "--qc", str(qc), "--volumes", str(volumes), "--device", "cpu", "--flip-average"]
     assert main(args) == 0
     assert qc.is_file() and volumes.is_file() and (tmp_path / "mask.nii").is_file()
+    assert json.loads(volumes.read_text())["history"][-1]["params"]["flip_average"] is True
     assert not (tmp_path / "mask.json").exists() and not (tmp_path / "mask_qc.png").exists()
 
 

@@ -36,6 +36,14 @@ class ThresholdNet(torch.nn.Module):
         return torch.cat([0.5 - x, x - 0.5], dim=1) * self.gain
 
 
+class LeftRightBiasedNet(ThresholdNet):
+    """ThresholdNet that leans to foreground on one side of each window (dim 2, left-right in RAS)."""
+
+    def forward(self, x):
+        lean = torch.linspace(-0.3, 0.3, x.shape[2]).view(1, 1, -1, 1, 1)
+        return torch.cat([0.5 - x, x - 0.5 + lean], dim=1) * self.gain
+
+
 def world_distance(affine: np.ndarray, shape, centre) -> np.ndarray:
     """Distance in mm of every voxel centre from the world point ``centre``."""
     index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(float)
@@ -141,6 +149,21 @@ def test_skull_strip_masks_every_key_and_cleans_the_mask_as_scipy():
     assert torch.equal(kept["image"], sample["image"]) and torch.equal(kept["brain_mask"], mask)
 
 
+def test_flip_average_makes_the_segmentation_mirror_with_the_image():
+    """Averaging each window with its left-right mirror cancels a network's left-right lean."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])  # RAS at the model's spacing: one 16^3 window, no resampling
+    image = ellipsoid_image(affine, (16, 16, 16), semi_axes=(12.0, 11.0, 10.0), offset=(3.0, 1.0, 0.0))
+    mirrored = np.ascontiguousarray(image[::-1])
+    for flip_average, equivariant in ((True, True), (False, False)):
+        segment = SegmentBrain("image", output_key="seg", model=LeftRightBiasedNet(), flip_average=flip_average)
+        seg = segment(_sample(image, affine))["seg"][0]
+        seg_of_mirrored = segment(_sample(mirrored, affine))["seg"][0]
+        assert 300 < int(seg.sum()) < 16**3 - 300
+        assert torch.equal(seg_of_mirrored, seg.flip(0)) == equivariant
+    record = gp.get_history(segment(_sample(image, affine)))[0]
+    assert record["params"]["flip_average"] is False and record["config"]["flip_average"] is False
+
+
 def test_history_records_the_model(tissue_checkpoint):
     affine, shape = GRIDS["oblique"]
     out = SegmentBrain(model=tissue_checkpoint, device="cpu")(_sample(ball_image(affine, shape), affine))
@@ -205,6 +228,8 @@ def test_configuration_and_data_errors(tissue_checkpoint):
         SkullStrip(["image", "label"], mask_key="label", model=ThresholdNet())
     with pytest.raises(ConfigError, match="source_key must be one of keys"):
         SkullStrip("image", source_key="t1", model=ThresholdNet())
+    with pytest.raises(ConfigError, match="flip_average must be True or False, got 'yes'"):
+        SegmentBrain(model=tissue_checkpoint, flip_average="yes")
     with pytest.raises(ConfigError, match="apply must be True or False"):
         SkullStrip("image", apply=1, model=ThresholdNet())
     two_channels = gp.make_sample({"image": torch.rand(2, 8, 8, 8)})

@@ -172,15 +172,22 @@ def test_pad_to_multiple_repeats_the_edge_like_monai_and_inverts():
     np.testing.assert_array_equal(gp.invert(out, "image")["image"].numpy(), data)
 
 
-def test_a_fused_orientation_keeps_the_padding_of_the_next_step():
-    """Orientation never looks outside its input: fused with PadToMultiple(border) the edge is repeated."""
+@pytest.mark.parametrize("make", [
+    lambda: gp.Orientation("image", "RAS"),
+    lambda: gp.Flip("image", (0, 2)),
+    lambda: gp.Rotate90("image", k=1, axes=(0, 1)),
+    lambda: gp.RandFlip("image", axes=(0, 1), p=1.0, seed=3),
+    lambda: gp.RandRotate90("image", max_k=3, axes=(1, 2), p=1.0, seed=3),
+], ids=["Orientation", "Flip", "Rotate90", "RandFlip", "RandRotate90"])
+def test_steps_that_only_move_voxels_keep_the_padding_of_the_next_step(make):
+    """They never look outside their input: fused with PadToMultiple(border) the edge is repeated."""
     data = np.random.default_rng(8).normal(size=(9, 8, 7)).astype(np.float32) + 5
     sample = _sample(data, np.diag([-2.0, 2.0, 2.0, 1.0]))
     for padding in ("zeros", "border"):
-        fused = gp.Compose([gp.Orientation("image", "RAS"), gp.PadToMultiple("image", 4, padding_mode=padding)])(sample)
-        apart = gp.PadToMultiple("image", 4, padding_mode=padding)(gp.Orientation("image", "RAS")(sample))
+        fused = gp.Compose([make(), gp.PadToMultiple("image", 4, padding_mode=padding)])(sample)
+        apart = gp.PadToMultiple("image", 4, padding_mode=padding)(make()(sample))
         torch.testing.assert_close(fused["image"], apart["image"], rtol=0, atol=0)
-    zeros = gp.PadToMultiple("image", 4)(gp.Orientation("image", "RAS")(sample))
+    zeros = gp.PadToMultiple("image", 4)(make()(sample))
     assert not torch.allclose(fused["image"], zeros["image"])  # the two paddings differ on this grid
 
 

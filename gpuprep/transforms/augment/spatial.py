@@ -71,6 +71,8 @@ class RandFlip(_RandomSpatial):
     [3.0, 2.0, 1.0, 0.0]
     """
 
+    padding_mode = None  # voxels only change places: nothing is read from outside the input
+
     def __init__(
         self,
         keys: str | Sequence[str],
@@ -107,6 +109,8 @@ class RandRotate90(_RandomSpatial):
     >>> gp.RandRotate90("image", p=1.0, seed=1)(gp.make_sample({"image": torch.rand(1, 4, 4, 2)}))["image"].shape
     torch.Size([1, 4, 4, 2])
     """
+
+    padding_mode = None  # voxels only change places: nothing is read from outside the input
 
     def __init__(
         self,

@@ -33,6 +33,8 @@ class Flip(SpatialTransform):
     [3.0, 2.0, 1.0, 0.0]
     """
 
+    padding_mode = None  # voxels only change places: nothing is read from outside the input
+
     def __init__(self, keys: str | Sequence[str], axes: int | Sequence[int] = 0, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         axes_tuple = spatial_axes(axes, "Flip")
@@ -62,6 +64,8 @@ class Rotate90(SpatialTransform):
     >>> gp.Rotate90("image", k=1, axes=(0, 1))(gp.make_sample({"image": torch.rand(1, 2, 3, 4)}))["image"].shape
     torch.Size([1, 3, 2, 4])
     """
+
+    padding_mode = None  # voxels only change places: nothing is read from outside the input
 
     def __init__(
         self,

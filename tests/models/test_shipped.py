@@ -54,9 +54,9 @@ def test_skull_strip_a_synthetic_head_on_a_bright_background():
 
 @pytest.mark.slow
 def test_segment_brain_on_the_sample_brain():
-    """Measured CSF 0.654, GM 0.877, WM 0.846 when the (preliminary) weights were made."""
+    """Measured CSF 0.679, GM 0.907, WM 0.893 (flip averaging on, the default) when the weights were made."""
     brain = gp.data.sample_brain()
     out = gp.SegmentBrain("image", device="cpu")(brain)
     assert out["tissue"].shape == brain["label"].shape
     scores = {value: dice(out["tissue"], brain["label"], value) for value in (1, 2, 3)}
-    assert scores[1] > 0.63 and scores[2] > 0.86 and scores[3] > 0.82, scores
+    assert scores[1] > 0.66 and scores[2] > 0.89 and scores[3] > 0.875, scores

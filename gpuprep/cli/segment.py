@@ -58,6 +58,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=None,
                         help="average the prediction with that of the left-right mirrored image (twice the "
                              "network time; default: on for brain-tissue, off for brain-mask)")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                        help="brain-tissue: sharpen the tissue probabilities with the image's own intensities "
+                             "(a Gaussian per tissue fitted to this scan; default: on)")
     parser.add_argument("--qc", type=Path, metavar="PNG", help="QC overlay PNG (default: OUTPUT with _qc.png)")
     parser.add_argument("--volumes", type=Path, metavar="JSON", help="label volumes JSON (default: OUTPUT with .json)")
     parser.set_defaults(run=run)
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if task == "brain-mask":
         transform = SkullStrip("image", mask_key=LABEL_KEY, model=model, apply=False, device=device, **flip)
     else:
-        transform = SegmentBrain("image", output_key=LABEL_KEY, model=model, device=device, **flip)
+        transform = SegmentBrain("image", output_key=LABEL_KEY, model=model, device=device, refine=args.refine,
+                                 **flip)
     sample = timed("segment", transform, {**sample, "image": sample["image"].to(device)})
     labels = sample[LABEL_KEY].cpu()
     affine = get_affine(sample, LABEL_KEY)

@@ -6,7 +6,9 @@ file's, or after any preprocessing), run the network's own preprocessing on a pr
 percentiles to [0, 1], ``PadToMultiple`` of the U-Net's total stride), predict by sliding windows
 (optionally averaged with the prediction of each window's left-right mirror) and map the class
 probabilities back onto the image's current grid through that copy's history
-(:func:`gpuprep.data.sliding_window.predict_sample`), where the argmax gives the label map. The
+(:func:`gpuprep.data.sliding_window.predict_sample`), where the argmax gives the label map
+(:class:`SegmentBrain` first sharpens the tissue probabilities with the image's own intensities,
+:mod:`gpuprep.models.refine`). The
 result is a new key on the image's grid (same shape and affine); the image itself is not moved,
 so these transforms are neither spatial nor invertible, and they are deterministic.
 
@@ -35,13 +37,22 @@ from ..transforms.spatial.crop_pad import PadToMultiple
 from ..transforms.spatial.orientation import Orientation
 from ..transforms.spatial.resample import Resample
 from .pretrained import TASKS, load_pretrained, resolve_device
+from .refine import refine_tissue_probabilities
 from .unet import check_spec, state_digest
 
 __all__ = ["SegmentBrain", "SkullStrip"]
 
+# Width (mm) of the local tissue means of the intensity refinement: narrow enough to follow a
+# bias field, wide enough to average many voxels of each tissue (5 to 10 mm scored alike on the
+# MNI T1, 20 mm lost 0.005 under a bias field).
+REFINE_SIGMA_MM = 10.0
+
 
 class _SegmentationTransform(Transform, abstract=True):
     """Shared model handling and inference of :class:`SegmentBrain` and :class:`SkullStrip`."""
+
+    # Sharpen the tissue probabilities with the image's intensities (SegmentBrain sets it).
+    refine = False
 
     def _set_model(self, model: Any, device: Any, sw_batch_size: int, overlap: float, flip_average: bool) -> None:
         name = type(self).__name__
@@ -97,7 +108,7 @@ class _SegmentationTransform(Transform, abstract=True):
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
         params = {"task": self.spec["task"], "model": self.model_name, "weights_sha256": self.weights_sha256,
                   "labels": dict(self.spec["labels"]), "spacing_mm": self.spec["spacing_mm"],
-                  "flip_average": self.flip_average}
+                  "flip_average": self.flip_average, "refine": self.refine}
         return [dict(params) for _ in range(len(batch[keys[0]]))]
 
     def _check_replay(self, params: list[dict]) -> None:
@@ -123,8 +134,14 @@ class _SegmentationTransform(Transform, abstract=True):
             sub = make_sample({"image": image.to(self.device, torch.float32)}, affine=affine)
             sub = self._preprocess(sub)
             out = predict_sample(sub, self._predict, self.spec["roi_size"], "image", sw_batch_size=self.sw_batch_size,
-                                 overlap=self.overlap, padding_mode="replicate", argmax=True, invert=True,
-                                 output_key="labels")
+                                 overlap=self.overlap, padding_mode="replicate", argmax=not self.refine,
+                                 invert=True, output_key="labels")
+            if self.refine:  # probabilities on the image's grid: sharpen them with its intensities
+                tissues = range(1, len(self.spec["labels"]))
+                spacing = torch.linalg.norm(torch.as_tensor(affine, dtype=torch.float64)[:3, :3], dim=0)
+                sigma = [REFINE_SIGMA_MM / float(s) for s in spacing]
+                probabilities = refine_tissue_probabilities(out["labels"], image.to(self.device), tissues, sigma)
+                out["labels"] = probabilities.argmax(0, keepdim=True)
             labels.append(out["labels"].to(torch.uint8))
         return torch.stack(labels).to(images.device)
 
@@ -168,6 +185,13 @@ class SegmentBrain(_SegmentationTransform):
         Test-time augmentation: average the probabilities of each window and of its left-right
         mirror (twice the network time). On the MNI T1 it raised the shipped tissue model's Dice
         by 0.008 to 0.021 per tissue (see its model card).
+    refine:
+        Sharpen the probabilities on the image's grid with its own intensities before the
+        argmax: one Gaussian per tissue is fitted to this image, weighted by the network's
+        probabilities (local means over :data:`REFINE_SIGMA_MM`, which follow a bias field), and
+        combined with them by Bayes' rule; background keeps its probability
+        (:func:`~gpuprep.models.refine.refine_tissue_probabilities`). It recovers boundaries
+        finer than the network's 1.5 mm grid; see the model card for what it gains.
     allow_missing_keys:
         Skip (write nothing) when the image is absent.
 
@@ -195,6 +219,7 @@ class SegmentBrain(_SegmentationTransform):
         sw_batch_size: int = 2,
         overlap: float = 0.25,
         flip_average: bool = True,
+        refine: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -206,7 +231,10 @@ class SegmentBrain(_SegmentationTransform):
                 f"{name}: output_key must be a non-empty string different from the image key "
                 f"{self.keys[0]!r}, got {output_key!r}"
             )
+        if not isinstance(refine, bool):
+            raise ConfigError(f"{name}: refine must be True or False, got {refine!r}")
         self.output_key = output_key
+        self.refine = refine
         self._set_model(model, device, sw_batch_size, overlap, flip_average)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:

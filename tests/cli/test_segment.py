@@ -61,6 +61,16 @@ def test_segment_writes_labels_qc_and_volumes(head, tmp_path, task, capsys):
         assert entry["volume_ml"] == pytest.approx(count * voxel_mm3 / 1000, rel=1e-9)
     assert sum(e["voxels"] for e in report["labels"].values()) == labels.size
     assert report["history"][-1]["params"]["flip_average"] == (task == "brain-tissue")  # the defaults
+    assert report["history"][-1]["params"]["refine"] == (task == "brain-tissue")
+
+
+def test_no_refine_takes_the_network_argmax(head, tmp_path):
+    weights = tiny_checkpoint(tmp_path, "brain-tissue")
+    volumes = tmp_path / "v.json"
+    args = ["segment", str(head), str(tmp_path / "t.nii.gz"), "--weights", str(weights), "--device", "cpu",
+            "--volumes", str(volumes), "--no-refine"]
+    assert main(args) == 0
+    assert json.loads(volumes.read_text())["history"][-1]["params"]["refine"] is False
 
 
 def test_custom_qc_and_volumes_paths(head, tmp_path):

@@ -37,7 +37,7 @@ def test_command_line_prints_the_metrics_of_a_checkpoint(task, tmp_path, capsys)
     model, spec = train(task, steps=1, batch_size=1, num_patches=1, patch=32, channels=(4, 8), progress=False,
                         spacing=3.0, num_heads=1)
     save_checkpoint(tmp_path / "tiny.pt", model, spec)
-    options = ["--seeds", "10001"] if task == "brain-mask" else ["--no-flip-average"]
+    options = ["--seeds", "10001"] if task == "brain-mask" else ["--no-flip-average", "--no-refine"]
     assert main(["--task", task, "--weights", str(tmp_path / "tiny.pt"), *options]) == 0
     metrics = json.loads(capsys.readouterr().out)
     if task == "brain-mask":
@@ -45,6 +45,6 @@ def test_command_line_prints_the_metrics_of_a_checkpoint(task, tmp_path, capsys)
         names = ["synthetic_heads", "synthetic_heads_any_contrast", "mni_t1_in_synthetic_head"]
         scores = [metrics[name] for name in names]
     else:
-        assert len(metrics["perturbed_each"]) == 3 and metrics["flip_average"] is False
+        assert len(metrics["perturbed_each"]) == 3 and metrics["flip_average"] is metrics["refine"] is False
         scores = [*metrics["clean"].values(), *metrics["perturbed"].values()]
     assert all(0.0 <= score <= 1.0 for score in scores)

@@ -164,6 +164,47 @@ def test_flip_average_makes_the_segmentation_mirror_with_the_image():
     assert record["params"]["flip_average"] is False and record["config"]["flip_average"] is False
 
 
+def test_refine_sharpens_the_probabilities_on_the_image_grid(tissue_checkpoint, monkeypatch):
+    """The refinement gets the probabilities and the image on the input's own grid, in mm-scaled widths."""
+    import gpuprep.models.inference as inference
+
+    affine, shape = GRIDS["oblique"]
+    image = ball_image(affine, shape)
+    seen = {}
+
+    def spy(probabilities, picture, tissues, sigma):
+        seen.update(shape=tuple(probabilities.shape), sums=probabilities.sum(0), picture=picture,
+                    tissues=list(tissues), sigma=sigma)
+        swapped = probabilities.clone()
+        swapped[[1, 3]] = probabilities[[3, 1]]  # a change the labels must show
+        return swapped
+
+    monkeypatch.setattr(inference, "refine_tissue_probabilities", spy)
+    plain = SegmentBrain(model=tissue_checkpoint, device="cpu", refine=False)(_sample(image, affine))["tissue"]
+    refined = SegmentBrain(model=tissue_checkpoint, device="cpu")(_sample(image, affine))["tissue"]
+    assert seen["shape"] == (4, *shape) and seen["tissues"] == [1, 2, 3]
+    torch.testing.assert_close(seen["picture"], torch.as_tensor(image, dtype=torch.float32)[None])
+    inside = seen["sums"] > 0.5  # the probabilities sum to 1 wherever the preprocessed grid reached
+    torch.testing.assert_close(seen["sums"][inside], torch.ones(int(inside.sum())), atol=1e-4, rtol=0)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    np.testing.assert_allclose(seen["sigma"], inference.REFINE_SIGMA_MM / spacing)
+    swap = torch.tensor([0, 3, 2, 1], dtype=torch.uint8)
+    assert torch.equal(refined, swap[plain.long()])  # the labels are the argmax of what the refinement returned
+
+
+def test_refine_is_recorded_and_checked(tissue_checkpoint):
+    affine, shape = GRIDS["lps"]
+    for refine in (True, False):
+        segment = SegmentBrain(model=tissue_checkpoint, device="cpu", refine=refine)
+        out = segment(_sample(ball_image(affine, shape), affine))
+        (record,) = gp.get_history(out)
+        assert record["params"]["refine"] is refine and record["config"]["refine"] is refine
+    mask_record = gp.get_history(SkullStrip(model=ThresholdNet())(_sample(ball_image(affine, shape), affine)))[0]
+    assert mask_record["params"]["refine"] is False
+    with pytest.raises(ConfigError, match="refine must be True or False, got 1"):
+        SegmentBrain(model=tissue_checkpoint, refine=1)
+
+
 def test_history_records_the_model(tissue_checkpoint):
     affine, shape = GRIDS["oblique"]
     out = SegmentBrain(model=tissue_checkpoint, device="cpu")(_sample(ball_image(affine, shape), affine))

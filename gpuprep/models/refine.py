@@ -29,7 +29,8 @@ def refine_tissue_probabilities(probabilities: torch.Tensor, image: torch.Tensor
     """Posterior tissue probabilities from network priors and a Gaussian intensity model per tissue.
 
     For each tissue ``k`` in ``tissue_classes`` the mean and variance of every image channel are
-    the averages over all voxels weighted by ``probabilities[k]``; each voxel's tissue share is
+    averages weighted by ``probabilities[k]`` (the mean over the whole image, or around each voxel
+    with ``local_sigma``; the variance over the whole image); each voxel's tissue share is
     then split in proportion to ``p_k * N(x; mean_k, var_k)`` (channels independent). The other
     classes (background) keep their probabilities, so the result still sums to 1 wherever the
     input did.

@@ -54,14 +54,14 @@ def test_skull_strip_a_synthetic_head_on_a_bright_background():
 
 @pytest.mark.slow
 def test_segment_brain_on_the_sample_brain():
-    """Measured CSF 0.798, GM 0.943, WM 0.941 (flip averaging and intensity refinement on, the
-    defaults) and 0.680, 0.907, 0.893 without the refinement, when the weights were made."""
+    """Measured CSF 0.804, GM 0.949, WM 0.949 (flip averaging and intensity refinement on, the
+    defaults) and 0.688, 0.917, 0.908 without the refinement, when the weights were made."""
     brain = gp.data.sample_brain()
     out = gp.SegmentBrain("image", device="cpu")(brain)
     assert out["tissue"].shape == brain["label"].shape
     scores = {value: dice(out["tissue"], brain["label"], value) for value in (1, 2, 3)}
-    assert scores[1] > 0.78 and scores[2] > 0.93 and scores[3] > 0.925, scores
+    assert scores[1] > 0.785 and scores[2] > 0.935 and scores[3] > 0.935, scores
     plain = gp.SegmentBrain("image", device="cpu", refine=False)(brain)
     network = {value: dice(plain["tissue"], brain["label"], value) for value in (1, 2, 3)}
-    assert network[1] > 0.66 and network[2] > 0.89 and network[3] > 0.875, network
+    assert network[1] > 0.67 and network[2] > 0.90 and network[3] > 0.89, network
     assert all(scores[value] > network[value] + 0.02 for value in (1, 2, 3)), (scores, network)

@@ -28,6 +28,7 @@ import torch
 
 from ..data.sliding_window import predict_sample
 from ..errors import ConfigError, TransformError
+from ..functional.grid import spacing_of
 from ..functional.morphology import fill_holes, largest_component
 from ..sample import copy_meta, make_sample, meta_key
 from ..transforms.base import Transform
@@ -138,8 +139,7 @@ class _SegmentationTransform(Transform, abstract=True):
                                  invert=True, output_key="labels")
             if self.refine:  # probabilities on the image's grid: sharpen them with its intensities
                 tissues = range(1, len(self.spec["labels"]))
-                spacing = torch.linalg.norm(torch.as_tensor(affine, dtype=torch.float64)[:3, :3], dim=0)
-                sigma = [REFINE_SIGMA_MM / float(s) for s in spacing]
+                sigma = [REFINE_SIGMA_MM / float(s) for s in spacing_of(affine.cpu().numpy())]
                 probabilities = refine_tissue_probabilities(out["labels"], image.to(self.device), tissues, sigma)
                 out["labels"] = probabilities.argmax(0, keepdim=True)
             labels.append(out["labels"].to(torch.uint8))

@@ -37,9 +37,12 @@ from .sample import (
     decollate,
     get_affine,
     get_history,
+    get_kind,
     get_meta,
+    is_label,
     make_meta,
     make_sample,
+    set_kind,
 )
 from .transforms import *  # noqa: F403
 
@@ -63,7 +66,9 @@ __all__ = [
     "errors",
     "get_affine",
     "get_history",
+    "get_kind",
     "get_meta",
+    "is_label",
     "io",
     "make_meta",
     "make_sample",
@@ -76,6 +81,7 @@ __all__ = [
     "records_from_folder",
     "read_image",
     "read_sidecar",
+    "set_kind",
     "sidecar_path",
     "sliding_window_inference",
     "unpad",

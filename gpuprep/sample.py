@@ -11,6 +11,7 @@ for intensity images, an integer dtype for label maps) and has a metadata dict b
             "original_affine": float64 tensor [4, 4],  # the affine as read from the file
             "original_shape": int64 tensor [3],        # spatial shape as read from the file
             "filename": str or None,                   # where it came from
+            "kind": "image" or "label",                # intensities, or a label map
         },
         "history": [record, ...],                      # what was done, in order
     }
@@ -23,7 +24,14 @@ A **batch** has the same keys with a leading batch dimension: images ``[B, C, D,
 affines ``[B, 4, 4]``, filenames a list of ``B`` strings and ``history`` a list of ``B`` lists.
 :func:`collate` and :func:`decollate` turn one into the other.
 
-Users should go through the accessors (:func:`get_affine`, :func:`get_meta`,
+Every image key has a **kind**: ``"image"`` (intensities: interpolated linearly, padded with a
+background value, normalised) or ``"label"`` (a label map: nearest-neighbour or one-hot
+resampling, padded with 0, never touched by intensity transforms). ``LoadImage(..., labels=...)``
+declares it when loading; :func:`make_sample` takes ``labels=``; :func:`set_kind` sets it later.
+Metadata without a kind (a dict built by hand) follows the **dtype rule** of :func:`get_kind`:
+floating-point tensors are images, integer and bool tensors labels.
+
+Users should go through the accessors (:func:`get_affine`, :func:`get_meta`, :func:`get_kind`,
 :func:`get_history`) rather than the layout, which may grow.
 """
 
@@ -38,6 +46,11 @@ from .errors import MissingKeyError, TransformError
 
 META_SUFFIX = "_meta"
 HISTORY_KEY = "history"
+#: The kind of an intensity image (MRI, CT in HU, PET, ...).
+IMAGE = "image"
+#: The kind of a label map (segmentation, mask, parcellation).
+LABEL = "label"
+KINDS = (IMAGE, LABEL)
 
 
 def meta_key(key: str) -> str:
@@ -58,6 +71,7 @@ def make_meta(
     spatial_shape: Sequence[int] | None = None,
     original_affine: Any = None,
     original_shape: Sequence[int] | None = None,
+    kind: str | None = None,
 ) -> dict:
     """Build the metadata dict of one (unbatched) image.
 
@@ -71,12 +85,14 @@ def make_meta(
         ``(D, H, W)`` of the image; used as ``original_shape`` when that is not given.
     original_affine, original_shape:
         The grid of the file as read; default to ``affine`` and ``spatial_shape``.
+    kind:
+        ``"image"`` or ``"label"``; None leaves it out (the dtype rule of :func:`get_kind` applies).
 
     Example
     -------
-    >>> meta = make_meta(torch.eye(4), spatial_shape=(4, 5, 6))
-    >>> meta["original_shape"].tolist()
-    [4, 5, 6]
+    >>> meta = make_meta(torch.eye(4), spatial_shape=(4, 5, 6), kind="label")
+    >>> meta["original_shape"].tolist(), meta["kind"]
+    ([4, 5, 6], 'label')
     """
     affine = torch.eye(4, dtype=torch.float64) if affine is None else _as_affine(affine)
     original_affine = affine.clone() if original_affine is None else _as_affine(original_affine)
@@ -84,7 +100,27 @@ def make_meta(
     meta = {"affine": affine, "original_affine": original_affine, "filename": filename}
     if shape is not None:
         meta["original_shape"] = torch.as_tensor(list(shape), dtype=torch.int64)
+    if kind is not None:
+        meta["kind"] = check_kind(kind, "make_meta: kind")
     return meta
+
+
+def check_kind(kind: Any, owner: str) -> str:
+    """Return ``kind`` if it is ``"image"`` or ``"label"``; raise :class:`TransformError` naming ``owner``.
+
+    Example
+    -------
+    >>> check_kind("label", "kind")
+    'label'
+    """
+    if kind not in KINDS:
+        raise TransformError(f"{owner} must be one of {KINDS}, got {kind!r:.80}")
+    return kind
+
+
+def dtype_kind(tensor: torch.Tensor) -> str:
+    """The kind the dtype rule gives a tensor: ``"image"`` for floating point, ``"label"`` otherwise."""
+    return IMAGE if tensor.is_floating_point() else LABEL
 
 
 def make_sample(
@@ -92,6 +128,7 @@ def make_sample(
     affine: Any = None,
     *,
     filenames: Mapping[str, str] | None = None,
+    labels: str | Sequence[str] | None = None,
 ) -> dict:
     """Wrap tensors ``[C, D, H, W]`` into a sample with metadata and an empty history.
 
@@ -103,13 +140,22 @@ def make_sample(
         One affine for all keys, or a mapping from key to affine; identity if None.
     filenames:
         Optional mapping from key to the source path.
+    labels:
+        The keys that are label maps; every other key is an intensity image. None: the dtype
+        rule (integer and bool tensors are labels, floating-point tensors images), so declare an
+        int16 CT or MRI with ``labels=[]`` or the keys that really are labels.
 
     Example
     -------
-    >>> s = make_sample({"image": torch.zeros(1, 4, 4, 4)}, affine=torch.eye(4))
-    >>> sorted(s)
-    ['history', 'image', 'image_meta']
+    >>> s = make_sample({"image": torch.zeros(1, 4, 4, 4, dtype=torch.int16)}, labels=[])
+    >>> sorted(s), get_kind(s, "image")
+    (['history', 'image', 'image_meta'], 'image')
     """
+    if labels is not None:
+        labels = [labels] if isinstance(labels, str) else list(labels)
+        unknown = sorted(set(labels) - set(images))
+        if unknown:
+            raise TransformError(f"make_sample: labels {unknown} are not among the image keys {sorted(images)}")
     sample: dict = {}
     for key, tensor in images.items():
         if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
@@ -118,7 +164,8 @@ def make_sample(
         key_affine = affine.get(key) if isinstance(affine, Mapping) else affine
         filename = (filenames or {}).get(key)
         sample[key] = tensor
-        sample[meta_key(key)] = make_meta(key_affine, filename=filename, spatial_shape=tensor.shape[1:])
+        kind = dtype_kind(tensor) if labels is None else LABEL if key in labels else IMAGE
+        sample[meta_key(key)] = make_meta(key_affine, filename=filename, spatial_shape=tensor.shape[1:], kind=kind)
     sample[HISTORY_KEY] = []
     return sample
 
@@ -173,6 +220,49 @@ def get_affine(sample: Mapping, key: str) -> torch.Tensor:
     2.0
     """
     return get_meta(sample, key)["affine"]
+
+
+def get_kind(sample: Mapping, key: str) -> str:
+    """Return the kind of image ``key``: ``"image"`` (intensities) or ``"label"`` (a label map).
+
+    The kind is read from the metadata (for a batch, every sample must agree). Metadata without
+    one follows the dtype rule: floating point is an image, integer or bool a label.
+
+    Example
+    -------
+    >>> s = make_sample({"ct": torch.zeros(1, 2, 2, 2, dtype=torch.int16)}, labels=[])
+    >>> get_kind(s, "ct"), get_kind(set_kind(s, "ct", "label"), "ct")
+    ('image', 'label')
+    """
+    kind = get_meta(sample, key).get("kind")
+    if kind is None:
+        return dtype_kind(sample[key])
+    if isinstance(kind, list):  # a batch: one entry per sample
+        kinds = set(kind)
+        if len(kinds) != 1:
+            raise TransformError(f"key {key!r} is a label map in some samples of the batch and an image in others")
+        kind = kinds.pop()
+    return check_kind(kind, f"the kind of key {key!r}")
+
+
+def is_label(sample: Mapping, key: str) -> bool:
+    """Tell whether image ``key`` is a label map (see :func:`get_kind`)."""
+    return get_kind(sample, key) == LABEL
+
+
+def set_kind(sample: Mapping, key: str, kind: str) -> dict:
+    """Return a new sample (or batch) in which image ``key`` has ``kind`` (the input is not changed).
+
+    Example
+    -------
+    >>> s = set_kind(make_sample({"seg": torch.zeros(1, 2, 2, 2)}), "seg", "label")
+    >>> get_kind(s, "seg")
+    'label'
+    """
+    check_kind(kind, "set_kind: kind")
+    meta = get_meta(sample, key)
+    value: Any = [kind] * len(sample[key]) if is_batch(sample, key) else kind
+    return {**sample, meta_key(key): {**meta, "kind": value}}
 
 
 def get_history(sample: Mapping) -> list:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one short run on a lent CUDA machine (see DESIGN.md, Tests):
+# the CUDA half of the device-parametrised tests, then the GPU benchmarks, with the machine.
+# Prepare here with `bash scripts/gpu_wheels.sh`, then run there (device tool, carry ".whl"):
+#   bash scripts/gpu_check.sh "$OUT"
+# Results go to OUT_DIR (default ./gpu-check): machine.txt, tests.txt, bench_denoise.txt.
+# TorchIO (it needs SimpleITK, a 50 MB wheel) does not travel, so only peers without it run there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-gpu-check}
+mkdir -p "$OUT_DIR"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  nproc; } > "$OUT_DIR/machine.txt" 2>&1
+cat "$OUT_DIR/machine.txt"
+
+# Every test that takes the `device` fixture runs on CUDA too; `-k cuda` selects those runs.
+# Modules that import packages absent there (SimpleITK, TorchIO) fail to collect and are listed.
+timeout 300 python3 -m pytest -q -k cuda -p no:cacheprovider --continue-on-collection-errors \
+  -o addopts="" tests 2>&1 | tail -40 | tee "$OUT_DIR/tests.txt"
+
+timeout 180 python3 benchmarks/bench_denoise.py --device cuda --threads 16 --repeats 3 2>&1 \
+  | tee "$OUT_DIR/bench_denoise.txt"

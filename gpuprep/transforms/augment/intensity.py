@@ -20,7 +20,7 @@ from ...errors import ConfigError
 from ...functional.augment_intensity import adjust_contrast, bias_field, bias_field_terms, signed_power
 from ...functional.filters import gaussian_filter
 from ...random.ranges import symmetric_range, uniform_range
-from ..base import intensity_keys
+from ..base import float_intensity_keys
 from ..random_base import RandomTransform
 
 __all__ = ["RandBiasField", "RandBlur", "RandBrightness", "RandContrast", "RandGamma"]
@@ -37,7 +37,7 @@ class _RandomIntensity(RandomTransform, abstract=True):
         if not chosen:
             return batch
         drawn = [params[index] for index in chosen]
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             x = batch[key]
             position = self.keys.index(key)
             if len(chosen) == len(params):

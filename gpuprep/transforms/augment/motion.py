@@ -19,7 +19,7 @@ import torch
 from ...functional.affine import grid_center, rotation_matrix, world_transform
 from ...functional.resample import resample
 from ...random.ranges import symmetric_range
-from ..base import intensity_keys
+from ..base import float_intensity_keys
 from .intensity import _check_int, _RandomIntensity
 
 __all__ = ["RandMotion"]
@@ -171,7 +171,7 @@ class RandMotion(_RandomIntensity):
         chosen = [index for index, p in enumerate(params) if p.get("apply")]
         if not chosen:
             return batch
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             x = batch[key]
             meta = batch.get(f"{key}_meta") or {}
             affines = meta.get("affine")

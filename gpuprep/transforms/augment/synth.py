@@ -22,7 +22,7 @@ import torch
 from ...errors import ConfigError, TransformError
 from ...functional.augment_intensity import draw_noise
 from ...random.ranges import uniform_range
-from ...sample import copy_meta, meta_key
+from ...sample import IMAGE, copy_meta, is_label, meta_key
 from ..random_base import RandomTransform
 
 __all__ = ["RandLabelsToImage"]
@@ -217,6 +217,9 @@ class RandLabelsToImage(RandomTransform):
         if label.is_complex() or label.dtype == torch.bool:
             raise TransformError(f"RandLabelsToImage: {self.label_key!r} must be an integer label map or "
                                  f"floating label fractions, got dtype {label.dtype}")
+        if label.is_floating_point() and meta_key(self.label_key) in batch and is_label(batch, self.label_key):
+            # A label map stored as float (kind "label"): its values are labels, not fractions.
+            return label.round().long()
         return label
 
     def _check_fractions(self, fractions: torch.Tensor) -> None:
@@ -276,7 +279,7 @@ class RandLabelsToImage(RandomTransform):
                 made = self.generate(label.index_select(0, index), [params[i] for i in chosen], dtype)
                 image = image.index_copy(0, index, made)
         batch[self.image_key] = image
-        batch[meta_key(self.image_key)] = copy_meta(batch.get(meta_key(self.label_key), {}))
+        batch[meta_key(self.image_key)] = copy_meta(batch.get(meta_key(self.label_key), {}), kind=IMAGE)
         return batch
 
     def generate(self, label: torch.Tensor, params: list[dict], dtype: torch.dtype = torch.float32) -> torch.Tensor:

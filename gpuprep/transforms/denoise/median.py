@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ...functional.filters import BOUNDARY_MODES
 from ...functional.median import median_filter
-from ..base import Transform, intensity_keys
+from ..base import Transform, float_intensity_keys
 from ._common import check_choice, check_int, check_per_axis
 
 
@@ -60,6 +60,6 @@ class MedianDenoise(Transform):
         self.chunk_mb = check_int(name, "chunk_mb", chunk_mb, minimum=1)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             batch[key] = median_filter(batch[key], self.radius, self.mode, chunk_bytes=self.chunk_mb * 2**20)
         return batch

@@ -3,8 +3,9 @@
 Per sample a few rigid movements are drawn (recorded in the history, so a run replays exactly);
 the moved copies of the image are resampled on the device with
 :func:`gpuprep.functional.resample.resample`, and the k-space of the result is assembled from
-their spectra, segment by segment along the last spatial axis. Floating-point images only
-(integer label maps pass through untouched); dtype and device are kept. Nothing is read back
+their spectra, segment by segment along the last spatial axis. Intensity images only
+(label maps, by kind, pass through untouched); dtype (integer images become float32) and device
+are kept. Nothing is read back
 from the volumes to the host (only the ``[B, 4, 4]`` affines, which are CPU metadata).
 """
 
@@ -114,7 +115,7 @@ class RandMotion(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone. Each key's ``{key}_meta["affine"]`` gives
+        Image keys; label maps (by kind, see gp.get_kind) are left alone. Each key's ``{key}_meta["affine"]`` gives
         the world frame of the movements.
     degrees:
         Rotation range: a number ``d`` means ``(-d, d)``, or a pair ``(low, high)``.

@@ -18,7 +18,7 @@ class AnisotropicDiffusion(Transform):
     gradient (intensity per millimetre, using each sample's voxel spacing) exceeds ``kappa``, so
     flat regions are smoothed and edges kept; see
     :func:`gpuprep.functional.diffusion.anisotropic_diffusion` for the scheme. The mean intensity
-    is preserved. Integer label maps are left alone.
+    is preserved. Label maps (by kind) are left alone.
 
     Parameters
     ----------

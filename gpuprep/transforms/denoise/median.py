@@ -16,7 +16,7 @@ class MedianDenoise(Transform):
     The result is exact (bit-identical to scipy), computed by a network of elementwise
     ``minimum``/``maximum`` operations on slabs of the volume, so the memory stays bounded by
     ``chunk_mb`` whatever the radius; see :func:`gpuprep.functional.filters.median_filter`.
-    Integer label maps are left alone.
+    Label maps (by kind) are left alone.
 
     Parameters
     ----------

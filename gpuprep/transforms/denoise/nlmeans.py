@@ -21,7 +21,7 @@ class NonLocalMeans(Transform):
     :func:`gpuprep.functional.nlmeans.nl_means`). ``fast_mode=False`` is the classic algorithm
     with Gaussian-weighted patches (:func:`~gpuprep.functional.nlmeans.nl_means_pixelwise`),
     ``(2d+1)^3 * s^3`` operations per voxel. Each channel of each sample is denoised on its own.
-    Integer label maps are left alone.
+    Label maps (by kind) are left alone.
 
     Parameters
     ----------

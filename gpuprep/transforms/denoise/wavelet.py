@@ -25,7 +25,7 @@ class WaveletDenoise(Transform):
     universal threshold ``sigma * sqrt(2 log n)``; the approximation is kept; the default
     number of levels is three less than the maximum (at least 1); the boundary extension is
     pywt's ``'symmetric'``. Each channel of each sample is processed on its own, all at once on
-    the device (ptwt), with no host synchronisation. Integer label maps are left alone.
+    the device (ptwt), with no host synchronisation. Label maps (by kind) are left alone.
 
     Parameters
     ----------

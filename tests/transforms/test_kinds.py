@@ -151,6 +151,24 @@ def test_intensity_transforms_touch_int16_declared_image_and_never_float_label()
     assert torch.equal(noisy["seg"], float_label)
 
 
+@pytest.mark.parametrize("transform", [
+    gp.GaussianDenoise(["image", "seg"], sigma=1.0), gp.MedianDenoise(["image", "seg"]),
+    gp.RandGamma(["image", "seg"], seed=0), gp.RandBiasField(["image", "seg"], seed=0),
+    gp.RandMotion(["image", "seg"], seed=0), gp.RescaleIntensity(["image", "seg"]),
+    gp.HistogramStandardize(["image", "seg"]),
+], ids=lambda t: type(t).__name__)
+def test_every_intensity_transform_turns_an_int16_image_to_float_and_leaves_a_float_label_alone(transform):
+    image = torch.from_numpy((_blob() * 1000).astype(np.int16))[None]
+    float_label = torch.from_numpy(_labels()).float()[None]
+    sample = gp.make_sample({"image": image, "seg": float_label}, labels="seg")
+    out = transform(sample)
+    assert out["image"].dtype == torch.float32
+    assert torch.equal(out["seg"], float_label)
+    # The same as on the image given as float32 from the start (nothing truncated to int16).
+    as_float = transform(gp.make_sample({"image": image.float(), "seg": float_label}, labels="seg"))
+    torch.testing.assert_close(out["image"], as_float["image"])
+
+
 def test_kind_collates_decollates_and_survives_replay():
     samples = [gp.make_sample({"image": torch.rand(1, 6, 6, 6), "seg": torch.ones(1, 6, 6, 6)}, labels="seg")
                for _ in range(2)]

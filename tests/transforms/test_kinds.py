@@ -205,3 +205,9 @@ def test_invert_follows_the_kind_of_the_key():
     assert (back == label).float().mean() > 0.95
     linear = gp.invert(out, "seg", kind="image")["seg"]
     assert len(linear.unique()) > 3
+
+
+def test_bundled_sample_and_phantom_declare_their_kinds():
+    for sample in (gp.data.sample_brain(), gp.data.phantom(shape=(16, 16, 16), seed=0)):
+        # Stored in the metadata (not left to the dtype rule), so it survives a cast to float.
+        assert [sample[f"{k}_meta"]["kind"] for k in ("image", "label", "brain_mask")] == ["image", "label", "label"]

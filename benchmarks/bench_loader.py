@@ -57,7 +57,7 @@ def write_volumes(folder: Path) -> list[dict]:
 
 
 def gpuprep_epochs(records, epochs: int, device: str) -> list[float]:
-    preprocess = [gp.LoadImage(KEYS, dtype={"image": "float32"}), gp.Orientation(KEYS, "RAS"),
+    preprocess = [gp.LoadImage(KEYS, labels="label", dtype={"image": "float32"}), gp.Orientation(KEYS, "RAS"),
                   gp.ZNormalize("image"), gp.CropOrPad(KEYS, SHAPE)]
     augment = gp.Compose([
         gp.RandAffine(KEYS, rotate=15, scale=0.1),

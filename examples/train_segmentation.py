@@ -42,7 +42,7 @@ TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
 def pipelines(patch: int, num_patches: int, seed: int) -> tuple[gp.Compose, gp.Compose]:
     """The cached preprocessing and the batched augmentation (ending with patch sampling)."""
     preprocess = gp.Compose([
-        gp.LoadImage(KEYS, dtype={"image": "float32"}),
+        gp.LoadImage(KEYS, labels="label", dtype={"image": "float32"}),
         gp.Orientation(KEYS, "RAS"),
         gp.ZNormalize("image"),
         gp.CropOrPad(KEYS, (96, 112, 96)),

@@ -189,20 +189,28 @@ def get_meta(sample: Mapping, key: str) -> dict:
         ) from None
 
 
-def copy_meta(meta: Any) -> Any:
+def copy_meta(meta: Any, kind: str | None = None) -> Any:
     """A copy of a metadata dict deep enough that a new key never shares a mutable value with it.
 
     Used when a transform adds a key on the grid of another (a mask, a prediction, a synthetic
-    image): tensors are cloned, dicts and lists copied, other values shared.
+    image): tensors are cloned, dicts and lists copied, other values shared. ``kind`` sets the
+    new key's kind (``"image"`` or ``"label"``; one per sample for batched metadata), since a
+    mask made from an image is a label map and an image made from a label map is an image.
 
     Example
     -------
-    >>> meta = {"affine": torch.eye(4), "filename": "a.nii.gz"}
-    >>> copy_meta(meta)["affine"] is meta["affine"]
-    False
+    >>> meta = {"affine": torch.eye(4), "filename": "a.nii.gz", "kind": "image"}
+    >>> copy_meta(meta)["affine"] is meta["affine"], copy_meta(meta, kind="label")["kind"]
+    (False, 'label')
     """
     if isinstance(meta, Mapping):
-        return {k: copy_meta(v) for k, v in meta.items()}
+        copied = {k: copy_meta(v) for k, v in meta.items()}
+        if kind is not None:
+            affine = copied.get("affine")
+            batched = isinstance(affine, torch.Tensor) and affine.ndim == 3
+            copied["kind"] = [check_kind(kind, "copy_meta: kind")] * len(affine) if batched else check_kind(
+                kind, "copy_meta: kind")
+        return copied
     if isinstance(meta, torch.Tensor):
         return meta.clone()
     if isinstance(meta, list):

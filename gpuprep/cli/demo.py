@@ -86,7 +86,7 @@ def _process(job: dict, label_keys: list[str], device: torch.device, output: Pat
 
     sample = timed("load", LoadImage("image", dtype="float32"), job)
     if label_keys:
-        sample = timed("load labels", LoadImage(label_keys), sample)
+        sample = timed("load labels", LoadImage(label_keys, labels=True), sample)
     sample = timed(f"to {device.type}", _to_device, sample, keys, device)
     before = (sample["image"], get_affine(sample, "image"))
     pipeline = brain_mri_preprocessing(image_keys=["image"], label_keys=label_keys)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..sample import HISTORY_KEY, make_meta
+from ..sample import HISTORY_KEY, IMAGE, LABEL, make_meta
 from .labels import BACKGROUND, CSF, GM, SKULL, WM
 
 # (label, nominal radii, max relative radius jitter, max centre jitter, max tilt in radians);
@@ -110,7 +110,8 @@ def phantom(
     sample = {}
     for key, tensor in (("image", image), ("label", label), ("brain_mask", brain_mask)):
         sample[key] = tensor.unsqueeze(0).to(device) if device is not None else tensor.unsqueeze(0)
-        sample[f"{key}_meta"] = make_meta(affine, filename=None, spatial_shape=shape)
+        kind = IMAGE if key == "image" else LABEL
+        sample[f"{key}_meta"] = make_meta(affine, filename=None, spatial_shape=shape, kind=kind)
     sample[HISTORY_KEY] = []
     return sample
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..io.reader import read_image
-from ..sample import HISTORY_KEY
+from ..sample import HISTORY_KEY, IMAGE, LABEL
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 _FILES = {
@@ -75,7 +75,8 @@ def sample_brain(device: Any = None) -> dict:
         ``"image"``: float32 ``[1, 99, 117, 95]``, the T1 intensities as stored (0 to 255);
         ``"label"``: uint8 tissue labels (0 background, 1 CSF, 2 GM, 3 WM);
         ``"brain_mask"``: uint8 0/1; each with its ``*_meta`` (the file's affine, RAS+ mm, and
-        filename, from :func:`~gpuprep.sample.make_meta`), and an empty ``"history"``.
+        filename, from :func:`~gpuprep.sample.make_meta`; kind ``"image"`` for the T1, ``"label"``
+        for the others), and an empty ``"history"``.
 
     Example
     -------
@@ -91,6 +92,7 @@ def sample_brain(device: Any = None) -> dict:
         if device is not None:
             tensor = tensor.to(device)
         sample[key] = tensor
-        sample[f"{key}_meta"] = meta  # make_meta(affine, filename, shape) plus the file's xform codes
+        # make_meta(affine, filename, shape) plus the file's xform codes, and the kind of the key
+        sample[f"{key}_meta"] = {**meta, "kind": IMAGE if key == "image" else LABEL}
     sample[HISTORY_KEY] = []
     return sample

@@ -41,6 +41,7 @@ def resample(
     mode: str = "linear",
     anti_aliasing: bool = False,
     padding_mode: str = "zeros",
+    padding_value: float | torch.Tensor = 0.0,
 ) -> torch.Tensor:
     """Resample a batch ``[B, C, D, H, W]`` onto an output grid of ``out_shape``.
 
@@ -58,7 +59,12 @@ def resample(
         Smooth the input with a Gaussian of ``sigma = (step - 1) / 2`` input voxels along each
         axis where the output samples it more coarsely (as ``skimage.transform.resize``).
     padding_mode:
-        ``"zeros"``: 0 beyond half a voxel outside the input; ``"border"``: clamp.
+        ``"zeros"``: ``padding_value`` beyond half a voxel outside the input; ``"border"``: clamp.
+    padding_value:
+        The constant of ``"zeros"`` padding: a number, or a tensor broadcastable to ``[B, C, 1, 1, 1]``
+        (one value per sample and channel, e.g. each one's minimum). Crops and pads are filled
+        exactly; interpolating maps resample ``volume - value`` and add ``value`` back, which is the
+        same thing because every kernel's weights sum to one (and the cubic prefilter keeps constants).
 
     Example
     -------
@@ -77,11 +83,17 @@ def resample(
     if maps.ndim == 2:
         maps = np.broadcast_to(maps, (volume.shape[0], 4, 4))
     out_shape = tuple(int(s) for s in out_shape)
+    fill = _fill_tensor(volume, padding_value) if padding_mode == "zeros" else None
+    if fill is not None and not all(is_lattice_map(m) for m in maps):
+        if not volume.is_floating_point():  # nearest on integers: shift in float64, where it cannot overflow
+            shifted = resample(volume.double() - fill.double(), maps, out_shape, mode, anti_aliasing, padding_mode)
+            return (shifted + fill.double()).round().to(volume.dtype)
+        return resample(volume - fill, maps, out_shape, mode, anti_aliasing, padding_mode) + fill
     groups: dict[bytes, list[int]] = {}
     for index, voxel_map in enumerate(maps):
         groups.setdefault(voxel_map.tobytes(), []).append(index)
     if len(groups) == 1:
-        return _resample_one_map(volume, maps[0], out_shape, mode, anti_aliasing, padding_mode)
+        return _resample_one_map(volume, maps[0], out_shape, mode, anti_aliasing, padding_mode, fill)
     if batchable(volume, maps, mode):
         # Different rotations per sample (random augmentation): one grid_sample for the batch.
         if anti_aliasing:
@@ -90,13 +102,29 @@ def resample(
     out = volume.new_empty((volume.shape[0], volume.shape[1], *out_shape))
     for indices in groups.values():
         part = volume[indices]
-        out[indices] = _resample_one_map(part, maps[indices[0]], out_shape, mode, anti_aliasing, padding_mode)
+        part_fill = None if fill is None else fill[indices]
+        out[indices] = _resample_one_map(part, maps[indices[0]], out_shape, mode, anti_aliasing, padding_mode,
+                                         part_fill)
     return out
 
 
-def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding_mode) -> torch.Tensor:
+def _fill_tensor(volume: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor | None:
+    """``value`` (a number, ``[B, C]`` or ``[B, C, 1, 1, 1]``) as ``[B, C, 1, 1, 1]``; None for the number 0."""
+    if not isinstance(value, torch.Tensor):
+        if float(value) == 0.0:
+            return None
+        value = torch.tensor(float(value))
+    value = value.to(device=volume.device, dtype=volume.dtype)
+    if value.ndim == 2:  # [B, C]
+        value = value[..., None, None, None]
+    elif value.ndim < 5:  # one number
+        value = value.reshape(1, 1, 1, 1, 1)
+    return value.expand(volume.shape[0], volume.shape[1], 1, 1, 1)
+
+
+def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding_mode, fill=None) -> torch.Tensor:
     if padding_mode == "zeros" and is_lattice_map(voxel_map):
-        return _resample_lattice(volume, voxel_map, out_shape)
+        return _resample_lattice(volume, voxel_map, out_shape, fill)
     permutation = axis_permutation(voxel_map)
     if permutation is not None:
         return _resample_separable(volume, voxel_map, permutation, out_shape, mode, anti_aliasing, padding_mode)
@@ -109,8 +137,12 @@ def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding
     return linear_general(volume, voxel_map, out_shape, padding_mode)
 
 
-def _resample_lattice(volume: torch.Tensor, voxel_map: np.ndarray, out_shape: tuple[int, ...]) -> torch.Tensor:
-    """Crops, pads, flips and axis permutations by slicing: one copy, exact for any dtype."""
+def _resample_lattice(volume: torch.Tensor, voxel_map: np.ndarray, out_shape: tuple[int, ...],
+                      fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Crops, pads, flips and axis permutations by slicing: one copy, exact for any dtype.
+
+    Padded voxels get 0, or ``fill`` (``[B, C, 1, 1, 1]``) when given.
+    """
     permutation = axis_permutation(voxel_map)
     volume = volume.permute(0, 1, *(2 + p for p in permutation))
     flips = [axis for axis, source in enumerate(permutation) if voxel_map[source, axis] < 0]
@@ -124,14 +156,19 @@ def _resample_lattice(volume: torch.Tensor, voxel_map: np.ndarray, out_shape: tu
         offset = n_in - 1 - shift if axis in flips else shift
         start, stop = max(0, offset), min(n_in, offset + n_out)
         if stop <= start:  # no overlap at all along this axis
-            return volume.new_zeros((*volume.shape[:2], *out_shape))
+            return _background(volume, out_shape, fill)
         source_slices.append(slice(start, stop))
         target_slices.append(slice(start - offset, stop - offset))
     if all(t.start == 0 and t.stop == n for t, n in zip(target_slices, out_shape)):
         return volume[(..., *source_slices)].contiguous()
-    out = volume.new_zeros((*volume.shape[:2], *out_shape))
+    out = _background(volume, out_shape, fill)
     out[(..., *target_slices)] = volume[(..., *source_slices)]
     return out
+
+
+def _background(volume: torch.Tensor, out_shape: tuple[int, ...], fill: torch.Tensor | None) -> torch.Tensor:
+    shape = (*volume.shape[:2], *out_shape)
+    return volume.new_zeros(shape) if fill is None else fill.expand(shape).clone()
 
 
 def _resample_separable(volume, voxel_map, permutation, out_shape, mode, anti_aliasing, padding_mode):
@@ -237,7 +274,7 @@ def resample_labels(
     Parameters
     ----------
     labels:
-        Integer ``[B, C, D, H, W]`` label maps.
+        ``[B, C, D, H, W]`` label maps: integer, or floating point holding label values.
     voxel_maps, out_shape, padding_mode:
         As in :func:`resample`; outside the input the result is 0.
     mode:
@@ -262,11 +299,11 @@ def resample_labels(
         score = sampler(mask) if sampler else resample(mask, voxel_maps, out_shape, mode, padding_mode=padding_mode)
         if best_score is None:
             best_score = score
-            best_label.fill_(int(value))
+            best_label.fill_(value)
         else:
             better = score > best_score
             best_score = torch.where(better, score, best_score)
-            best_label = torch.where(better, torch.tensor(int(value), dtype=labels.dtype, device=labels.device),
+            best_label = torch.where(better, torch.tensor(value, dtype=labels.dtype, device=labels.device),
                                      best_label)
     if best_score is not None:  # beyond the input no label has any weight: background
         best_label = torch.where(best_score > 0, best_label, torch.zeros((), dtype=labels.dtype, device=labels.device))

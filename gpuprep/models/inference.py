@@ -30,7 +30,7 @@ from ..data.sliding_window import predict_sample
 from ..errors import ConfigError, TransformError
 from ..functional.grid import spacing_of
 from ..functional.morphology import fill_holes, largest_component
-from ..sample import copy_meta, make_sample, meta_key
+from ..sample import LABEL, copy_meta, dtype_kind, make_sample, meta_key
 from ..transforms.base import Transform
 from ..transforms.compose import Compose
 from ..transforms.intensity.rescale import RescaleIntensity
@@ -241,7 +241,9 @@ class SegmentBrain(_SegmentationTransform):
         self._check_replay(params)
         (key,) = keys
         batch[self.output_key] = self._segment(batch, key)
-        batch[meta_key(self.output_key)] = copy_meta(batch.get(meta_key(key), {}))
+        # A label map (integers) is a label; tissue probabilities are interpolated like an image.
+        kind = dtype_kind(batch[self.output_key])
+        batch[meta_key(self.output_key)] = copy_meta(batch.get(meta_key(key), {}), kind=kind)
         return batch
 
 
@@ -341,7 +343,7 @@ class SkullStrip(_SegmentationTransform):
                 batch[key] = torch.where(mask, batch[key], torch.zeros((), dtype=batch[key].dtype,
                                                                        device=batch[key].device))
         batch[self.mask_key] = mask.to(torch.uint8)
-        batch[meta_key(self.mask_key)] = copy_meta(batch.get(meta_key(self.source_key), {}))
+        batch[meta_key(self.mask_key)] = copy_meta(batch.get(meta_key(self.source_key), {}), kind=LABEL)
         return batch
 
 

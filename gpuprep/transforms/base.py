@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from ..errors import ConfigError, MissingKeyError, TransformError
 from ..io.sidecar import to_json
-from ..sample import HISTORY_KEY, collate, decollate, is_batch, meta_key
+from ..sample import HISTORY_KEY, IMAGE, collate, decollate, dtype_kind, get_kind, is_batch, meta_key
 
 #: Every concrete transform class, by name (filled in by ``Transform.__init_subclass__``).
 REGISTRY: dict[str, type[Transform]] = {}
@@ -164,11 +164,41 @@ def replace_meta(batch: dict, key: str, **updates: Any) -> None:
 
 
 def intensity_keys(batch: Mapping, keys: Sequence[str]) -> list[str]:
-    """The keys among ``keys`` that hold floating-point images.
+    """The keys among ``keys`` whose kind is ``"image"`` (intensities), whatever their dtype.
 
-    Intensity transforms use this to leave label maps and masks (integer or bool dtype) alone.
+    Intensity transforms use this to leave label maps and masks alone: an int16 CT declared an
+    image is normalised, a float label map is not (see :func:`gpuprep.get_kind`). A tensor without
+    metadata follows the dtype rule.
+
+    Example
+    -------
+    >>> import torch
+    >>> from gpuprep.sample import make_sample
+    >>> s = make_sample({"ct": torch.zeros(1, 2, 2, 2, dtype=torch.int16), "seg": torch.zeros(1, 2, 2, 2)},
+    ...                 labels=["seg"])
+    >>> intensity_keys(s, ["ct", "seg"])
+    ['ct']
     """
-    return [k for k in keys if batch[k].is_floating_point()]
+    return [k for k in keys if key_kind(batch, k) == IMAGE]
+
+
+def float_intensity_keys(batch: dict, keys: Sequence[str]) -> list[str]:
+    """:func:`intensity_keys`, after turning the integer ones of ``batch`` into float32 (in place).
+
+    ``batch`` is the working copy an ``apply_params`` receives: an int16 CT or MRI that an
+    intensity transform touches becomes float32 (as in MONAI), so that, e.g., added noise or a
+    z-score is not truncated. Label maps are left as they are.
+    """
+    targets = intensity_keys(batch, keys)
+    for key in targets:
+        if not batch[key].is_floating_point():
+            batch[key] = batch[key].float()
+    return targets
+
+
+def key_kind(batch: Mapping, key: str) -> str:
+    """The kind of ``batch[key]``: from its metadata (:func:`gpuprep.get_kind`), else the dtype rule."""
+    return get_kind(batch, key) if meta_key(key) in batch else dtype_kind(batch[key])
 
 
 def build_transform(name: str, config: Mapping) -> Transform:

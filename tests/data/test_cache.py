@@ -23,7 +23,7 @@ from tests.data.test_dataset import KEYS, truncate_gzip_body, write_nifti, write
 def augmenting(seed: int = 7, resample: float = 3.0) -> gp.Compose:
     """Load -> grid steps -> ZNormalize (ends the fused run) -> augmentation with every kind of random step."""
     return gp.Compose([
-        gp.LoadImage(KEYS, dtype={"image": "float32"}),
+        gp.LoadImage(KEYS, labels="label", dtype={"image": "float32"}),
         gp.Orientation(KEYS, "RAS"),
         gp.Resample(KEYS, spacing=resample),
         gp.CropOrPad(KEYS, (6, 6, 6)),
@@ -38,7 +38,7 @@ def augmenting(seed: int = 7, resample: float = 3.0) -> gp.Compose:
 def fused_into_augmentation(seed: int = 7) -> gp.Compose:
     """The grid steps fuse with RandAffine: the exact split must leave them in the suffix."""
     return gp.Compose([
-        gp.LoadImage(KEYS, dtype={"image": "float32"}),
+        gp.LoadImage(KEYS, labels="label", dtype={"image": "float32"}),
         gp.ZNormalize("image"),
         gp.Resample(KEYS, spacing=3.0),
         gp.CropOrPad(KEYS, (6, 6, 6)),
@@ -146,7 +146,7 @@ def test_cached_output_equals_dataset_output(tmp_path, records, make_pipeline, w
 
 
 def test_without_random_suffix(tmp_path, records):
-    pipeline = gp.Compose([gp.LoadImage(KEYS), gp.Orientation(KEYS, "LPS"), gp.ZNormalize("image")])
+    pipeline = gp.Compose([gp.LoadImage(KEYS, labels="label"), gp.Orientation(KEYS, "LPS"), gp.ZNormalize("image")])
     plain = Dataset(records, pipeline)
     for cache in ("memory", tmp_path / "cache"):
         data = CacheDataset(records, pipeline, cache=cache)

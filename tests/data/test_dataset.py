@@ -55,7 +55,7 @@ def truncate_gzip_body(path: str | Path) -> None:
 
 
 def load_pipeline(*extra) -> gp.Compose:
-    return gp.Compose([gp.LoadImage(KEYS, dtype={"image": "float32"}), *extra], seed=3)
+    return gp.Compose([gp.LoadImage(KEYS, labels="label", dtype={"image": "float32"}), *extra], seed=3)
 
 
 def assert_paired(image: torch.Tensor, label: torch.Tensor) -> None:
@@ -154,7 +154,7 @@ def test_corrupt_body_fails_on_read_with_index_and_file(tmp_path):
 
 def test_pipeline_mistakes_are_not_skipped(tmp_path):
     records = write_subjects(tmp_path, 2)
-    data = Dataset(records, transform=gp.Compose([gp.LoadImage(["image", "mask"])]), on_error="skip")
+    data = Dataset(records, transform=gp.Compose([gp.LoadImage(["image", "mask"], labels="mask")]), on_error="skip")
     with pytest.raises(MissingKeyError, match="mask") as info:
         data[0]
     assert any("record 0" in note for note in getattr(info.value, "__notes__", ["record 0"]))

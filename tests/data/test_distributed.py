@@ -45,7 +45,8 @@ def _write_records(folder: Path) -> list[dict]:
 
 def _pipelines():
     keys = ["image", "label"]
-    preprocess = gp.Compose([gp.LoadImage(keys, dtype={"image": "float32"}), gp.Orientation(keys, "RAS")])
+    preprocess = gp.Compose([gp.LoadImage(keys, labels="label", dtype={"image": "float32"}),
+                             gp.Orientation(keys, "RAS")])
     augment = gp.Compose([gp.RandAffine(keys, rotate=10, scale=0.1), gp.RandFlip(keys),
                           gp.RandNoise("image", std=0.1)], seed=SEED)
     return preprocess, augment

@@ -38,7 +38,7 @@ def files(tmp_path) -> list[dict[str, str]]:
 
 
 def load(paths: dict[str, str], index: int = 0) -> dict:
-    sample = gp.LoadImage(KEYS, dtype={"image": "float32"})(paths)
+    sample = gp.LoadImage(KEYS, labels="label", dtype={"image": "float32"})(paths)
     sample["sample_index"] = index
     return sample
 

@@ -343,7 +343,7 @@ def test_dataloader_workers_with_collate_patches(tmp_path):
             path = tmp_path / f"{key}{index}.nii.gz"
             nib.save(nib.Nifti1Image(sample[key][0].numpy(), oblique_affine()), path)
         paths.append({"image": str(tmp_path / f"image{index}.nii.gz"), "label": str(tmp_path / f"label{index}.nii.gz")})
-    pipeline = gp.Compose([gp.LoadImage("image", dtype="float32"), gp.LoadImage("label"),
+    pipeline = gp.Compose([gp.LoadImage("image", dtype="float32"), gp.LoadImage("label", labels=True),
                            _make("label", seed=None, num_patches=2)], seed=7)
 
     class Files(torch.utils.data.Dataset):

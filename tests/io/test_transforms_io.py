@@ -37,7 +37,7 @@ def files(tmp_path):
 
 def test_load_single_sample(files):
     sample = {"image": str(files["image"]), "label": files["label"], "subject": "sub-01"}
-    out = LoadImage(["image", "label"])(sample)
+    out = LoadImage(["image", "label"], labels="label")(sample)
     data, meta = gio.read_image(files["image"])
     assert torch.equal(out["image"], data)
     assert torch.equal(gp.get_affine(out, "image"), meta["affine"])
@@ -74,7 +74,7 @@ def test_batch_with_different_shapes_is_refused(tmp_path):
 
 def test_keys_must_agree_on_single_or_batch(files):
     with pytest.raises(TransformError, match="one path or lists of the same length"):
-        LoadImage(["image", "label"])({"image": files["image"], "label": [files["label"]]})
+        LoadImage(["image", "label"], labels="label")({"image": files["image"], "label": [files["label"]]})
 
 
 def test_value_must_be_a_path(files):
@@ -84,13 +84,13 @@ def test_value_must_be_a_path(files):
 
 def test_missing_keys(files):
     with pytest.raises(MissingKeyError, match="label"):
-        LoadImage(["image", "label"])({"image": files["image"]})
-    out = LoadImage(["image", "label"], allow_missing_keys=True)({"image": files["image"]})
+        LoadImage(["image", "label"], labels="label")({"image": files["image"]})
+    out = LoadImage(["image", "label"], labels="label", allow_missing_keys=True)({"image": files["image"]})
     assert "label" not in out and "image" in out
 
 
 def test_dtype_options_and_config(files):
-    load = LoadImage(["image", "label"], dtype={"image": torch.float64})
+    load = LoadImage(["image", "label"], labels="label", dtype={"image": torch.float64})
     out = load({"image": files["image"], "label": files["label"]})
     assert out["image"].dtype == torch.float64 and out["label"].dtype == torch.int16
     assert load.get_config()["dtype"] == {"image": "float64"}
@@ -134,7 +134,7 @@ def test_pipeline_load_orient_save(files, tmp_path):
     digests = {k: file_digest(p) for k, p in files.items()}
     out_dir = tmp_path / "out" / "nested"
     pipeline = gp.Compose([
-        LoadImage(["image", "label"]),
+        LoadImage(["image", "label"], labels="label"),
         gp.Orientation(["image", "label"], "RAS"),
         SaveImage(["image", "label"], out_dir, suffix="_ras"),
     ])
@@ -159,7 +159,7 @@ def test_pipeline_load_orient_save(files, tmp_path):
     assert sidecar["source"] == str(files["image"])
     # the sidecar's pipeline rebuilds the processing of a loaded sample
     rebuilt = gp.Compose.from_config(sidecar["pipeline"])
-    loaded = LoadImage(["image", "label"])({"image": files["image"], "label": files["label"]})
+    loaded = LoadImage(["image", "label"], labels="label")({"image": files["image"], "label": files["label"]})
     assert torch.equal(rebuilt(loaded)["image"], saved)
     assert torch.equal(gp.replay(loaded, sidecar["history"][1:])["image"], saved)
     # the whole pipeline survives YAML, and inputs are untouched

@@ -1,8 +1,9 @@
 """Random MRI k-space artefacts: ghosting, spikes and Gibbs ringing.
 
 Each transform draws a few numbers per sample (recorded in the history, so a run replays exactly),
-shares them between the sample's keys and channels, changes floating-point images only (integer
-label maps pass through untouched) and keeps the input's dtype and device. The whole batch goes
+shares them between the sample's keys and channels, changes intensity images only (label maps, by
+kind, pass through untouched) and keeps the input's dtype and device (an integer image becomes
+float32). The whole batch goes
 through one 3D FFT (:mod:`gpuprep.functional.kspace`); samples skipped by ``p`` are not computed.
 Nothing is read back from the volumes to the host.
 
@@ -53,7 +54,7 @@ class RandGhosting(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone.
+        Image keys; label maps (by kind, see gp.get_kind) are left alone.
     num_ghosts:
         Number of ghosts: an integer ``n`` (exactly ``n``) or a pair ``(low, high)`` (uniform integer).
     axes:
@@ -134,7 +135,7 @@ class RandSpike(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone.
+        Image keys; label maps (by kind, see gp.get_kind) are left alone.
     num_spikes:
         Number of spikes: an integer ``n`` (exactly ``n``) or a pair ``(low, high)`` (uniform integer).
     intensity:
@@ -192,7 +193,7 @@ class RandGibbs(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone.
+        Image keys; label maps (by kind, see gp.get_kind) are left alone.
     alpha:
         Range of ``alpha`` within ``[0, 1]``: a number ``a`` means ``(0, a)``, or a pair.
     p, same_on_batch, seed, allow_missing_keys:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...errors import ConfigError
-from ..spatial.base import validate_mode, validate_padding_mode
+from ..spatial.base import validate_mode, validate_padding_mode, validate_padding_value
 from .spatial import _RandomSpatial
 
 
@@ -42,7 +42,10 @@ class RandElastic(_RandomSpatial):
     locked_borders:
         0, 1 or 2 outer layers of control points held at zero.
     mode, padding_mode:
-        Interpolation of floating-point images and what lies outside (``"zeros"``, ``"border"``).
+        Interpolation of intensity images and what lies outside (``"zeros"``: a constant, ``"border"``).
+    padding_value:
+        The constant of ``"zeros"`` for intensity images: a number (default 0) or ``"minimum"``;
+        label maps get 0.
     p, same_on_batch, seed, allow_missing_keys:
         See :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
@@ -68,6 +71,7 @@ class RandElastic(_RandomSpatial):
         same_on_batch: bool = False,
         seed: int | None = None,
         allow_missing_keys: bool = False,
+        padding_value: float | str = 0.0,
     ):
         super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
         points = (num_control_points,) * 3 if isinstance(num_control_points, int) else tuple(num_control_points)
@@ -88,6 +92,7 @@ class RandElastic(_RandomSpatial):
         if self.mode == "cubic":
             raise ConfigError("RandElastic: mode must be 'linear' or 'nearest', got 'cubic'")
         self.padding_mode = validate_padding_mode(padding_mode, "RandElastic")
+        self.padding_value = validate_padding_value(padding_value, "RandElastic")
 
     def draw(self, rng: random.Random) -> dict:
         n_d, n_h, n_w = self.num_control_points

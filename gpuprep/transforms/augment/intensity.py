@@ -1,8 +1,9 @@
 """Random intensity augmentation: gamma, bias field, contrast, brightness and blur.
 
 Every transform here draws a few numbers per sample (recorded in the history, so a run replays
-exactly), shares them between the sample's keys, changes floating-point images only (integer
-label maps pass through untouched) and keeps the input's dtype and device. The parameters are
+exactly), shares them between the sample's keys, changes intensity images only (label maps, by
+kind, pass through untouched) and keeps the input's dtype and device (an integer image becomes
+float32). The parameters are
 turned into ``[B, ...]`` tensors and applied to the whole batch at once; samples skipped by ``p``
 are not computed and come back unchanged. Nothing is read back from the volumes to the host.
 Voxel noise lives in :mod:`gpuprep.transforms.augment.noise`.
@@ -20,7 +21,7 @@ from ...errors import ConfigError
 from ...functional.augment_intensity import adjust_contrast, bias_field, bias_field_terms, signed_power
 from ...functional.filters import gaussian_filter
 from ...random.ranges import symmetric_range, uniform_range
-from ..base import intensity_keys
+from ..base import float_intensity_keys
 from ..random_base import RandomTransform
 
 __all__ = ["RandBiasField", "RandBlur", "RandBrightness", "RandContrast", "RandGamma"]
@@ -37,7 +38,7 @@ class _RandomIntensity(RandomTransform, abstract=True):
         if not chosen:
             return batch
         drawn = [params[index] for index in chosen]
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             x = batch[key]
             position = self.keys.index(key)
             if len(chosen) == len(params):
@@ -74,7 +75,7 @@ class RandGamma(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone.
+        Image keys; label maps (by kind, see gp.get_kind) are left alone.
     log_gamma:
         Range of ``log(gamma)``: a number ``d`` means ``(-d, d)``, or a pair ``(low, high)``.
     p, same_on_batch, seed, allow_missing_keys:
@@ -124,7 +125,7 @@ class RandBiasField(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone.
+        Image keys; label maps (by kind, see gp.get_kind) are left alone.
     coefficients:
         Coefficient range: a number ``c`` means ``(-c, c)``, or a pair ``(low, high)``.
     order:
@@ -187,7 +188,7 @@ class RandContrast(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone.
+        Image keys; label maps (by kind, see gp.get_kind) are left alone.
     factor:
         Range ``(low, high)`` of the factor, ``low >= 0``; a number ``f`` means ``(0, f)``.
     preserve_range:
@@ -230,7 +231,7 @@ class RandBrightness(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone.
+        Image keys; label maps (by kind, see gp.get_kind) are left alone.
     shift:
         Offset range: a number ``d`` means ``(-d, d)``, or a pair ``(low, high)``, in the image's
         intensity units.
@@ -279,7 +280,7 @@ class RandBlur(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone.
+        Image keys; label maps (by kind, see gp.get_kind) are left alone.
     std:
         Range of the standard deviation in voxels: a number ``s`` means ``(0, s)``, or a pair.
     p, same_on_batch, seed, allow_missing_keys:

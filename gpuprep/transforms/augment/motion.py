@@ -3,8 +3,9 @@
 Per sample a few rigid movements are drawn (recorded in the history, so a run replays exactly);
 the moved copies of the image are resampled on the device with
 :func:`gpuprep.functional.resample.resample`, and the k-space of the result is assembled from
-their spectra, segment by segment along the last spatial axis. Floating-point images only
-(integer label maps pass through untouched); dtype and device are kept. Nothing is read back
+their spectra, segment by segment along the last spatial axis. Intensity images only
+(label maps, by kind, pass through untouched); dtype (integer images become float32) and device
+are kept. Nothing is read back
 from the volumes to the host (only the ``[B, 4, 4]`` affines, which are CPU metadata).
 """
 
@@ -19,7 +20,7 @@ import torch
 from ...functional.affine import grid_center, rotation_matrix, world_transform
 from ...functional.resample import resample
 from ...random.ranges import symmetric_range
-from ..base import intensity_keys
+from ..base import float_intensity_keys
 from .intensity import _check_int, _RandomIntensity
 
 __all__ = ["RandMotion"]
@@ -114,7 +115,7 @@ class RandMotion(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone. Each key's ``{key}_meta["affine"]`` gives
+        Image keys; label maps (by kind, see gp.get_kind) are left alone. Each key's ``{key}_meta["affine"]`` gives
         the world frame of the movements.
     degrees:
         Rotation range: a number ``d`` means ``(-d, d)``, or a pair ``(low, high)``.
@@ -171,7 +172,7 @@ class RandMotion(_RandomIntensity):
         chosen = [index for index, p in enumerate(params) if p.get("apply")]
         if not chosen:
             return batch
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             x = batch[key]
             meta = batch.get(f"{key}_meta") or {}
             affines = meta.get("affine")

@@ -29,7 +29,7 @@ class RandNoise(_RandomIntensity):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are left alone.
+        Image keys; label maps (by kind, see gp.get_kind) are left alone.
     std:
         Range of the noise standard deviation: a number ``s`` means ``(0, s)``, or a pair
         ``(low, high)`` with ``low >= 0``; in the image's intensity units.

@@ -20,7 +20,13 @@ from ...functional.grid import flip_map, rot90_map
 from ...random.ranges import symmetric_range
 from ..base import spatial_axes
 from ..random_base import RandomTransform
-from ..spatial.base import SpatialTransform, make_step, validate_mode, validate_padding_mode
+from ..spatial.base import (
+    SpatialTransform,
+    make_step,
+    validate_mode,
+    validate_padding_mode,
+    validate_padding_value,
+)
 
 
 class _RandomSpatial(SpatialTransform, RandomTransform, abstract=True):
@@ -148,7 +154,7 @@ class RandAffine(_RandomSpatial):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps are resampled by nearest neighbour.
+        Image keys; label maps (by kind) are resampled by nearest neighbour and padded with 0.
     rotate:
         Degrees about the world x, y, z axes: ``d`` draws from ``(-d, d)``; a pair or one per axis.
     scale:
@@ -160,8 +166,11 @@ class RandAffine(_RandomSpatial):
     isotropic:
         Draw one scale factor for all axes.
     mode, padding_mode:
-        Interpolation of floating-point images (``"linear"``, ``"nearest"``, ``"cubic"``) and
-        what lies outside (``"zeros"`` or ``"border"``).
+        Interpolation of intensity images (``"linear"``, ``"nearest"``, ``"cubic"``) and
+        what lies outside (``"zeros"``: a constant, or ``"border"``).
+    padding_value:
+        The constant intensity images get outside: a number (default 0) or ``"minimum"`` (each
+        sample's and channel's minimum; for a CT in HU use -1000 or ``"minimum"``).
     p, same_on_batch, seed, allow_missing_keys:
         See :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
@@ -187,6 +196,7 @@ class RandAffine(_RandomSpatial):
         same_on_batch: bool = False,
         seed: int | None = None,
         allow_missing_keys: bool = False,
+        padding_value: float | str = 0.0,
     ):
         super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
         self.rotate = symmetric_range(rotate, "rotate", "RandAffine")
@@ -198,6 +208,7 @@ class RandAffine(_RandomSpatial):
         self.isotropic = bool(isotropic)
         self.mode = validate_mode(mode, "RandAffine")
         self.padding_mode = validate_padding_mode(padding_mode, "RandAffine")
+        self.padding_value = validate_padding_value(padding_value, "RandAffine")
 
     def draw(self, rng: random.Random) -> dict:
         scale = [rng.uniform(*r) for r in self.scale]

@@ -17,7 +17,7 @@ class RandSwap(_RandomIntensity):
     Swaps are applied one after the other (a later swap may move an already swapped patch); the
     two patches of a swap are never the same, and where they overlap the second patch's original
     voxels win (TorchIO's order). The corner pairs are recorded, so a history
-    replays exactly. Integer label maps are left alone.
+    replays exactly. Label maps (by kind) are left alone.
 
     Parameters
     ----------

@@ -22,7 +22,7 @@ import torch
 from ...errors import ConfigError, TransformError
 from ...functional.augment_intensity import draw_noise
 from ...random.ranges import uniform_range
-from ...sample import copy_meta, meta_key
+from ...sample import IMAGE, copy_meta, is_label, meta_key
 from ..random_base import RandomTransform
 
 __all__ = ["RandLabelsToImage"]
@@ -50,10 +50,12 @@ class RandLabelsToImage(RandomTransform):
 
     Partial volumes: a **floating** label tensor ``[B, K, D, H, W]`` holds the fraction of each
     label ``0 .. K-1`` in every voxel (for example tissue probability maps, or a one-hot map after
-    linear resampling). Each voxel then mixes its labels' parameters by their fractions, mean
-    ``sum_k f_k mean_k`` and std ``sum_k f_k std_k``, as a scanner averages the tissues inside a
-    voxel, and the image is ``[B, 1, D, H, W]``. Fractions summing to less than 1 (zeros padded
-    in by a spatial transform) give the rest to label 0. Values must lie in [0, 1] (checked on
+    linear resampling); a floating tensor with one channel and kind ``"label"`` is a label map
+    like an integer one (a label map saved as float by another tool). With fractions each voxel
+    mixes its labels' parameters by their fractions, mean ``sum_k f_k mean_k`` and std
+    ``sum_k f_k std_k``, as a scanner averages the tissues inside a voxel, and the image is
+    ``[B, 1, D, H, W]``. Fractions summing to less than 1 (zeros padded in by a spatial transform)
+    give the rest to label 0. Values must lie in [0, 1] (checked on
     the CPU) and ``num_labels``, if given, must equal ``K``.
 
     Samples skipped by ``p`` (``{"apply": False}`` recorded): an existing ``image_key`` keeps its
@@ -217,6 +219,11 @@ class RandLabelsToImage(RandomTransform):
         if label.is_complex() or label.dtype == torch.bool:
             raise TransformError(f"RandLabelsToImage: {self.label_key!r} must be an integer label map or "
                                  f"floating label fractions, got dtype {label.dtype}")
+        if (label.is_floating_point() and label.shape[1] == 1 and meta_key(self.label_key) in batch
+                and is_label(batch, self.label_key)):
+            # A one-channel label map stored as float (kind "label"): its values are labels, not the
+            # fractions of a single label 0. Fractions have one channel per label.
+            return label.round().long()
         return label
 
     def _check_fractions(self, fractions: torch.Tensor) -> None:
@@ -276,7 +283,7 @@ class RandLabelsToImage(RandomTransform):
                 made = self.generate(label.index_select(0, index), [params[i] for i in chosen], dtype)
                 image = image.index_copy(0, index, made)
         batch[self.image_key] = image
-        batch[meta_key(self.image_key)] = copy_meta(batch.get(meta_key(self.label_key), {}))
+        batch[meta_key(self.image_key)] = copy_meta(batch.get(meta_key(self.label_key), {}), kind=IMAGE)
         return batch
 
     def generate(self, label: torch.Tensor, params: list[dict], dtype: torch.dtype = torch.float32) -> torch.Tensor:

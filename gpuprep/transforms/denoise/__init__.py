@@ -1,9 +1,9 @@
 """Denoising dictionary transforms: Gaussian, median, wavelet shrinkage, anisotropic diffusion, NLM.
 
-All of them smooth floating-point images only (integer label maps are left alone), run on a
+All of them smooth intensity images only (label maps, by kind, are left alone), run on a
 single sample ``[C, D, H, W]`` or a batch ``[B, C, D, H, W]`` on the CPU or CUDA, and keep the
-dtype. The math lives in :mod:`gpuprep.functional.filters`, :mod:`~gpuprep.functional.wavelet`,
-:mod:`~gpuprep.functional.diffusion` and :mod:`~gpuprep.functional.nlmeans`.
+dtype (an integer image becomes float32). The math lives in :mod:`gpuprep.functional.filters`,
+:mod:`~gpuprep.functional.wavelet`, :mod:`~gpuprep.functional.diffusion` and :mod:`~gpuprep.functional.nlmeans`.
 """
 
 from .diffusion import AnisotropicDiffusion

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...functional.diffusion import CONDUCTANCES, anisotropic_diffusion
-from ..base import Transform, intensity_keys
+from ..base import Transform, float_intensity_keys
 from ._common import check_bool, check_choice, check_int, check_real, voxel_spacing
 
 
@@ -18,7 +18,7 @@ class AnisotropicDiffusion(Transform):
     gradient (intensity per millimetre, using each sample's voxel spacing) exceeds ``kappa``, so
     flat regions are smoothed and edges kept; see
     :func:`gpuprep.functional.diffusion.anisotropic_diffusion` for the scheme. The mean intensity
-    is preserved. Integer label maps are left alone.
+    is preserved. Label maps (by kind) are left alone.
 
     Parameters
     ----------
@@ -80,14 +80,14 @@ class AnisotropicDiffusion(Transform):
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
         size = len(batch[keys[0]])
         params: list[dict] = [{} for _ in range(size)]
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             spacing = voxel_spacing(batch, key) if self.use_spacing else np.ones((size, 3))
             for index in range(size):
                 params[index][key] = {"spacing": [float(v) for v in spacing[index]]}
         return params
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             spacing = np.array([p[key]["spacing"] for p in params], dtype=np.float64)
             batch[key] = anisotropic_diffusion(
                 batch[key], self.iterations, self.kappa, self.gamma, self.option, spacing

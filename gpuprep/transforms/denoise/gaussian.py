@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...functional.filters import BOUNDARY_MODES, gaussian_filter
-from ..base import Transform, intensity_keys
+from ..base import Transform, float_intensity_keys
 from ._common import check_choice, check_per_axis, check_real, voxel_spacing
 
 
@@ -73,7 +73,7 @@ class GaussianDenoise(Transform):
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
         size = len(batch[keys[0]])
         params: list[dict] = [{} for _ in range(size)]
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             sigma = np.asarray(self.sigma, dtype=np.float64)
             if self.units == "mm":
                 sigma = sigma / voxel_spacing(batch, key)
@@ -83,7 +83,7 @@ class GaussianDenoise(Transform):
         return params
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             sigma = np.array([p[key]["sigma_voxel"] for p in params], dtype=np.float64)
             batch[key] = gaussian_filter(batch[key], sigma, self.truncate, self.mode)
         return batch

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ...functional.filters import BOUNDARY_MODES
 from ...functional.median import median_filter
-from ..base import Transform, intensity_keys
+from ..base import Transform, float_intensity_keys
 from ._common import check_choice, check_int, check_per_axis
 
 
@@ -16,7 +16,7 @@ class MedianDenoise(Transform):
     The result is exact (bit-identical to scipy), computed by a network of elementwise
     ``minimum``/``maximum`` operations on slabs of the volume, so the memory stays bounded by
     ``chunk_mb`` whatever the radius; see :func:`gpuprep.functional.filters.median_filter`.
-    Integer label maps are left alone.
+    Label maps (by kind) are left alone.
 
     Parameters
     ----------
@@ -60,6 +60,6 @@ class MedianDenoise(Transform):
         self.chunk_mb = check_int(name, "chunk_mb", chunk_mb, minimum=1)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             batch[key] = median_filter(batch[key], self.radius, self.mode, chunk_bytes=self.chunk_mb * 2**20)
         return batch

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from ...errors import ConfigError
 from ...functional.nlmeans import nl_means, nl_means_pixelwise
 from ...functional.wavelet import estimate_sigma
-from ..base import Transform, intensity_keys
+from ..base import Transform, float_intensity_keys
 from ._common import check_bool, check_int, check_real
 
 
@@ -21,7 +21,7 @@ class NonLocalMeans(Transform):
     :func:`gpuprep.functional.nlmeans.nl_means`). ``fast_mode=False`` is the classic algorithm
     with Gaussian-weighted patches (:func:`~gpuprep.functional.nlmeans.nl_means_pixelwise`),
     ``(2d+1)^3 * s^3`` operations per voxel. Each channel of each sample is denoised on its own.
-    Integer label maps are left alone.
+    Label maps (by kind) are left alone.
 
     Parameters
     ----------
@@ -86,7 +86,7 @@ class NonLocalMeans(Transform):
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         algorithm = nl_means if self.fast_mode else nl_means_pixelwise
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             image = batch[key]
             h = self.h
             if h is None:

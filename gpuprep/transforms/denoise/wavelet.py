@@ -12,7 +12,7 @@ from ...functional.wavelet import (
     require_ptwt,
     wavelet_denoise,
 )
-from ..base import Transform, intensity_keys
+from ..base import Transform, float_intensity_keys
 from ._common import check_bool, check_choice, check_int, check_real
 
 
@@ -25,7 +25,7 @@ class WaveletDenoise(Transform):
     universal threshold ``sigma * sqrt(2 log n)``; the approximation is kept; the default
     number of levels is three less than the maximum (at least 1); the boundary extension is
     pywt's ``'symmetric'``. Each channel of each sample is processed on its own, all at once on
-    the device (ptwt), with no host synchronisation. Integer label maps are left alone.
+    the device (ptwt), with no host synchronisation. Label maps (by kind) are left alone.
 
     Parameters
     ----------
@@ -100,7 +100,7 @@ class WaveletDenoise(Transform):
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
         size = len(batch[keys[0]])
         params: list[dict] = [{} for _ in range(size)]
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             shape = tuple(batch[key].shape[-3:])
             levels = self.wavelet_levels or default_wavelet_levels(shape, self.wavelet)
             for index in range(size):
@@ -108,7 +108,7 @@ class WaveletDenoise(Transform):
         return params
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             levels = params[0][key]["wavelet_levels"]
             if any(p[key]["wavelet_levels"] != levels for p in params):
                 raise ConfigError(

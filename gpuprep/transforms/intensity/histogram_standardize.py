@@ -21,7 +21,7 @@ from ...functional.histogram_standardize import (
     uniform_landmarks,
 )
 from ...functional.percentile import DEFAULT_BINS, percentile
-from ..base import Transform, intensity_keys
+from ..base import Transform, float_intensity_keys
 from ._masking import NONZERO, check_mask_argument, check_number, check_pair, resolve_mask
 from .landmarks import (
     as_landmark_vector,
@@ -157,7 +157,7 @@ class HistogramStandardize(Transform):
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         name = type(self).__name__
-        targets = intensity_keys(batch, keys)  # masks read before any key is replaced
+        targets = float_intensity_keys(batch, keys)  # masks read before any key is replaced
         masks = {key: resolve_mask(name, batch, key, self.mask) for key in targets}
         for key in targets:
             x = batch[key]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ...functional.intensity import masked_mean_std, z_normalize
-from ..base import Transform, intensity_keys
+from ..base import Transform, float_intensity_keys
 from ._masking import check_bool, check_mask_argument, resolve_mask
 
 
@@ -71,7 +71,7 @@ class ZNormalize(Transform):
         self.channel_wise = check_bool(name, "channel_wise", channel_wise)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        targets = intensity_keys(batch, keys)  # masks read before any key is replaced
+        targets = float_intensity_keys(batch, keys)  # masks read before any key is replaced
         masks = {key: resolve_mask(type(self).__name__, batch, key, self.mask) for key in targets}
         for key in targets:
             x, inside = batch[key], masks[key]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from ...errors import ConfigError
 from ...functional.intensity import clip_intensity, rescale_linear, scale_intensity_range
 from ...functional.percentile import percentile
-from ..base import Transform, intensity_keys
+from ..base import Transform, float_intensity_keys
 from ._masking import check_bool, check_mask_argument, check_number, check_pair, resolve_mask
 
 
@@ -74,7 +74,7 @@ class RescaleIntensity(Transform):
         self.channel_wise = check_bool(name, "channel_wise", channel_wise)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        targets = intensity_keys(batch, keys)  # masks read before any key is replaced
+        targets = float_intensity_keys(batch, keys)  # masks read before any key is replaced
         masks = {key: resolve_mask(type(self).__name__, batch, key, self.mask) for key in targets}
         for key in targets:
             x = batch[key]
@@ -140,7 +140,7 @@ class ScaleIntensityRange(Transform):
             raise ConfigError(f"{name}: clip=True needs b_min and b_max, got None")
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             batch[key] = scale_intensity_range(
                 batch[key], self.a_min, self.a_max, self.b_min, self.b_max, self.clip
             )
@@ -184,6 +184,6 @@ class Clip(Transform):
             raise ConfigError(f"{name}: min must be <= max, got min={min!r}, max={max!r}")
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        for key in intensity_keys(batch, keys):
+        for key in float_intensity_keys(batch, keys):
             batch[key] = clip_intensity(batch[key], self.min, self.max)
         return batch

@@ -11,8 +11,8 @@ from ...errors import ConfigError
 from ...functional.intensity import mask_fill
 from ...functional.morphology import binary_closing, fill_holes, largest_component
 from ...functional.threshold import otsu_threshold
-from ...sample import copy_meta, meta_key
-from ..base import Transform, intensity_keys
+from ...sample import LABEL, copy_meta, meta_key
+from ..base import Transform, float_intensity_keys
 from ..intensity._masking import check_bool, check_number, mask_tensor
 
 OTSU_BINS = 256
@@ -116,7 +116,7 @@ class ForegroundMask(Transform):
         if self.fill_holes:
             mask = fill_holes(mask)
         batch[self.mask_key] = mask.to(torch.uint8)
-        batch[meta_key(self.mask_key)] = copy_meta(batch.get(meta_key(key), {}))
+        batch[meta_key(self.mask_key)] = copy_meta(batch.get(meta_key(key), {}), kind=LABEL)
         return batch
 
 
@@ -165,7 +165,7 @@ class MaskImage(Transform):
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         name = type(self).__name__
-        targets = intensity_keys(batch, keys)  # masks read before any key is replaced
+        targets = float_intensity_keys(batch, keys)  # masks read before any key is replaced
         masks = {key: mask_tensor(name, batch, key, self.mask_key, batch[key]) for key in targets}
         for key in targets:
             batch[key] = mask_fill(batch[key], masks[key], self.fill)

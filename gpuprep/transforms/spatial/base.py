@@ -11,6 +11,16 @@ The step is the record's parameters, so it documents the operation, replays it a
 Because steps are pure metadata, :class:`~gpuprep.Compose` can chain the steps of consecutive
 spatial transforms and resample the data **once** with the product of their maps
 (:func:`apply_fused`): one interpolation instead of several, and no intermediate volumes.
+
+Data follow the **kind** of their key (:func:`gpuprep.get_kind`), never the dtype: intensity
+images are interpolated (an integer one becomes float32 when a step interpolates, as in MONAI)
+and padded with the transform's ``padding_value``; label maps are resampled by nearest neighbour
+(or one-hot) whatever their dtype, keep their values, and are padded with 0.
+
+Padding values: a number, or ``"minimum"`` (each sample's and channel's own minimum, computed on
+the data's device). A fused chain pads with the one value its steps ask for; Compose never fuses
+steps that ask for different values (:func:`apply_fused` splits the run there), so fused and
+unfused results agree.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from ...functional.grid import is_lattice_map
 from ...functional.resample import MODES, resample, resample_labels
 from ...functional.resample_general import antialias, cached, shared_grids
 from ...functional.warp import invert_displacement, warp
-from ...sample import collate, decollate, image_keys, meta_key
+from ...sample import LABEL, collate, decollate, dtype_kind, get_kind, image_keys, meta_key
 from ..base import Transform, replace_meta
 
 Grid = tuple[tuple[int, ...], np.ndarray]  # (spatial shape, affines [B, 4, 4])
@@ -38,8 +48,9 @@ class SpatialTransform(Transform, abstract=True):
     """Base class of transforms that move data to a new voxel grid.
 
     Subclasses implement :meth:`grid_step` (or :meth:`plan` when the step depends on more than
-    one key or on the data) and set ``mode`` when they interpolate. Integer (label) images are
-    always resampled with nearest neighbour, so they keep their dtype and set of values.
+    one key or on the data) and set ``mode`` when they interpolate. Label maps (by kind, not
+    dtype) are always resampled with nearest neighbour (or one-hot), so they keep their dtype and
+    set of values, and are padded with 0.
     """
 
     spatial = True
@@ -54,8 +65,11 @@ class SpatialTransform(Transform, abstract=True):
     #: What points outside the input get: "zeros" or "border" (the nearest edge value); None for
     #: transforms that never look outside their input (a fused chain then follows the others).
     padding_mode: str | None = "zeros"
-    #: How integer label maps are resampled when a step interpolates: "nearest" or "onehot".
+    #: How label maps are resampled when a step interpolates: "nearest" or "onehot".
     label_mode: str = "nearest"
+    #: The constant intensity images get outside the input under ``padding_mode="zeros"``: a
+    #: number or "minimum" (per sample and channel). Label maps always get 0.
+    padding_value: float | str = 0.0
 
     def grid_step(self, key: str, shape: tuple[int, ...], affine: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
         """Return ``(out_shape, voxel_map)`` for one sample's grid; the world position is kept."""
@@ -83,7 +97,8 @@ class SpatialTransform(Transform, abstract=True):
     def invert_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         for key in keys:
             steps = [inverse_step(p[key]) for p in params]
-            _resample_key(batch, key, [steps], self.mode or "nearest", False, "zeros", self.label_mode)
+            _resample_key(batch, key, [steps], self.mode or "nearest", False, "zeros", self.label_mode,
+                          self.padding_value)
         return batch
 
 
@@ -135,14 +150,84 @@ def validate_padding_mode(padding_mode: str, owner: str) -> str:
     return padding_mode
 
 
+def validate_padding_value(value, owner: str) -> float | str:
+    """Check a ``padding_value`` argument: a finite number or ``"minimum"``; return it (numbers as float).
+
+    Example
+    -------
+    >>> validate_padding_value(-1000, "CropOrPad"), validate_padding_value("minimum", "CropOrPad")
+    (-1000.0, 'minimum')
+    """
+    if value == "minimum":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ConfigError(f"{owner}: padding_value must be a finite number or 'minimum', got {value!r:.80}")
+    return float(value)
+
+
+def padding_fill(volume: torch.Tensor, padding_value: float | str) -> float | torch.Tensor:
+    """The constant to pad ``volume`` ``[B, C, D, H, W]`` with: the number, or ``[B, C, 1, 1, 1]`` minima.
+
+    The minima stay on the volume's device (no host synchronisation).
+    """
+    if padding_value == "minimum":
+        return volume.amin(dim=(2, 3, 4), keepdim=True)
+    return float(padding_value)
+
+
+def padding_wish(transform: SpatialTransform) -> str | float | None:
+    """What a transform wants outside its input: None (never looks there), ``"border"``, or its value."""
+    if transform.padding_mode is None:
+        return None
+    return "border" if transform.padding_mode == "border" else transform.padding_value
+
+
+def fusable_runs(transforms: Sequence[SpatialTransform]) -> list[list[SpatialTransform]]:
+    """Split consecutive spatial transforms where two of them ask for different padding values.
+
+    One resampling can pad with one constant, so a chain whose steps pad with, say, 0 and -1000
+    is resampled in two runs; within a run fused and unfused results agree.
+
+    Example
+    -------
+    >>> import gpuprep as gp
+    >>> runs = fusable_runs([gp.CropOrPad("ct", (4, 4, 4)), gp.Flip("ct", 0),
+    ...                      gp.CropOrPad("ct", (6, 6, 6), padding_value=-1000)])
+    >>> [len(run) for run in runs]
+    [2, 1]
+    """
+    runs: list[list[SpatialTransform]] = []
+    value = None
+    for transform in transforms:
+        wish = padding_wish(transform)
+        constant = wish not in (None, "border")
+        if runs and (not constant or value is None or wish == value):
+            runs[-1].append(transform)
+        else:
+            runs.append([transform])
+        if constant:
+            value = wish
+    return runs
+
+
 def apply_fused(transforms: Sequence[SpatialTransform], data: Mapping) -> dict:
     """Apply consecutive spatial transforms with a single resampling per key.
 
     Each transform plans its step on the grid the previous one would have produced; the maps
     are multiplied, and the data are resampled once with the highest interpolation order of the
     chain (anti-aliased if any step asks for it). Every transform still appends its own record,
-    so the history is the same as without fusion.
+    so the history is the same as without fusion. Steps that pad intensity images with different
+    values are not fused with each other (see :func:`fusable_runs`).
     """
+    runs = fusable_runs(transforms)
+    if len(runs) > 1:
+        for run in runs:
+            data = _apply_fused_run(run, data) if len(run) > 1 else run[0](data)
+        return data
+    return _apply_fused_run(transforms, data)
+
+
+def _apply_fused_run(transforms: Sequence[SpatialTransform], data: Mapping) -> dict:
     keys_present = [t._present_keys(data) for t in transforms]
     all_keys = list(dict.fromkeys(k for keys in keys_present for k in keys))
     if not all_keys:
@@ -177,17 +262,20 @@ def _resample_chains(batch: dict, chains: dict) -> None:
         modes = [t.mode or "nearest" for t, steps in chain if not _is_exact(steps)]
         mode = max(modes, key=_MODE_ORDER.__getitem__) if modes else "nearest"
         anti_aliasing = any(t.anti_aliasing for t, _ in chain)
-        wishes = [t.padding_mode for t, _ in chain if t.padding_mode is not None]
+        wishes = [padding_wish(t) for t, _ in chain if padding_wish(t) is not None]
         padding = "border" if wishes and all(w == "border" for w in wishes) else "zeros"
+        values = [w for w in wishes if w != "border"]
         label_mode = "onehot" if any(t.label_mode == "onehot" for t, _ in chain) else "nearest"
-        _resample_key(batch, key, [steps for _, steps in chain], mode, anti_aliasing, padding, label_mode)
+        _resample_key(batch, key, [steps for _, steps in chain], mode, anti_aliasing, padding, label_mode,
+                      values[0] if values else 0.0)
 
 
 def _is_exact(steps: list[dict]) -> bool:
     return all(is_lattice_map(np.asarray(s["voxel_map"])) and "displacement" not in s for s in steps)
 
 
-def _resample_key(batch, key, chain, mode, anti_aliasing, padding_mode, label_mode="nearest") -> None:
+def _resample_key(batch, key, chain, mode, anti_aliasing, padding_mode, label_mode="nearest",
+                  padding_value: float | str = 0.0) -> None:
     """Resample ``batch[key]`` through ``chain`` (per step, the list of per-sample steps); set its affine."""
     last = chain[-1]
     shapes = {tuple(s["out_shape"]) for s in last}
@@ -196,16 +284,20 @@ def _resample_key(batch, key, chain, mode, anti_aliasing, padding_mode, label_mo
             f"key {key!r}: the samples of this batch would get different shapes {sorted(shapes)}; "
             "resample them one by one or to a common grid"
         )
-    batch[key] = resample_steps(batch[key], chain, shapes.pop(), mode, anti_aliasing, padding_mode, label_mode)
+    batch[key] = resample_steps(batch[key], chain, shapes.pop(), mode, anti_aliasing, padding_mode, label_mode,
+                                kind=get_kind(batch, key), padding_value=padding_value)
     replace_meta(batch, key, affine=torch.from_numpy(np.stack([np.asarray(s["out_affine"]) for s in last])))
 
 
-def resample_steps(volume, chain, out_shape, mode, anti_aliasing=False, padding_mode="zeros", label_mode="nearest"):
+def resample_steps(volume, chain, out_shape, mode, anti_aliasing=False, padding_mode="zeros", label_mode="nearest",
+                   kind: str | None = None, padding_value: float | str = 0.0):
     """Resample ``[B, C, D, H, W]`` once through a chain of steps (the list of per-sample steps of each).
 
     Affine steps are multiplied into one map; a chain with an elastic step (one at most) is
     resampled through its displacement field between the maps before and after it
-    (:func:`gpuprep.functional.warp.warp`).
+    (:func:`gpuprep.functional.warp.warp`). ``kind`` (``"image"`` or ``"label"``; None: the
+    dtype rule) decides how: images with ``mode`` (integer ones become float32 unless ``mode`` is
+    ``"nearest"``) padded with ``padding_value``, labels by nearest neighbour or one-hot, padded with 0.
     """
     size = len(chain[0])
     warped = [position for position, steps in enumerate(chain) if any("displacement" in s for s in steps)]
@@ -219,8 +311,8 @@ def resample_steps(volume, chain, out_shape, mode, anti_aliasing=False, padding_
     if not warped:
         maps = np.stack([product(chain, i) for i in range(size)])
 
-        def sampler(data, how):
-            return resample(data, maps, out_shape, how, False, padding_mode)
+        def sampler(data, how, fill=0.0):
+            return resample(data, maps, out_shape, how, False, padding_mode, fill)
 
         lattice = all(is_lattice_map(m) for m in maps)
     else:
@@ -235,13 +327,18 @@ def resample_steps(volume, chain, out_shape, mode, anti_aliasing=False, padding_
                      repr([s.get("inverse") for s in steps]), str(volume.device))
         field = cached(field_key, lambda: displacement_field(steps, volume.device))
 
-        def sampler(data, how):
+        def sampler(data, how, fill=0.0):
+            if isinstance(fill, torch.Tensor) or fill != 0.0:  # a constant c outside: warp(x - c) + c
+                return warp(data - fill, pre, field, post, out_shape, how, padding_mode, cache_key=field_key) + fill
             return warp(data, pre, field, post, out_shape, how, padding_mode, cache_key=field_key)
 
-    if volume.is_floating_point():
+    if (kind or dtype_kind(volume)) != LABEL:
+        if not volume.is_floating_point() and mode != "nearest":
+            volume = volume.float()  # an interpolated integer image (CT, MRI) becomes float32
+        fill = padding_fill(volume, padding_value) if padding_mode == "zeros" else 0.0
         if not warped:
-            return resample(volume, maps, out_shape, mode, anti_aliasing, padding_mode)
-        return sampler(antialias(volume, maps) if anti_aliasing else volume, mode)
+            return resample(volume, maps, out_shape, mode, anti_aliasing, padding_mode, fill)
+        return sampler(antialias(volume, maps) if anti_aliasing else volume, mode, fill)
     if label_mode == "onehot" and mode != "nearest" and not lattice:
         return resample_labels(volume, maps, out_shape, "linear", padding_mode,
                                sampler=lambda mask: sampler(mask, "linear"))

@@ -10,12 +10,12 @@ import torch
 from ...errors import ConfigError
 from ...functional.grid import translation_map
 from ...sample import meta_key
-from .base import SpatialTransform, current_grids, make_step, validate_padding_mode
+from .base import SpatialTransform, current_grids, make_step, validate_padding_mode, validate_padding_value
 from .resample import _target_shape
 
 
 class CropOrPad(SpatialTransform):
-    """Crop and/or zero-pad to a fixed shape around the centre, the foreground, or a mask.
+    """Crop and/or pad to a fixed shape around the centre, the foreground, or a mask.
 
     Where an axis has an odd surplus, the extra voxel is cropped (or padded) at the start, as in
     TorchIO's ``CropOrPad``. The affine is shifted so world positions are kept.
@@ -31,10 +31,16 @@ class CropOrPad(SpatialTransform):
         box of the non-zero voxels of the first key), or the name of a mask key whose bounding
         box centre is used. The last two read the data (one small device-to-host copy), so they
         are not fused with neighbouring spatial transforms.
+    padding_value:
+        What padded voxels of intensity images get: a number (default 0) or ``"minimum"`` (each
+        sample's and channel's minimum: -1000 HU, air, for a CT). Label maps are padded with 0.
 
     Example
     -------
     >>> import gpuprep as gp, torch
+    >>> ct = gp.make_sample({"ct": torch.full((1, 2, 2, 2), 40.0)})
+    >>> gp.CropOrPad("ct", (4, 2, 2), padding_value=-1000)(ct)["ct"][0, :, 0, 0].tolist()
+    [-1000.0, 40.0, 40.0, -1000.0]
     >>> gp.CropOrPad("image", (4, 8, 8))(gp.make_sample({"image": torch.rand(1, 6, 6, 6)}))["image"].shape
     torch.Size([1, 4, 8, 8])
     """
@@ -45,9 +51,11 @@ class CropOrPad(SpatialTransform):
         shape: Sequence[int | None],
         center: str = "center",
         allow_missing_keys: bool = False,
+        padding_value: float | str = 0.0,
     ):
         super().__init__(keys, allow_missing_keys)
         self.shape = _target_shape(shape, type(self).__name__)
+        self.padding_value = validate_padding_value(padding_value, "CropOrPad")
         if not isinstance(center, str) or not center:
             raise ConfigError(f"CropOrPad: center must be 'center', 'foreground' or a mask key, got {center!r}")
         self.center = center
@@ -133,9 +141,10 @@ class CropForeground(SpatialTransform):
 class PadToMultiple(SpatialTransform):
     """Pad each spatial axis up to the next multiple of ``k`` (as a U-Net needs), centred.
 
-    ``padding_mode="zeros"`` (default) pads with zeros; ``"border"`` repeats the edge voxels,
-    so that an image whose background is not dark gets no dark frame a network could mistake
-    for an edge.
+    ``padding_mode="zeros"`` (default) pads intensity images with ``padding_value`` (a number,
+    default 0, or ``"minimum"``: each sample's and channel's minimum) and label maps with 0;
+    ``"border"`` repeats the edge voxels, so that an image whose background is not dark gets no
+    dark frame a network could mistake for an edge.
 
     Example
     -------
@@ -145,13 +154,14 @@ class PadToMultiple(SpatialTransform):
     """
 
     def __init__(self, keys: str | Sequence[str], k: int | Sequence[int] = 16, allow_missing_keys: bool = False,
-                 padding_mode: str = "zeros"):
+                 padding_mode: str = "zeros", padding_value: float | str = 0.0):
         super().__init__(keys, allow_missing_keys)
         multiples = (k,) * 3 if isinstance(k, int) else tuple(k)
         if len(multiples) != 3 or not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in multiples):
             raise ConfigError(f"PadToMultiple: k must be a positive int or three of them, got {k!r}")
         self.k = multiples
         self.padding_mode = validate_padding_mode(padding_mode, "PadToMultiple")
+        self.padding_value = validate_padding_value(padding_value, "PadToMultiple")
 
     def grid_step(self, key, shape, affine):
         out_shape = tuple(-(-n // m) * m for n, m in zip(shape, self.k))

@@ -8,14 +8,16 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...functional.grid import scaling_map, spacing_of, world_preserving_map
-from .base import Grid, SpatialTransform, make_step, validate_mode, validate_padding_mode
+from .base import Grid, SpatialTransform, make_step, validate_mode, validate_padding_mode, validate_padding_value
 
 
 class _Interpolating(SpatialTransform, abstract=True):
     """Shared constructor checks of the transforms that interpolate."""
 
-    def _set_interpolation(self, mode: str, anti_aliasing: bool, padding_mode: str, label_mode: str) -> None:
+    def _set_interpolation(self, mode: str, anti_aliasing: bool, padding_mode: str, label_mode: str,
+                           padding_value: float | str = 0.0) -> None:
         name = type(self).__name__
+        self.padding_value = validate_padding_value(padding_value, name)
         self.mode = validate_mode(mode, name)
         if label_mode not in ("nearest", "onehot"):
             raise ConfigError(f"{name}: label_mode must be 'nearest' or 'onehot', got {label_mode!r}")
@@ -36,17 +38,21 @@ class Resample(_Interpolating):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps always use nearest neighbour.
+        Image keys; label maps (by kind, see :func:`gpuprep.get_kind`) always use nearest neighbour.
     spacing:
         Target voxel size in mm: one number for all axes, or three (``None`` keeps an axis).
     mode:
-        ``"linear"`` (default), ``"nearest"`` or ``"cubic"`` (B-spline) for floating-point images.
+        ``"linear"`` (default), ``"nearest"`` or ``"cubic"`` (B-spline) for intensity images (an
+        integer one becomes float32).
     anti_aliasing:
         Gaussian pre-smoothing where the grid gets coarser (``sigma = (factor - 1) / 2`` voxels).
     padding_mode:
-        ``"zeros"`` or ``"border"`` for samples beyond half a voxel outside the input.
+        ``"zeros"`` (a constant) or ``"border"`` for samples beyond half a voxel outside the input.
+    padding_value:
+        The constant of ``"zeros"`` for intensity images: a number (default 0, as MONAI and
+        TorchIO) or ``"minimum"`` (each sample's and channel's minimum, e.g. air in a CT); labels get 0.
     label_mode:
-        Integer label maps: ``"nearest"`` (default) or ``"onehot"`` (each label's mask
+        Label maps: ``"nearest"`` (default) or ``"onehot"`` (each label's mask
         interpolated linearly, then the argmax: smoother boundaries, one sync to find labels).
 
     Example
@@ -66,10 +72,11 @@ class Resample(_Interpolating):
         padding_mode: str = "zeros",
         label_mode: str = "nearest",
         allow_missing_keys: bool = False,
+        padding_value: float | str = 0.0,
     ):
         super().__init__(keys, allow_missing_keys)
         self.spacing = _three_positive(spacing, "spacing", type(self).__name__, allow_none=True)
-        self._set_interpolation(mode, anti_aliasing, padding_mode, label_mode)
+        self._set_interpolation(mode, anti_aliasing, padding_mode, label_mode, padding_value)
 
     def grid_step(self, key, shape, affine):
         spacing_in = spacing_of(affine)
@@ -89,10 +96,10 @@ class Resize(_Interpolating):
     Parameters
     ----------
     keys:
-        Image keys; integer label maps always use nearest neighbour.
+        Image keys; label maps always use nearest neighbour (or one-hot).
     shape:
         Output spatial shape ``(D, H, W)``; ``None`` or -1 keeps an axis.
-    mode, anti_aliasing, padding_mode, label_mode:
+    mode, anti_aliasing, padding_mode, padding_value, label_mode:
         As in :class:`Resample`.
 
     Example
@@ -111,10 +118,11 @@ class Resize(_Interpolating):
         padding_mode: str = "zeros",
         label_mode: str = "nearest",
         allow_missing_keys: bool = False,
+        padding_value: float | str = 0.0,
     ):
         super().__init__(keys, allow_missing_keys)
         self.shape = _target_shape(shape, type(self).__name__)
-        self._set_interpolation(mode, anti_aliasing, padding_mode, label_mode)
+        self._set_interpolation(mode, anti_aliasing, padding_mode, label_mode, padding_value)
 
     def grid_step(self, key, shape, affine):
         out_shape = tuple(n if target is None else target for n, target in zip(shape, self.shape))
@@ -130,7 +138,7 @@ class ResampleToReference(_Interpolating):
         Image keys to move.
     reference_key:
         The key whose grid they should take (its own data are not changed).
-    mode, padding_mode, label_mode:
+    mode, padding_mode, padding_value, label_mode:
         As in :class:`Resample`; anti-aliasing is off by default here.
 
     Example
@@ -151,12 +159,13 @@ class ResampleToReference(_Interpolating):
         padding_mode: str = "zeros",
         label_mode: str = "nearest",
         allow_missing_keys: bool = False,
+        padding_value: float | str = 0.0,
     ):
         super().__init__(keys, allow_missing_keys)
         if not isinstance(reference_key, str) or not reference_key:
             raise ConfigError(f"ResampleToReference: reference_key must be a key name, got {reference_key!r}")
         self.reference_key = reference_key
-        self._set_interpolation(mode, anti_aliasing, padding_mode, label_mode)
+        self._set_interpolation(mode, anti_aliasing, padding_mode, label_mode, padding_value)
 
     def plan(self, grids: Mapping[str, Grid], batch, keys):
         if self.reference_key not in grids:

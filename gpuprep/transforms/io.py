@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, TransformError
+from ..io.dicom import check_dicom_check
 from ..io.reader import NONFINITE_POLICIES, dtype_name, read_image, resolve_dtype
 from ..io.sidecar import sidecar_path, strip_image_extension
 from ..io.writer import WRITE_FORMATS, write_format, write_image
@@ -44,6 +45,9 @@ class LoadImage(Transform):
         :func:`~gpuprep.io.read_image`).
     allow_missing_keys:
         Skip keys that are absent instead of raising.
+    dicom_check:
+        ``"error"`` or ``"warn"``: what to do with a DICOM series whose slices are not evenly
+        stacked (see :func:`~gpuprep.io.read_image`).
 
     Example
     -------
@@ -61,8 +65,10 @@ class LoadImage(Transform):
         dtype: Any = None,
         nonfinite: str = "error",
         allow_missing_keys: bool = False,
+        dicom_check: str = "error",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.dicom_check = check_dicom_check(dicom_check, "LoadImage")
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"LoadImage: nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.nonfinite = nonfinite
@@ -121,7 +127,8 @@ class LoadImage(Transform):
         params: list[dict] = [{} for _ in batch[keys[0]]]
         out = dict(batch)
         for key in keys:
-            loaded = [read_image(p, dtype=self.dtypes[key], nonfinite=self.nonfinite) for p in batch[key]]
+            loaded = [read_image(p, dtype=self.dtypes[key], nonfinite=self.nonfinite, dicom_check=self.dicom_check)
+                      for p in batch[key]]
             shapes = {meta["filename"]: tuple(data.shape) for data, meta in loaded}
             if len(set(shapes.values())) > 1:
                 raise TransformError(

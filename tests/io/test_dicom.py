@@ -169,3 +169,16 @@ def test_dicom_check_argument_is_validated(tmp_path):
     _write_slices(tmp_path / "ct", [0.0, 1.0])
     with pytest.raises(ConfigError, match=r"read_image: dicom_check must be one of \('error', 'warn'\), got 'ignore'"):
         gio.read_image(tmp_path / "ct", dicom_check="ignore")
+
+
+def test_load_image_passes_dicom_check(tmp_path):
+    import gpuprep as gp
+
+    _write_slices(tmp_path / "ct", [0.0, 2.0, 6.0, 8.0])
+    with pytest.raises(ImageReadError, match=r"missing slices"):
+        gp.LoadImage("ct")({"ct": str(tmp_path / "ct")})
+    with pytest.warns(UserWarning, match=r"missing slices"):
+        sample = gp.LoadImage("ct", dicom_check="warn")({"ct": str(tmp_path / "ct")})
+    assert sample["ct"].shape[-1] == 4
+    with pytest.raises(ConfigError, match=r"LoadImage: dicom_check must be one of"):
+        gp.LoadImage("ct", dicom_check=False)

@@ -176,7 +176,7 @@ def slice_problems(headers: list[SliceHeader]) -> list[str]:
         return []
     unlocated = [h.path.name for h in headers if h.position is None or h.orientation is None]
     if unlocated:
-        return [f"{len(unlocated)} files lack Image Position/Orientation (Patient) (0020,0032/0037): "
+        return [f"{len(unlocated)} of {len(headers)} files lack Image Position/Orientation (Patient) (0020,0032/0037): "
                 f"{_list(unlocated)}"]
     orientations = np.stack([h.orientation for h in headers])
     if np.abs(orientations - orientations[0]).max() > 1e-4:

@@ -182,3 +182,15 @@ def test_load_image_passes_dicom_check(tmp_path):
     assert sample["ct"].shape[-1] == 4
     with pytest.raises(ConfigError, match=r"LoadImage: dicom_check must be one of"):
         gp.LoadImage("ct", dicom_check=False)
+
+
+def test_dicom_slices_without_image_position_are_refused():
+    from pathlib import Path
+
+    from gpuprep.io.dicom import SliceHeader, slice_problems
+
+    located = {"position": "0\\0\\0", "orientation": "\\".join(map(str, AXIAL))}
+    headers = [SliceHeader(Path("a.dcm"), located), SliceHeader(Path("b.dcm"), {"orientation": located["orientation"]})]
+    assert slice_problems(headers) == [
+        "1 of 2 files lack Image Position/Orientation (Patient) (0020,0032/0037): b.dcm"
+    ]

@@ -10,6 +10,9 @@ normal and the gaps compared, as dcm2niix does ("Interslice distance varies in t
 ``nii_dicom_batch.cpp``), and a bad series is refused (or, with ``dicom_check="warn"``, read with
 a warning) with a message that names the folder, what is wrong and at which slice positions.
 
+A gantry tilt (every slice shifted sideways by the same step) is read with a sheared affine that
+puts every slice where its Image Position says, instead of where ITK's orthogonal grid puts it.
+
 Tolerance: a gap may differ from the typical (median) gap by at most ``min(0.2 mm, 10 %)`` of it.
 dcm2niix uses an absolute 0.2 mm (``isSameFloatT(dx, ..., 0.2)``); the 10 % bound keeps the check
 meaningful for sub-millimetre slices, where a missing slice changes a gap by less than 0.2 mm.
@@ -103,8 +106,8 @@ def read_dicom_series(sitk: Any, path: Path, dicom_check: str = "error") -> Any:
     gpuprep.errors.ImageReadError: ...: no DICOM series found in this folder
     """
     check_dicom_check(dicom_check)
-    folder, uid = (path, None) if path.is_dir() else (path.parent, read_header(sitk, path).tags.get("series_uid"))
-    files = series_files(sitk, folder, uid, path)
+    folder = path if path.is_dir() else path.parent
+    files = series_files(sitk, folder) if path.is_dir() else files_of_series(sitk, path)
     headers = [read_header(sitk, Path(name)) for name in files]
     problems = slice_problems(headers)
     if problems:
@@ -117,24 +120,57 @@ def read_dicom_series(sitk: Any, path: Path, dicom_check: str = "error") -> Any:
                       stacklevel=4)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    return reader.Execute()
+    image = reader.Execute()
+    if not problems:
+        follow_slice_positions(image, headers)
+    return image
 
 
-def series_files(sitk: Any, folder: Path, uid: str | None, path: Path) -> list[str]:
-    """The files of one series in ``folder``, in GDCM's order; with ``uid`` None the folder must hold one series."""
+def follow_slice_positions(image: Any, headers: list[SliceHeader]) -> None:
+    """Make the image's slice axis run from the first file's position to the last one's (gantry tilt).
+
+    ITK always stacks slices along the normal of the slice plane; a CT acquired with a tilted
+    gantry moves each slice sideways as well, so ITK misplaces every slice but the first. When the
+    (already checked, evenly spaced) positions step sideways by more than 1e-4 mm per slice, the
+    third direction column and spacing are set to the real step, which the RAS affine then holds
+    as a shear. ``headers`` are in the order of the image's slices.
+    """
+    if image.GetDimension() != 3 or len(headers) < 2 or image.GetSize()[2] != len(headers):
+        return
+    step = (headers[-1].position - headers[0].position) / (len(headers) - 1)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    normal = direction[:, 2]
+    if np.linalg.norm(step - (step @ normal) * normal) <= 1e-4:
+        return
+    direction[:, 2] = step / np.linalg.norm(step)
+    image.SetDirection(direction.ravel().tolist())
+    image.SetSpacing((*image.GetSpacing()[:2], float(np.linalg.norm(step))))
+
+
+def files_of_series(sitk: Any, path: Path) -> list[str]:
+    """The files in ``path``'s folder (not subfolders) that share its Series Instance UID, in GDCM's order.
+
+    A file without a UID, or one GDCM does not group, is a series of its own.
+    """
+    uid = read_header(sitk, path).tags.get("series_uid", "").strip()
+    reader = sitk.ImageSeriesReader()
+    if not uid or uid not in reader.GetGDCMSeriesIDs(str(path.parent)):
+        return [str(path)]
+    return list(reader.GetGDCMSeriesFileNames(str(path.parent), uid)) or [str(path)]
+
+
+def series_files(sitk: Any, folder: Path) -> list[str]:
+    """The files of the one series in ``folder``, in GDCM's order; no series, or several, is an error."""
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
-    if uid is not None:
-        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid.strip())) if uid.strip() in series else []
-        return files or [str(path)]  # a file GDCM does not group (no UID): just that file
     if not series:
         raise ImageReadError(f"{folder}: no DICOM series found in this folder")
     if len(series) > 1:
         described = []
-        for uid_ in series:
-            names = reader.GetGDCMSeriesFileNames(str(folder), uid_)
+        for series_uid in series:
+            names = reader.GetGDCMSeriesFileNames(str(folder), series_uid)
             description = read_header(sitk, Path(names[0])).tags.get("description", "").strip()
-            described.append(f"{uid_} ({len(names)} files{', ' + repr(description) if description else ''})")
+            described.append(f"{series_uid} ({len(names)} files{', ' + repr(description) if description else ''})")
         raise ImageReadError(
             f"{folder}: the folder holds {len(series)} DICOM series: {', '.join(described)}; "
             "put each series in its own folder, or read one of its files (which reads that file's series)"
@@ -159,9 +195,9 @@ def slice_problems(headers: list[SliceHeader]) -> list[str]:
     r"""Describe what keeps the slices of a series from forming one evenly spaced stack (empty: none).
 
     Checked: every slice has a position and orientation, one orientation for all, no two slices
-    at one position (several echoes or acquisitions under one UID), positions along the slice
-    normal (no gantry tilt), and equal gaps within the module's tolerance, told apart into
-    missing slices (a gap that is a multiple of the typical one) and unequal spacing.
+    at one position (several echoes or acquisitions under one UID), positions on one line (a
+    line off the normal is a gantry tilt, which is fine), and equal gaps within the module's
+    tolerance, told apart into missing slices (a gap that is a multiple of the typical one) and unequal spacing.
 
     Example
     -------
@@ -194,14 +230,18 @@ def slice_problems(headers: list[SliceHeader]) -> list[str]:
     duplicates = _duplicates(along, names, [headers[i] for i in order])
     if duplicates:
         return [duplicates]  # the gaps mean nothing while two stacks are interleaved
-    lateral = positions - positions[0] - np.outer(along - along[0], normal)
-    drift = np.linalg.norm(lateral, axis=1).max()
+    # A gantry tilt moves every slice by the same sideways step: the positions still lie on one
+    # line, which a (sheared) affine describes exactly. Anything else cannot be one affine.
+    offsets = along - along[0]
+    lateral = positions - positions[0] - np.outer(offsets, normal)
+    tilt = lateral.T @ offsets / max(float(offsets @ offsets), 1e-12)  # sideways mm per mm along the normal
+    bend = np.linalg.norm(lateral - np.outer(offsets, tilt), axis=1).max()
     gaps = np.diff(along)
     typical = float(np.median(gaps))
     tolerance = min(GAP_TOLERANCE_MM, GAP_TOLERANCE_RELATIVE * typical)
-    if drift > tolerance:
-        problems.append(f"the slice positions drift up to {drift:.3g} mm sideways from the slice normal "
-                        "(gantry tilt or a sheared stack), which one affine cannot describe")
+    if bend > tolerance:
+        problems.append(f"the slice positions do not lie on one line: they stray up to {bend:.3g} mm sideways "
+                        "from it, which one affine cannot describe")
     off = np.flatnonzero(np.abs(gaps - typical) > tolerance)
     multiples = np.round(gaps[off] / typical)
     missing = [i for i, m in zip(off, multiples) if m >= 2 and abs(gaps[i] - m * typical) <= tolerance]

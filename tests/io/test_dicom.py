@@ -131,11 +131,30 @@ def test_dicom_slices_with_two_orientations_are_refused(tmp_path):
         gio.read_image(folder)
 
 
-def test_dicom_slices_drifting_sideways_gantry_tilt_are_refused(tmp_path):
+def test_dicom_gantry_tilt_is_read_with_a_sheared_affine_through_every_slice_position(tmp_path):
+    """Each slice 0.5 mm further along y (a tilted gantry): ITK stacks them along the normal and
+    misplaces all but the first; gpuprep's affine goes through every written position."""
     folder = tmp_path / "tilt"
-    for index, z in enumerate([0.0, 2.0, 4.0, 6.0]):  # each slice 0.5 mm further along y: a sheared stack
+    offsets = [0.0, 2.0, 4.0, 6.0]
+    for index, z in enumerate(offsets):
         _write_slices(folder, [z], origin=(10, -20 + 0.5 * index, 30), prefix=f"s{index}_", seed=index)
-    with pytest.raises(ImageReadError, match=r"drift up to 1.5 mm sideways from the slice normal"):
+    data, meta = gio.read_image(folder)
+    assert data.shape[-1] == len(offsets)
+    written = np.array([[10, -20 + 0.5 * k, 30 + z] for k, z in enumerate(offsets)])
+    np.testing.assert_allclose(_slice_positions_ras(meta["affine"], len(offsets)), written, atol=1e-6)
+    corner = meta["affine"].numpy() @ np.array([4.0, 5.0, 3.0, 1.0])  # in-plane steps 0.7, 0.9 mm
+    np.testing.assert_allclose(corner[:3] * [-1, -1, 1], written[3] + [4 * 0.7, 5 * 0.9, 0], atol=1e-6)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    itk_last = np.array(reader.Execute().TransformIndexToPhysicalPoint((0, 0, 3)))
+    assert np.abs(itk_last - written[3]).max() > 1.0  # what plain ITK does
+
+
+def test_dicom_slice_positions_off_one_line_are_refused(tmp_path):
+    folder = tmp_path / "bent"
+    for index, (z, y) in enumerate([(0.0, 0.0), (2.0, 1.0), (4.0, 1.0), (6.0, 0.0)]):
+        _write_slices(folder, [z], origin=(10, -20 + y, 30), prefix=f"s{index}_", seed=index)
+    with pytest.raises(ImageReadError, match=rf"{folder}: .*do not lie on one line: they stray up to"):
         gio.read_image(folder)
 
 

@@ -37,7 +37,7 @@ class ConcatKeys(Transform):
     Parameters
     ----------
     keys:
-        Two or more image keys on the same grid, stacked in this order.
+        Image keys on the same grid (usually two or more), stacked in this order.
     output_key:
         Key of the stacked image.
     delete_keys:

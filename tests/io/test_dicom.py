@@ -164,7 +164,8 @@ def test_single_dcm_path_reads_its_whole_series(tmp_path):
     folder = tmp_path / "study"
     offsets = [0.0, 1.5, 3.0, 4.5]
     slices = _write_slices(folder, offsets)
-    _write_slices(folder, [0.0, 4.0], uid=UID + ".9", prefix="other", seed=5)
+    scout = {i: {"0008|103e": "scout"} for i in range(2)}
+    _write_slices(folder, [0.0, 4.0], uid=UID + ".9", prefix="other", seed=5, tags=scout)
     data, meta = gio.read_image(folder / "im002.dcm")
     np.testing.assert_array_equal(data[0].numpy(), slices.transpose(2, 1, 0))
     expected = np.array([10.0, -20.0, 30.0]) + np.outer(offsets, [0, 0, 1])
@@ -173,7 +174,7 @@ def test_single_dcm_path_reads_its_whole_series(tmp_path):
     other, _ = gio.read_image(folder / "other001.dcm")
     assert other.shape[-1] == 2
     with pytest.raises(ImageReadError, match=rf"{folder}: the folder holds 2 DICOM series: {UID} \(4 files\), "
-                                             rf"{UID}.9 \(2 files\).*or read one of its files"):
+                                             rf"{UID}.9 \(2 files, 'scout'\).*or read one of its files"):
         gio.read_image(folder)
 
 

@@ -116,8 +116,9 @@ def read_dicom_series(sitk: Any, path: Path, dicom_check: str = "error") -> Any:
         if dicom_check == "error":
             raise ImageReadError(f"{message}. Re-export or split the series (dcm2niix splits echoes and equalises "
                                  "gaps), or pass dicom_check='warn' to read it as ITK stacks it")
+        # stacklevel 6: past read_itk, the reader's helpers and read_image, to the caller of read_image.
         warnings.warn(f"{message}. Reading it anyway (dicom_check='warn'): ITK stacks the slices evenly",
-                      stacklevel=4)
+                      stacklevel=6)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     image = reader.Execute()

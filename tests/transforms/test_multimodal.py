@@ -133,3 +133,11 @@ def test_concat_keys_missing_key_is_named():
 def test_concat_keys_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=r"ConcatKeys: " + message):
         gp.ConcatKeys(**kwargs)
+
+
+def test_concat_keys_does_not_sync_with_the_host(forbid_host_sync, device):
+    sample = _modalities()
+    sample = {**sample, **{k: sample[k].to(device) for k in ("t1", "t2", "flair")}}
+    forbid_host_sync()
+    out = gp.ConcatKeys(["t1", "t2", "flair"], "image")(sample)
+    assert out["image"].device.type == device.type

@@ -314,10 +314,14 @@ class CacheDataset(Dataset):
 
 
 def _file_identity(path: Path) -> list:
-    """Absolute path, size and mtime (ns) of a file; of every file inside a folder (a DICOM series)."""
+    """Absolute path, size and mtime (ns) of a file; of every file inside a folder (a DICOM series).
+
+    A ``.dcm`` file reads its whole series from its folder, so its identity covers the folder's files.
+    """
     absolute = os.path.abspath(path)
-    if path.is_dir():
-        stats = [(p.name, p.stat()) for p in sorted(path.iterdir())]
+    if path.is_dir() or (path.name.lower().endswith(".dcm") and path.is_file()):
+        folder = path if path.is_dir() else path.parent
+        stats = [(p.name, p.stat()) for p in sorted(folder.iterdir()) if path.is_dir() or p.is_file()]
         return [absolute, [[name, s.st_size, s.st_mtime_ns] for name, s in stats]]
     stat = path.stat()  # FileNotFoundError for a missing file: reported as bad data by Dataset
     return [absolute, stat.st_size, stat.st_mtime_ns]

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ImageReadError, ImageWriteError, MissingDependencyError
 from .atomic import atomic_path
+from .dicom import read_dicom_series
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -36,8 +37,11 @@ def import_sitk(path: str | os.PathLike, action: str) -> Any:
     return SimpleITK
 
 
-def read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
+def read_itk(path: Path, *, dicom: bool = False, dicom_check: str = "error") -> tuple[np.ndarray, np.ndarray, Any]:
     """Read a file (or a folder holding one DICOM series) with SimpleITK.
+
+    A DICOM folder, or a DICOM file (``dicom=True``), reads the whole series after checking its
+    slice positions (:func:`gpuprep.io.dicom.read_dicom_series`, ``dicom_check``).
 
     Returns
     -------
@@ -50,7 +54,7 @@ def read_itk(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
 
     sitk = import_sitk(path, "read")
     try:
-        image = _read_series(sitk, path) if path.is_dir() else sitk.ReadImage(str(path))
+        image = read_dicom_series(sitk, path, dicom_check) if dicom or path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise ImageReadError(f"{path}: SimpleITK cannot read it: {_first_line(error)}") from None
     size = tuple(int(n) for n in image.GetSize())
@@ -91,21 +95,6 @@ def write_itk(path: Path, voxels: np.ndarray, affine: np.ndarray, compresslevel:
             sitk.WriteImage(image, str(tmp), compresslevel > 0, compresslevel if compresslevel > 0 else -1)
         except RuntimeError as error:
             raise ImageWriteError(f"cannot write {path}: SimpleITK failed: {_first_line(error)}") from None
-
-
-def _read_series(sitk: Any, folder: Path) -> Any:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise ImageReadError(f"{folder}: no DICOM series found in this folder")
-    if len(series) > 1:
-        counts = {s: len(reader.GetGDCMSeriesFileNames(str(folder), s)) for s in series}
-        raise ImageReadError(
-            f"{folder}: the folder holds {len(series)} DICOM series {counts} (series UID: file count); "
-            "put each series in its own folder"
-        )
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    return reader.Execute()
 
 
 def _first_line(error: BaseException) -> str:

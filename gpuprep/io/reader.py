@@ -32,6 +32,7 @@ import torch
 from ..errors import ConfigError, ImageReadError
 from ..sample import make_meta
 from . import gzip_fast
+from .dicom import check_dicom_check
 
 NONFINITE_POLICIES = ("error", "zero", "keep")
 _NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -79,7 +80,7 @@ class RawVolume:
 
 
 def read_image(
-    path: str | os.PathLike, *, dtype: Any = None, nonfinite: str = "error"
+    path: str | os.PathLike, *, dtype: Any = None, nonfinite: str = "error", dicom_check: str = "error"
 ) -> tuple[torch.Tensor, dict]:
     """Read an image file (or DICOM folder) into a tensor ``[C, D, H, W]`` and its metadata.
 
@@ -96,6 +97,12 @@ def read_image(
         What to do with NaN/Inf voxels: ``"error"`` (default) raises, ``"zero"`` replaces them
         with 0, warns and records the count in ``meta["nonfinite_replaced"]``, ``"keep"``
         leaves them (and skips the check).
+    dicom_check:
+        A DICOM series (a folder, or any one of its files, which reads the whole series) whose
+        slices are not one evenly spaced stack (a missing slice, unequal gaps, two echoes
+        sharing a Series Instance UID, several orientations) raises ``"error"`` (default), naming
+        the folder and the slice positions, or is read with a warning under ``"warn"``
+        (:mod:`gpuprep.io.dicom`).
 
     Returns
     -------
@@ -129,7 +136,7 @@ def read_image(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
-    volume = _read_raw(path)
+    volume = _read_raw(path, check_dicom_check(dicom_check))
     _check_volume(volume, path)
     data = to_tensor(volume, target, path)
     replaced = _handle_nonfinite(data, nonfinite, path)
@@ -254,9 +261,9 @@ def _check_volume(volume: RawVolume, path: Path) -> None:
         )
 
 
-def _read_raw(path: Path) -> RawVolume:
+def _read_raw(path: Path, dicom_check: str = "error") -> RawVolume:
     if path.is_dir():
-        return _read_itk(path, "dicom")
+        return _read_itk(path, "dicom", dicom_check)
     name = path.name.lower()
     if name.endswith(_NIFTI_EXTENSIONS):
         return _read_nibabel(path, "nifti")
@@ -264,21 +271,21 @@ def _read_raw(path: Path) -> RawVolume:
         return _read_nibabel(path, "mgh")
     for extension, fmt in _ITK_EXTENSIONS.items():
         if name.endswith(extension):
-            return _read_itk(path, fmt)
+            return _read_itk(path, fmt, dicom_check)
     with open(path, "rb") as stream:
         head = stream.read(132)
     if head[128:132] == b"DICM":  # DICOM files often have no extension
-        return _read_itk(path, "dicom")
+        return _read_itk(path, "dicom", dicom_check)
     raise ImageReadError(
         f"{path}: unknown image type (extension {''.join(path.suffixes) or 'none'}); "
         f"supported: {', '.join(READ_EXTENSIONS)}, DICOM files and DICOM folders"
     )
 
 
-def _read_itk(path: Path, fmt: str) -> RawVolume:
+def _read_itk(path: Path, fmt: str, dicom_check: str = "error") -> RawVolume:
     from .itk import read_itk
 
-    voxels, affine, keepalive = read_itk(path)
+    voxels, affine, keepalive = read_itk(path, dicom=fmt == "dicom", dicom_check=dicom_check)
     return RawVolume(voxels, affine, fmt, keepalive=keepalive)
 
 

@@ -14,11 +14,13 @@ from .intensity import *  # noqa: F403
 from .invert import invert
 from .io import LoadImage, SaveImage
 from .mask import *  # noqa: F403
+from .multimodal import ConcatKeys
 from .spatial import *  # noqa: F403
 
 __all__ = [
     "REGISTRY",
     "Compose",
+    "ConcatKeys",
     "LoadImage",
     "SaveImage",
     "Transform",

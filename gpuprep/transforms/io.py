@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, TransformError
+from ..io.dicom import check_dicom_check
 from ..io.reader import NONFINITE_POLICIES, dtype_name, read_image, resolve_dtype
 from ..io.sidecar import sidecar_path, strip_image_extension
 from ..io.writer import WRITE_FORMATS, write_format, write_image
@@ -55,6 +56,9 @@ class LoadImage(Transform):
         :func:`~gpuprep.io.read_image`).
     allow_missing_keys:
         Skip keys that are absent instead of raising.
+    dicom_check:
+        ``"error"`` or ``"warn"``: what to do with a DICOM series whose slices are not evenly
+        stacked (see :func:`~gpuprep.io.read_image`).
 
     Example
     -------
@@ -73,9 +77,11 @@ class LoadImage(Transform):
         nonfinite: str = "error",
         allow_missing_keys: bool = False,
         labels: str | Sequence[str] | bool | None = None,
+        dicom_check: str = "error",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.labels = _label_keys(labels, self.keys)
+        self.dicom_check = check_dicom_check(dicom_check, "LoadImage")
         if nonfinite not in NONFINITE_POLICIES:
             raise ConfigError(f"LoadImage: nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         self.nonfinite = nonfinite
@@ -138,7 +144,8 @@ class LoadImage(Transform):
             dtype = self.dtypes[key]
             if dtype is None and kind == IMAGE:
                 dtype = torch.float32
-            loaded = [read_image(p, dtype=dtype, nonfinite=self.nonfinite) for p in batch[key]]
+            loaded = [read_image(p, dtype=dtype, nonfinite=self.nonfinite, dicom_check=self.dicom_check)
+                      for p in batch[key]]
             if dtype is None:  # a label map without an explicit dtype: integers
                 loaded = [(_as_label_map(data, meta["filename"]), meta) for data, meta in loaded]
             loaded = [(data, {**meta, "kind": kind}) for data, meta in loaded]

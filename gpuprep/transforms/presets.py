@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .compose import Compose
-from .intensity import RescaleIntensity, ZNormalize
+from .intensity import CTWindow, RescaleIntensity, ZNormalize
 from .mask import ForegroundMask
-from .spatial import CropForeground, Orientation, PadToMultiple, Resample
+from .spatial import CropForeground, CropOrPad, Orientation, PadToMultiple, Resample
 
 
 def brain_mri_preprocessing(
@@ -50,4 +50,49 @@ def brain_mri_preprocessing(
         PadToMultiple([*keys, mask_key], 16),
         # Last, so that the zero padding is normalised like the rest of the background.
         ZNormalize(image_keys, mask=mask_key),
+    ])
+
+
+def ct_head_preprocessing(
+    image_keys: Sequence[str] = ("image",),
+    label_keys: Sequence[str] = (),
+    spacing: float = 1.0,
+    shape: Sequence[int] = (176, 208, 176),
+    window: str | Sequence[float] = "brain",
+) -> Compose:
+    """Return a head-CT preprocessing pipeline, the CT counterpart of :func:`brain_mri_preprocessing`.
+
+    RAS orientation, resampling to ``spacing`` mm (images linear, labels nearest), the CT
+    ``window`` mapped onto [0, 1] (:class:`~gpuprep.CTWindow`: brain 40/80 HU by default, so air
+    and bone saturate at 0 and 1) and a centred crop or zero pad to ``shape`` voxels (0 is the
+    bottom of the window, i.e. air, after windowing). The default shape at 1 mm holds an adult
+    head (176 x 208 x 176 mm, R-L x A-P x I-S) and is a multiple of 16 voxels, as a U-Net wants.
+
+    Parameters
+    ----------
+    image_keys:
+        CT images in Hounsfield units.
+    label_keys:
+        Label maps and masks (moved with the images, never interpolated or windowed).
+    spacing:
+        Target voxel size in mm.
+    shape:
+        Output spatial shape in voxels after the crop or pad.
+    window:
+        A :data:`~gpuprep.CT_WINDOWS` preset or a ``(level, width)`` pair in HU.
+
+    Example
+    -------
+    >>> [type(t).__name__ for t in ct_head_preprocessing(label_keys=["seg"]).transforms]
+    ['Orientation', 'Resample', 'CTWindow', 'CropOrPad']
+    """
+    image_keys, label_keys = list(image_keys), list(label_keys)
+    keys = [*image_keys, *label_keys]
+    return Compose([
+        Orientation(keys, axcodes="RAS"),
+        # Voxels resampled from outside the scan are air (-1000 HU), not water (0 HU); labels pad with 0.
+        Resample(keys, spacing=spacing, padding_value=-1000),
+        CTWindow(image_keys, window=window),
+        # After windowing, the zero padding is the bottom of the window (air), as wanted.
+        CropOrPad(keys, shape),
     ])

@@ -308,3 +308,18 @@ def test_argument_errors(records, kwargs, words):
     arguments = {"transform": augmenting(), **kwargs}
     with pytest.raises(ConfigError, match=words):
         CacheDataset(records, **arguments)
+
+
+def test_cache_key_of_a_single_dcm_path_covers_its_series_folder(tmp_path):
+    """A .dcm path reads its whole series, so a changed sibling slice must change the cache key."""
+    pytest.importorskip("SimpleITK")
+    from tests.io.test_dicom import _write_slices
+
+    _write_slices(tmp_path / "series", [0.0, 2.0, 4.0])
+    records = [{"image": str(tmp_path / "series" / "im000.dcm")}]
+    pipeline = gp.Compose([gp.LoadImage("image")])
+    base = CacheDataset(records, pipeline, cache=tmp_path / "cache").entry_path(0)
+    sibling = tmp_path / "series" / "im002.dcm"
+    stat = os.stat(sibling)
+    os.utime(sibling, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert CacheDataset(records, pipeline, cache=tmp_path / "cache").entry_path(0) != base

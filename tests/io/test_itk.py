@@ -146,15 +146,14 @@ def test_dicom_series_folder(tmp_path):
     _assert_geometry(meta["affine"], reader.Execute())
 
 
-def test_single_dicom_file(tmp_path):
+def test_single_dicom_file_reads_its_series(tmp_path):
+    """A .dcm path reads its whole series (it used to read that one slice; see tests/io/test_dicom.py)."""
     image = _itk_image(dtype=np.int16)
     _write_dicom_series(image, tmp_path / "series")
     data, meta = gio.read_image(tmp_path / "series" / "slice002.dcm")
-    assert tuple(data.shape) == (1, *image.GetSize()[:2], 1)
-    np.testing.assert_array_equal(data[0, :, :, 0].numpy(), sitk.GetArrayFromImage(image)[2].T)
-    position = meta["affine"].numpy() @ np.array([0.0, 0.0, 0.0, 1.0])
-    x, y, z = image.TransformIndexToPhysicalPoint((0, 0, 2))
-    np.testing.assert_allclose(position[:3], [-x, -y, z], atol=1e-4)
+    expected, _ = _expected(image)
+    np.testing.assert_array_equal(data.numpy(), expected)
+    _assert_geometry(meta["affine"], image)
 
 
 def test_dicom_file_without_extension_is_recognised(tmp_path):

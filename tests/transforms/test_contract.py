@@ -38,6 +38,9 @@ EXAMPLES = {
     "ZNormalize": lambda: gp.ZNormalize(KEYS),
     "ScaleIntensityRange": lambda: gp.ScaleIntensityRange(KEYS, 0.0, 2.0, -1.0, 1.0, clip=True),
     "Clip": lambda: gp.Clip(KEYS, min=0.6, max=1.5),
+    "CTWindow": lambda: gp.CTWindow(KEYS, window=(1.0, 1.2)),  # the example image is not in HU
+    # A mask as an extra input channel; the stack is a new key, the sources are kept.
+    "ConcatKeys": lambda: gp.ConcatKeys(KEYS, output_key="stacked", allow_mixed_kinds=True),
     "HistogramStandardize": lambda: gp.HistogramStandardize(KEYS, mask="nonzero"),
     "ForegroundMask": lambda: gp.ForegroundMask("image", closing_radius=1),
     "MaskImage": lambda: gp.MaskImage(KEYS, mask_key="label"),

@@ -45,7 +45,8 @@ class Compose:
     fuse:
         Run consecutive spatial transforms as one resampling (default). The result agrees with
         the unfused chain within interpolation tolerance (exactly for crops, pads, flips and
-        reorientation) and the history is the same.
+        reorientation) and the history has the same records, each marked ``"fused"`` so that
+        :func:`~gpuprep.replay` resamples them together again.
 
     Example
     -------

@@ -14,16 +14,19 @@ from .intensity import *  # noqa: F403
 from .invert import invert
 from .io import LoadImage, SaveImage
 from .mask import *  # noqa: F403
+from .rebuild import RebuiltRun, rebuild
 from .spatial import *  # noqa: F403
 
 __all__ = [
     "REGISTRY",
     "Compose",
     "LoadImage",
+    "RebuiltRun",
     "SaveImage",
     "Transform",
     "build_transform",
     "invert",
+    "rebuild",
     "replay",
     *augment.__all__,
     *denoise.__all__,

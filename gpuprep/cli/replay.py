@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from ..errors import ConfigError
+from ..models.pretrained import resolve_device
 from ..sample import get_history
 from ..transforms.rebuild import rebuild
 
@@ -35,6 +38,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="read PATH for image KEY instead of the recorded source file (repeatable)")
     parser.add_argument("--overwrite", action="store_true",
                         help="allow writing over existing files, the original outputs included")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to compute: auto takes the kind of device the run was made on when this "
+                             "machine has one, else the CPU (default: auto)")
     parser.set_defaults(run=run)
 
 
@@ -50,6 +56,20 @@ def default_output_dir(sidecar: Path) -> Path:
     return folder.with_name(f"{folder.name}-replay")
 
 
+def choose_device(name: str, recorded: str | None) -> torch.device:
+    """The device for ``--device name``: ``auto`` takes the recorded kind when available, else the CPU.
+
+    Example
+    -------
+    >>> choose_device("auto", None), choose_device("cpu", "cuda:0")
+    (device(type='cpu'), device(type='cpu'))
+    """
+    if name == "auto":
+        kind = torch.device(recorded).type if recorded else "cpu"
+        return torch.device("cuda" if kind == "cuda" and torch.cuda.is_available() else "cpu")
+    return resolve_device(name, "--device")
+
+
 def run(args: argparse.Namespace) -> int:
     """Rebuild the pipeline of ``args.sidecar``, rerun it and print where the outputs went."""
     output_dir = args.output_dir or default_output_dir(args.sidecar)
@@ -57,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output-dir {output_dir} holds the original outputs of {args.sidecar}; "
                           "choose another folder or pass --overwrite")
     rebuilt = rebuild(args.sidecar, inputs=dict(args.input), output_dir=output_dir, overwrite=args.overwrite)
+    device = choose_device(args.device, rebuilt.device)
+    if rebuilt.device is not None and torch.device(rebuilt.device).type != device.type:
+        print(f"gpuprep replay: note: the run was computed on {rebuilt.device}, this rerun on {device.type}; "
+              "the outputs may differ by floating-point rounding")
     try:
-        out = rebuilt.run()
+        out = rebuilt.run(device)
     except FileExistsError as error:
         raise ConfigError(f"{error}: pass --overwrite or choose another --output-dir") from None
     saved = [entry["filename"] for record in get_history(out)[-1:] if record["name"] == "SaveImage"

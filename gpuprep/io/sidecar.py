@@ -9,7 +9,8 @@ A sidecar sits beside its image with the image's extension replaced by ``.json``
       "created": "2026-01-31T12:00:00+00:00",          # UTC
       "versions": {"python": ..., "torch": ..., "numpy": ..., "nibabel": ..., "SimpleITK": ...},
       "source": "/data/sub-01_T1w.nii.gz",              # or null
-      "output": {"filename": ..., "format": ..., "shape": [C, D, H, W], "dtype": ..., "affine": [[...]]},
+      "output": {"filename": ..., "format": ..., "shape": [C, D, H, W], "dtype": ..., "affine": [[...]],
+                 "device": "cpu"},                 # where the data were computed
       "history": [record, ...],                          # the sample's full history
       "pipeline": {"gpuprep_pipeline": 1, "seed": null, "epoch": 0, "fuse": false,
                    "transforms": [{"name", "config"}, ...]},  # LoadImage ... SaveImage

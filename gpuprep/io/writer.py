@@ -138,6 +138,8 @@ def write_image(
             "shape": list(voxels.shape),
             "dtype": str(voxels.dtype),
             "affine": matrix,
+            # Where the data were computed: a rerun is bit for bit identical on the same kind of device.
+            "device": str(data.device) if isinstance(data, torch.Tensor) else "cpu",
         }
         record = make_sidecar(path, output=output, history=history, source=source, extra=extra_sidecar,
                               save_step=save_step)

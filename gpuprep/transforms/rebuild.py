@@ -15,12 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..errors import ConfigError, TransformError
 from ..io.sidecar import SIDECAR_FORMAT, read_sidecar, sidecar_path, to_json
 from ..random.seeding import PATCH_INDEX_KEY, SAMPLE_INDEX_KEY
-from ..sample import get_history
+from ..sample import get_history, image_keys
 from .compose import Compose
-from .io import SaveImage
+from .io import LoadImage, SaveImage
 
 #: The record fields that must agree between a run and its rerun (configs may differ by the seed).
 _DRAWN_FIELDS = ("name", "keys", "params", "fused")
@@ -46,6 +48,8 @@ class RebuiltRun:
         The sidecar's path (for messages).
     recorded_inputs:
         Whether ``inputs`` are the recorded source files (then a rerun must draw the same).
+    device:
+        The device the recorded run computed on (``"cpu"``, ``"cuda:0"``; None if not recorded).
     """
 
     pipeline: Compose
@@ -55,6 +59,7 @@ class RebuiltRun:
     history: list = field(default_factory=list, repr=False)
     where: str = "sidecar"
     recorded_inputs: bool = True
+    device: str | None = None
 
     def sample(self) -> dict:
         """The input sample: the source paths, and the stream indices of the original run."""
@@ -65,18 +70,23 @@ class RebuiltRun:
             sample[PATCH_INDEX_KEY] = self.patch_index
         return sample
 
-    def run(self) -> dict:
+    def run(self, device: str | torch.device | None = None) -> dict:
         """Run the rebuilt pipeline on :meth:`sample`, which writes the output file(s); return the sample.
 
-        On the recorded source files the rerun's history is checked against the recorded one
-        before anything is written: a rerun that would differ raises :class:`~gpuprep.errors.TransformError`.
+        The images are moved to ``device`` (default: the CPU) once loaded. On the recorded source
+        files the rerun's history is checked against the recorded one before anything is written:
+        a rerun that would differ raises :class:`~gpuprep.errors.TransformError`.
         """
-        transforms = self.pipeline.transforms
+        transforms = list(self.pipeline.transforms)
         save = transforms[-1:] if transforms and isinstance(transforms[-1], SaveImage) else []
         steps = transforms[: len(transforms) - len(save)]
-        processing = Compose(steps, seed=self.pipeline.seed, fuse=self.pipeline.fuse)
+        loads = next((i for i, t in enumerate(steps) if not isinstance(t, LoadImage)), len(steps))
+        out = Compose(steps[:loads])(self.sample())
+        if device is not None:
+            out = {**out, **{key: out[key].to(device) for key in image_keys(out)}}
+        processing = Compose(steps[loads:], seed=self.pipeline.seed, fuse=self.pipeline.fuse)
         processing.set_epoch(self.pipeline.epoch)
-        out = processing(self.sample())
+        out = processing(out)
         found = self.differences(get_history(out)) if self.recorded_inputs else []
         if found:
             raise TransformError(f"{self.where}: the rerun differs from the recorded run at {found[0]:.400}")
@@ -151,7 +161,8 @@ def rebuild(
     history = list(sidecar.get("history") or [])
     _check_runs(pipeline, history, where)
     return RebuiltRun(pipeline, _inputs(history, inputs, where), sidecar.get("sample_index"),
-                      sidecar.get("patch_index"), history, where, recorded_inputs=not inputs)
+                      sidecar.get("patch_index"), history, where, recorded_inputs=not inputs,
+                      device=(sidecar.get("output") or {}).get("device"))
 
 
 def _load(sidecar) -> tuple[str, dict]:

@@ -145,3 +145,14 @@ def test_replay_with_another_input_runs_the_same_pipeline_on_it(tmp_path):
         return [r["params"].get("draw", r["params"]) for r in sidecar["history"] if "stream" in r]
 
     assert len(draws(original)) == 3 and draws(rerun) == draws(original)
+
+
+def test_replay_says_when_it_computes_on_another_kind_of_device(tmp_path, capsys):
+    _random_run(tmp_path, _source(tmp_path))
+    sidecar = json.loads((tmp_path / "out" / "in.json").read_text())
+    assert sidecar["output"]["device"] == "cpu"
+    sidecar["output"]["device"] = "cuda:0"  # as if the run had been made on a GPU
+    (tmp_path / "gpu.json").write_text(json.dumps(sidecar))
+    assert main(["replay", str(tmp_path / "gpu.json"), "--device", "cpu", "--output-dir", str(tmp_path / "cpu")]) == 0
+    assert "the run was computed on cuda:0, this rerun on cpu" in capsys.readouterr().out
+    _assert_same_file(tmp_path / "out" / "in.nii.gz", tmp_path / "cpu" / "in.nii.gz")

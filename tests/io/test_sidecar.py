@@ -63,6 +63,7 @@ def test_written_sidecar_content(tmp_path):
         "shape": [2, 3, 4, 5],
         "dtype": "int16",
         "affine": affine.tolist(),
+        "device": "cpu",
     }
     assert sidecar["history"][1]["params"]["image"]["ornt"] == [[0, 1], [1, 1], [2, -1]]
     # The pipeline reruns the whole run, IO steps included (no random step: no stream, no sample index).

@@ -175,6 +175,8 @@ def _load(sidecar) -> tuple[str, dict]:
         if not isinstance(content, dict):
             raise ConfigError(f"{where}: a sidecar must be a JSON object, got {type(content).__name__}")
     version = content.get("gpuprep_sidecar")
+    if version is None:
+        raise ConfigError(f"{where}: not a gpuprep sidecar (it has no 'gpuprep_sidecar' field)")
     if not isinstance(version, int) or version < SIDECAR_FORMAT:
         raise ConfigError(
             f"{where}: sidecar format {version!r} cannot be rerun (format {SIDECAR_FORMAT} or later records "

@@ -125,6 +125,9 @@ def test_replay_errors_name_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
         main(["replay", str(sidecar), "--input", "image"])
     assert error.value.code == 2 and "expected KEY=PATH, got 'image'" in capsys.readouterr().err
+    (tmp_path / "bids.json").write_text('{"RepetitionTime": 2.0}')
+    assert main(["replay", str(tmp_path / "bids.json")]) == 2
+    assert "bids.json: not a gpuprep sidecar" in capsys.readouterr().err
     old = json.loads(sidecar.read_text())
     old["gpuprep_sidecar"] = 1
     (tmp_path / "old.json").write_text(json.dumps(old))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
+
 from ..errors import TransformError
 from ..io.sidecar import to_json
 from ..sample import HISTORY_KEY
@@ -46,6 +48,7 @@ def replay(data: Mapping, history: Sequence) -> dict:
     position = _replayed_already(out.get(HISTORY_KEY), histories)
     length = len(histories[0])
     while position < length:
+        _check_not_loaded_yet(out, histories[0], position)
         count = _run_length(histories, position)
         records = [[h[j] for h in histories] for j in range(position, position + count)]
         transforms = [build_transform(same[0]["name"], same[0].get("config") or {}) for same in records]
@@ -82,6 +85,23 @@ def _replayed_already(own, histories: list[list[Mapping]]) -> int:
     if len(done) != 1 or any(to_json(o) != to_json(h[: len(o)]) for o, h in zip(own, histories)):
         return 0
     return done.pop()
+
+
+def _check_not_loaded_yet(data: Mapping, history: list[Mapping], position: int) -> None:
+    """A ``LoadImage`` record reads files: refuse it clearly when its keys already hold tensors."""
+    record = history[position]
+    if record.get("name") != "LoadImage":
+        return
+    loaded = [key for key in record.get("keys", []) if isinstance(data.get(key), torch.Tensor)]
+    if not loaded:
+        return
+    own = [r for r in (data.get(HISTORY_KEY) or []) if isinstance(r, Mapping) and r.get("name") == "LoadImage"]
+    made = f"loaded with config {own[0].get('config')}" if own else "not loaded by a recorded LoadImage"
+    raise TransformError(
+        f"replay: record {position} (LoadImage) reads the files of {loaded}, which already hold tensors "
+        f"{made}, not with the recorded config {record.get('config')}; replay on the source paths, "
+        f"or on a sample loaded with the recorded config"
+    )
 
 
 def _run_length(histories: list[list[Mapping]], position: int) -> int:

@@ -83,3 +83,11 @@ def test_replay_refuses_a_fused_run_cut_in_the_middle():
     out = gp.Compose([gp.Flip("image", 0), gp.Resample("image", 2.0)])(sample)
     with pytest.raises(TransformError, match=r"record 0 \(Resample\) is marked fused"):
         gp.replay(sample, gp.get_history(out)[1:])
+
+
+def test_replay_on_a_sample_loaded_with_another_dtype_says_so(tmp_path):
+    path = _oblique_las_nifti(tmp_path / "oblique.nii.gz")
+    out = _pipeline()({"image": path})
+    loaded_as_float64 = gp.LoadImage("image", dtype="float64")({"image": path})
+    with pytest.raises(TransformError, match=r"record 0 \(LoadImage\).*'dtype': 'float64'.*'dtype': 'float32'"):
+        gp.replay(loaded_as_float64, gp.get_history(out))

@@ -276,7 +276,9 @@ def set_kind(sample: Mapping, key: str, kind: str) -> dict:
 def get_history(sample: Mapping) -> list:
     """Return the history: a list of records (a list of ``B`` such lists for a batch).
 
-    Each record is a dict ``{"name", "keys", "config", "params"}`` made of JSON types.
+    Each record is a dict ``{"name", "keys", "config", "params"}`` made of JSON types; a random
+    step's record adds ``"stream"`` (the seed, epoch and sample index it drew from), and the
+    records of spatial steps resampled together add ``"fused": {"index", "count"}``.
     """
     return sample.get(HISTORY_KEY, [])
 

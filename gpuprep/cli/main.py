@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import GpuprepError
-from . import demo, info, segment
+from . import demo, info, replay, segment
 
-COMMANDS = (demo, info, segment)
+COMMANDS = (demo, info, segment, replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

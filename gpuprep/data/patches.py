@@ -154,7 +154,7 @@ class RandPatches(RandomTransform):
         params = self.make_params(batch, keys)
         return self._record(self.apply_params(batch, keys, params), keys, params)
 
-    def replay(self, data: Mapping, params: Sequence[dict]) -> dict:
+    def replay(self, data: Mapping, params: Sequence[dict], extras: Sequence[dict] | None = None) -> dict:
         """Cut the recorded patches again (for one sample, every record refers to it, whatever its ``source``)."""
         batch, single, keys = self._prepare(data)
         params = [{k: v for k, v in p.items() if k in _DRAWN} for p in params]
@@ -164,7 +164,7 @@ class RandPatches(RandomTransform):
             if not 0 <= int(entry.get("source", -1)) < len(batch[keys[0]]):
                 raise TransformError(f"RandPatches.replay: source {entry.get('source')} is not a sample of a "
                                      f"batch of {len(batch[keys[0]])}")
-        return self._record(self.apply_params(batch, keys, params), keys, params)
+        return self._record(self.apply_params(batch, keys, params), keys, params, extras or [{} for _ in params])
 
     # -- the two steps ------------------------------------------------------------------------
 

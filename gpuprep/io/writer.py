@@ -69,6 +69,7 @@ def write_image(
     compresslevel: int = 1,
     extra_sidecar: dict | None = None,
     source: str | os.PathLike | None = None,
+    save_step: dict | None = None,
 ) -> Path:
     """Write ``data`` ``[C, D, H, W]`` with its voxel-to-world ``affine`` to ``path`` atomically.
 
@@ -100,6 +101,9 @@ def write_image(
         More fields for the sidecar.
     source:
         The file the data came from, recorded in the sidecar.
+    save_step:
+        Constructor arguments of the ``SaveImage`` writing the file: the last step of the
+        sidecar's rerunnable ``pipeline``.
 
     Returns
     -------
@@ -134,8 +138,11 @@ def write_image(
             "shape": list(voxels.shape),
             "dtype": str(voxels.dtype),
             "affine": matrix,
+            # Where the data were computed: a rerun is bit for bit identical on the same kind of device.
+            "device": str(data.device) if isinstance(data, torch.Tensor) else "cpu",
         }
-        record = make_sidecar(path, output=output, history=history, source=source, extra=extra_sidecar)
+        record = make_sidecar(path, output=output, history=history, source=source, extra=extra_sidecar,
+                              save_step=save_step)
     if fmt in ("nrrd", "mha"):
         from .itk import write_itk
 

@@ -15,6 +15,7 @@ from .invert import invert
 from .io import LoadImage, SaveImage
 from .mask import *  # noqa: F403
 from .multimodal import ConcatKeys
+from .rebuild import RebuiltRun, rebuild
 from .spatial import *  # noqa: F403
 
 __all__ = [
@@ -22,10 +23,12 @@ __all__ = [
     "Compose",
     "ConcatKeys",
     "LoadImage",
+    "RebuiltRun",
     "SaveImage",
     "Transform",
     "build_transform",
     "invert",
+    "rebuild",
     "replay",
     *augment.__all__,
     *denoise.__all__,

@@ -101,8 +101,12 @@ class Transform:
         out = self._record(out, keys, params)
         return decollate(out)[0] if single else out
 
-    def replay(self, data: Mapping, params: Sequence[dict]) -> dict:
-        """Apply recorded ``params`` (one dict per sample) instead of making new ones."""
+    def replay(self, data: Mapping, params: Sequence[dict], extras: Sequence[dict] | None = None) -> dict:
+        """Apply recorded ``params`` (one dict per sample) instead of making new ones.
+
+        ``extras`` (one dict per sample) are the recorded records' other fields (such as a random
+        step's ``"stream"``), copied into the new records so the replayed history equals the original.
+        """
         batch, single, keys = self._prepare(data)
         params = list(params)
         if len(params) != _batch_len(batch, keys):
@@ -110,7 +114,8 @@ class Transform:
                 f"{type(self).__name__}.replay: got {len(params)} parameter sets for "
                 f"{_batch_len(batch, keys)} samples"
             )
-        out = self._record(self.apply_params(batch, keys, params), keys, params)
+        extras = [{} for _ in params] if extras is None else extras
+        out = self._record(self.apply_params(batch, keys, params), keys, params, extras)
         return decollate(out)[0] if single else out
 
     def get_config(self) -> dict:
@@ -148,12 +153,20 @@ class Transform:
             )
         return [k for k in self.keys if k in data]
 
-    def _record(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
+    def record_extras(self, size: int) -> list[dict]:
+        """Per-sample fields added to the records of the call just made (none by default).
+
+        Random transforms add the identity of the stream each sample drew from (``"stream"``).
+        """
+        return [{} for _ in range(size)]
+
+    def _record(self, batch: dict, keys: list[str], params: list[dict], extras: Sequence[dict] | None = None) -> dict:
         config = to_json(self.get_config())
+        extras = self.record_extras(len(params)) if extras is None else list(extras)
         histories = batch.get(HISTORY_KEY) or [[] for _ in params]
         batch[HISTORY_KEY] = [
-            [*history, {"name": type(self).__name__, "keys": list(keys), "config": config, "params": p}]
-            for history, p in zip(histories, params)
+            [*history, {"name": type(self).__name__, "keys": list(keys), "config": config, "params": p, **extra}]
+            for history, p, extra in zip(histories, params, extras)
         ]
         return batch
 

@@ -45,7 +45,8 @@ class Compose:
     fuse:
         Run consecutive spatial transforms as one resampling (default). The result agrees with
         the unfused chain within interpolation tolerance (exactly for crops, pads, flips and
-        reorientation) and the history is the same.
+        reorientation) and the history has the same records, each marked ``"fused"`` so that
+        :func:`~gpuprep.replay` resamples them together again.
 
     Example
     -------
@@ -117,6 +118,7 @@ class Compose:
             "gpuprep_pipeline": PIPELINE_FORMAT,
             "gpuprep_version": __version__,
             "seed": self.seed,
+            "epoch": self.epoch,
             "fuse": self.fuse,
             "transforms": [{"name": type(t).__name__, "config": to_json(t.get_config())} for t in self.transforms],
         }
@@ -134,7 +136,12 @@ class Compose:
             if not isinstance(entry, Mapping) or "name" not in entry:
                 raise ConfigError(f"pipeline transforms[{position}] must have a 'name', got {entry!r:.200}")
             transforms.append(build_transform(entry["name"], entry.get("config") or {}))
-        return cls(transforms, seed=config.get("seed"), fuse=config.get("fuse", True))
+        pipeline = cls(transforms, seed=config.get("seed"), fuse=config.get("fuse", True))
+        epoch = config.get("epoch", 0)
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ConfigError(f"pipeline 'epoch' must be a non-negative integer, got {epoch!r}")
+        pipeline.set_epoch(epoch)
+        return pipeline
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """Return the pipeline as YAML text; also write it to ``path`` when given."""

@@ -330,6 +330,7 @@ class SaveImage(Transform):
                     history=histories[index],
                     sidecar=self.sidecar,
                     source=_field(batch, key, "filename", index),
+                    save_step=self.get_config(),
                     **codes,
                 )
         return batch

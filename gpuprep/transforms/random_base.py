@@ -9,6 +9,13 @@ Reproducibility: sample *i* draws from ``sample_rng(seed, epoch, index)`` where 
 sample's ``"sample_index"`` entry (datasets set it) or, without one, its position in the batch.
 ``seed`` is the transform's own, or one derived from the seed of the :class:`~gpuprep.Compose`
 holding it; with neither, every call draws a fresh seed (from Python's ``random`` module).
+
+Each record of a random transform carries the identity of the stream its sample drew from,
+``"stream": {"seed", "epoch", "sample_index"}`` (and ``"patch_index"`` for patches), so a pipeline
+rebuilt from a sidecar draws the same parameters whatever the position of the transform in it
+(:func:`gpuprep.transforms.rebuild.rebuild_from_sidecar`). The stream of a call is remembered on
+the transform until its records are written, so one instance should not be called from two
+threads at once.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ class RandomTransform(Transform, abstract=True):
         self.seed = seed
         self._pipeline_seed: int | None = None
         self.epoch = 0
+        self._drawn_streams: list[dict] | None = None
 
     def set_random_state(self, pipeline_seed: int | None, epoch: int = 0) -> None:
         """Called by :class:`~gpuprep.Compose`: a seed derived from the pipeline's, and the epoch."""
@@ -95,7 +103,18 @@ class RandomTransform(Transform, abstract=True):
         patches = [None] * size if patches is None else [int(i) for i in patches]
         if self.same_on_batch:
             indices, patches = [indices[0]] * size, [patches[0]] * size
+        self._drawn_streams = [
+            {"seed": seed, "epoch": self.epoch, "sample_index": index, **({} if p is None else {"patch_index": p})}
+            for index, p in zip(indices, patches)
+        ]
         return [sample_rng(seed, self.epoch, index, patch) for index, patch in zip(indices, patches)]
+
+    def record_extras(self, size: int) -> list[dict]:
+        """``{"stream": {...}}`` per sample: the stream the parameters just made were drawn from."""
+        streams, self._drawn_streams = self._drawn_streams, None
+        if streams is None or len(streams) != size:
+            return super().record_extras(size)
+        return [{"stream": stream} for stream in streams]
 
 
 def seed_random_transforms(transforms: Sequence[Transform], pipeline_seed: int | None, epoch: int) -> None:

@@ -63,13 +63,19 @@ def test_written_sidecar_content(tmp_path):
         "shape": [2, 3, 4, 5],
         "dtype": "int16",
         "affine": affine.tolist(),
+        "device": "cpu",
     }
     assert sidecar["history"][1]["params"]["image"]["ornt"] == [[0, 1], [1, 1], [2, -1]]
+    # The pipeline reruns the whole run, IO steps included (no random step: no stream, no sample index).
     assert sidecar["pipeline"] == {
         "gpuprep_pipeline": 1,
         "seed": None,
-        "transforms": [{"name": "Orientation", "config": history[1]["config"]}],
+        "epoch": 0,
+        "fuse": False,
+        "transforms": [{"name": "LoadImage", "config": history[0]["config"]},
+                       {"name": "Orientation", "config": history[1]["config"]}],
     }
+    assert sidecar["sample_index"] is None and sidecar["gpuprep_sidecar"] == 2
     assert (sidecar["Task"], sidecar["Scale"]) == ("demo", 0.5)
     assert "NaN" not in text
 

@@ -157,10 +157,12 @@ def test_pipeline_load_orient_save(files, tmp_path):
     sidecar = gio.read_sidecar(image_path)
     assert [r["name"] for r in sidecar["history"]] == ["LoadImage", "Orientation"]
     assert sidecar["source"] == str(files["image"])
-    # the sidecar's pipeline rebuilds the processing of a loaded sample
+    # the sidecar's pipeline reruns the whole run, from the source files to the output files
     rebuilt = gp.Compose.from_config(sidecar["pipeline"])
+    assert [type(t).__name__ for t in rebuilt.transforms] == ["LoadImage", "Orientation", "SaveImage"]
+    assert rebuilt.transforms[-1].output_dir == out_dir
     loaded = LoadImage(["image", "label"], labels="label")({"image": files["image"], "label": files["label"]})
-    assert torch.equal(rebuilt(loaded)["image"], saved)
+    assert torch.equal(gp.Compose(rebuilt.transforms[1:-1])(loaded)["image"], saved)
     assert torch.equal(gp.replay(loaded, sidecar["history"][1:])["image"], saved)
     # the whole pipeline survives YAML, and inputs are untouched
     assert gp.Compose.from_yaml(pipeline.to_yaml()).transforms[2].output_dir == out_dir

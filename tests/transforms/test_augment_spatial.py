@@ -91,6 +91,9 @@ def test_fused_with_deterministic_steps_resamples_once(monkeypatch):
     monkeypatch.setattr(spatial_base, "resample", lambda *a, **k: calls.append(1) or original(*a, **k))
     fused = gp.Compose(steps)(sample)
     assert len(calls) == 2  # one per key
+    # The same records; the fused ones also say that they were resampled together (for gp.replay).
+    count = len(steps)
+    assert [r.pop("fused") for r in gp.get_history(fused)] == [{"index": i, "count": count} for i in range(count)]
     assert gp.get_history(fused) == gp.get_history(unfused)
     inside = unfused["image"][0] != 0
     # One interpolation instead of two: the chains differ by interpolation error only.

@@ -269,6 +269,9 @@ def test_fused_equals_unfused_and_resamples_once(monkeypatch):
     torch.testing.assert_close(fused["image"], unfused["image"], rtol=0, atol=1e-5)
     assert torch.equal(fused["label"], unfused["label"])
     torch.testing.assert_close(gp.get_affine(fused, "image"), gp.get_affine(unfused, "image"), rtol=0, atol=1e-12)
+    # The same records; the fused ones also say that they were resampled together (for gp.replay).
+    count = len(PIPELINE)
+    assert [r.pop("fused") for r in gp.get_history(fused)] == [{"index": i, "count": count} for i in range(count)]
     assert gp.get_history(fused) == gp.get_history(unfused)
 
 

@@ -210,25 +210,56 @@ def fusable_runs(transforms: Sequence[SpatialTransform]) -> list[list[SpatialTra
     return runs
 
 
-def apply_fused(transforms: Sequence[SpatialTransform], data: Mapping) -> dict:
+def apply_fused(
+    transforms: Sequence[SpatialTransform], data: Mapping, recorded: Sequence[tuple] | None = None
+) -> dict:
     """Apply consecutive spatial transforms with a single resampling per key.
 
     Each transform plans its step on the grid the previous one would have produced; the maps
     are multiplied, and the data are resampled once with the highest interpolation order of the
     chain (anti-aliased if any step asks for it). Every transform still appends its own record,
-    so the history is the same as without fusion. Steps that pad intensity images with different
-    values are not fused with each other (see :func:`fusable_runs`).
+    so the history is the same as without fusion. The records of ``n > 1`` steps resampled
+    together are marked ``"fused": {"index": i, "count": n}``, so that :func:`gpuprep.replay` can
+    resample them together again. Steps that pad intensity images with different values are not
+    fused with each other (see :func:`fusable_runs`).
+
+    Parameters
+    ----------
+    transforms:
+        The spatial transforms of the run, in order.
+    data:
+        A sample or a batch.
+    recorded:
+        For replay: per transform, ``(keys, params, extras)`` from its history records (one params
+        dict and one dict of other record fields per sample); nothing is planned or drawn then,
+        and the transforms are resampled together as they were (their records say so).
+
+    Example
+    -------
+    >>> import gpuprep as gp, torch
+    >>> s = gp.make_sample({"image": torch.rand(1, 6, 6, 6)})
+    >>> out = apply_fused([gp.Flip("image", 0), gp.Resample("image", 2.0)], s)
+    >>> [r["fused"] for r in gp.get_history(out)]
+    [{'index': 0, 'count': 2}, {'index': 1, 'count': 2}]
     """
-    runs = fusable_runs(transforms)
-    if len(runs) > 1:
-        for run in runs:
-            data = _apply_fused_run(run, data) if len(run) > 1 else run[0](data)
-        return data
-    return _apply_fused_run(transforms, data)
+    if recorded is None:
+        runs = fusable_runs(transforms)
+        if len(runs) > 1:
+            for run in runs:
+                data = _apply_fused_run(run, data) if len(run) > 1 else run[0](data)
+            return data
+    return _apply_fused_run(transforms, data, recorded)
 
 
-def _apply_fused_run(transforms: Sequence[SpatialTransform], data: Mapping) -> dict:
-    keys_present = [t._present_keys(data) for t in transforms]
+def _apply_fused_run(
+    transforms: Sequence[SpatialTransform], data: Mapping, recorded: Sequence[tuple] | None = None
+) -> dict:
+    if recorded is not None and len(recorded) != len(transforms):
+        raise TransformError(f"apply_fused: got {len(recorded)} recorded steps for {len(transforms)} transforms")
+    if recorded is None:
+        keys_present = [t._present_keys(data) for t in transforms]
+    else:
+        keys_present = [list(keys) for keys, _, _ in recorded]
     all_keys = list(dict.fromkeys(k for keys in keys_present for k in keys))
     if not all_keys:
         return dict(data)
@@ -237,19 +268,25 @@ def _apply_fused_run(transforms: Sequence[SpatialTransform], data: Mapping) -> d
     grids = current_grids(batch, image_keys(batch))
     chains: dict[str, list[tuple[SpatialTransform, list[dict]]]] = {k: [] for k in all_keys}
     planned = []
-    for transform, keys in zip(transforms, keys_present):
+    for position, (transform, keys) in enumerate(zip(transforms, keys_present)):
         if not keys:
             continue
-        params = transform.plan(grids, batch, keys)
-        planned.append((transform, keys, params))
+        if recorded is None:
+            params = transform.plan(grids, batch, keys)
+            extras = transform.record_extras(len(params))
+        else:
+            _, params, extras = recorded[position]
+        planned.append((transform, keys, params, extras))
         for key in keys:
             steps = [p[key] for p in params]
             grids[key] = (tuple(steps[0]["out_shape"]), np.stack([np.asarray(s["out_affine"]) for s in steps]))
             chains[key].append((transform, steps))
     with shared_grids():
         _resample_chains(batch, chains)
-    for transform, keys, params in planned:
-        batch = transform._record(batch, keys, params)
+    for index, (transform, keys, params, extras) in enumerate(planned):
+        if recorded is None and len(planned) > 1:
+            extras = [{**extra, "fused": {"index": index, "count": len(planned)}} for extra in extras]
+        batch = transform._record(batch, keys, params, extras)
     return decollate(batch)[0] if single else batch
 
 

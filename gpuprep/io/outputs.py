@@ -75,7 +75,9 @@ def folder_problem(folder: str | os.PathLike) -> str | None:
     return None
 
 
-def check_output_file(path: str | os.PathLike, *, overwrite: bool, sidecar: bool = False) -> None:
+def check_output_file(
+    path: str | os.PathLike, *, overwrite: bool, sidecar: bool = False, fix: str = "pass overwrite=True"
+) -> None:
     """Raise unless ``path`` may be written: not a folder, its folder usable, and replaceable if it exists.
 
     Parameters
@@ -87,6 +89,8 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool, sidecar: bool
     sidecar:
         ``path`` is a JSON sidecar: an existing JSON that gpuprep did not write is refused even
         with ``overwrite=True``.
+    fix:
+        How the caller allows replacing, for the message (e.g. ``"pass --overwrite"``).
 
     Example
     -------
@@ -114,7 +118,7 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool, sidecar: bool
             "choose another output folder or suffix, or write no sidecar"
         )
     if not overwrite:
-        raise OutputExistsError(f"cannot write {path}: the file exists; pass overwrite=True to replace it")
+        raise OutputExistsError(f"cannot write {path}: the file exists; {fix} to replace it")
 
 
 def make_folders(folder: str | os.PathLike) -> list[Path]:

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         paths = sample_brain_paths()
         jobs = [{key: str(path) for key, path in paths.items()}]
         label_keys = [key for key in paths if key != "image"]
-    check_output_folder(args.output, "--output")
+    check_output_folder(args.output, "--output", probe=True)
     folders = output_folders([Path(job["image"]) for job in jobs], args.output)
     _check_outputs(jobs, label_keys, folders, args.overwrite)
     print(f"gpuprep demo: device {device}, {len(jobs)} input(s), output folder {args.output}")

@@ -161,7 +161,7 @@ def _check_paths(source: Path, outputs: dict[str, Path]) -> None:
         raise ConfigError(f"OUTPUT: {error}") from None
     for name, path in outputs.items():
         try:
-            check_output_file(path, overwrite=True)
+            check_output_file(path, overwrite=True, probe=True)
         except ImageWriteError as error:
             raise ImageWriteError(f"{name}: {error}") from None
 

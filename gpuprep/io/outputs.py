@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -39,23 +40,27 @@ def is_gpuprep_sidecar(path: str | os.PathLike) -> bool:
     return isinstance(content, dict) and "gpuprep_sidecar" in content
 
 
-def check_output_folder(folder: str | os.PathLike, what: str = "output folder") -> None:
+def check_output_folder(folder: str | os.PathLike, what: str = "output folder", probe: bool = False) -> None:
     """Raise :class:`~gpuprep.errors.ImageWriteError` unless ``folder`` is, or can become, a writable folder.
 
-    Nothing is created. ``what`` names the argument in the message.
+    Nothing is left behind. ``what`` names the argument in the message; ``probe`` as in :func:`folder_problem`.
 
     Example
     -------
     >>> import tempfile
     >>> check_output_folder(tempfile.mkdtemp())
     """
-    problem = folder_problem(folder)
+    problem = folder_problem(folder, probe)
     if problem:
         raise ImageWriteError(f"cannot write to {what} {folder}: {problem}")
 
 
-def folder_problem(folder: str | os.PathLike) -> str | None:
-    """Say why files cannot be written in ``folder`` (None when they can); nothing is created.
+def folder_problem(folder: str | os.PathLike, probe: bool = False) -> str | None:
+    """Say why files cannot be written in ``folder`` (None when they can); nothing is left behind.
+
+    ``folder``, or its nearest existing parent, must be a folder that this process may write to.
+    With ``probe``, an empty file is created there and removed at once: a real test of what
+    permissions alone cannot tell (root on a read-only export, ACLs), worth it before a long run.
 
     Example
     -------
@@ -72,11 +77,23 @@ def folder_problem(folder: str | os.PathLike) -> str | None:
     # os.access also reports read-only file systems (EROFS), even to root.
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable (permission denied or a read-only file system)"
+    if probe:
+        try:
+            handle, name = tempfile.mkstemp(prefix=".gpuprep-write-test.", dir=existing)
+        except OSError as error:
+            return f"{existing} is not writable ({error.strerror or error})"
+        os.close(handle)
+        os.unlink(name)
     return None
 
 
 def check_output_file(
-    path: str | os.PathLike, *, overwrite: bool, sidecar: bool = False, fix: str = "pass overwrite=True"
+    path: str | os.PathLike,
+    *,
+    overwrite: bool,
+    sidecar: bool = False,
+    fix: str = "pass overwrite=True",
+    probe: bool = False,
 ) -> None:
     """Raise unless ``path`` may be written: not a folder, its folder usable, and replaceable if it exists.
 
@@ -91,6 +108,8 @@ def check_output_file(
         with ``overwrite=True``.
     fix:
         How the caller allows replacing, for the message (e.g. ``"pass --overwrite"``).
+    probe:
+        Test the folder by creating (and removing) a file, see :func:`folder_problem`.
 
     Example
     -------
@@ -106,7 +125,7 @@ def check_output_file(
     path = Path(path)
     if path.is_dir():
         raise ImageWriteError(f"cannot write {path}: it is a folder; give a file name")
-    problem = folder_problem(path.parent)
+    problem = folder_problem(path.parent, probe)
     if problem:
         raise ImageWriteError(f"cannot write {path}: {problem}")
     if not (path.exists() or path.is_symlink()):

@@ -138,27 +138,37 @@ def test_cli_output_path_is_a_folder_one_line_exit_2(tmp_path, capsys):
     assert "t1_preprocessed.nii.gz" in line and "is a folder" in line
 
 
-def test_cli_read_only_output_folder_one_line_exit_2(tmp_path, capsys, monkeypatch):
-    source = _write(tmp_path / "in" / "t1.nii.gz")
-    read_only = tmp_path / "read-only"
-    read_only.mkdir()
-    read_only.chmod(0o555)
-    if os.geteuid() == 0:  # root writes anyway: make the kernel's refusal happen where files are created
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """A folder with mode 0o555. Root may write there anyway: then the kernel's refusal is simulated
+    where files are created (``tempfile.mkstemp``, used by the atomic writes and the write probe)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:
         original = tempfile.mkstemp
 
         def refused(*args, dir=None, **kwargs):
-            if dir is not None and pathlib.Path(dir).is_relative_to(read_only):
+            if dir is not None and pathlib.Path(dir).is_relative_to(folder):
                 raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, "tmp"))
             return original(*args, dir=dir, **kwargs)
 
         monkeypatch.setattr(tempfile, "mkstemp", refused)
-    try:
-        assert _demo("--input", str(source), "--output", str(read_only / "out")) == 2
-        line = _one_line_error(capsys)
-        assert str(read_only) in line and ("not writable" in line or "Permission denied" in line)
-        assert _tree(read_only) == []
-    finally:
-        read_only.chmod(0o755)
+    yield folder
+    folder.chmod(0o755)
+
+
+def test_cli_read_only_output_folder_one_line_exit_2(tmp_path, capsys, read_only):
+    source = _write(tmp_path / "in" / "t1.nii.gz")
+    assert _demo("--input", str(source), "--output", str(read_only / "out")) == 2
+    line = _one_line_error(capsys)
+    assert str(read_only) in line and "not writable" in line
+    assert _tree(read_only) == []
+
+
+def test_cli_info_on_a_folder_one_line_exit_2(tmp_path, capsys):
+    assert main(["info", str(tmp_path)]) == 2
+    assert str(tmp_path) in _one_line_error(capsys)
 
 
 def test_cli_full_disk_one_line_exit_2(tmp_path, capsys, monkeypatch):
@@ -209,8 +219,8 @@ def model_spy(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("case", ["bad_extension", "folder", "under_a_file", "qc_is_a_folder"])
-def test_segment_checks_output_before_running_model(tmp_path, capsys, model_spy, case):
+@pytest.mark.parametrize("case", ["bad_extension", "folder", "under_a_file", "qc_is_a_folder", "read_only"])
+def test_segment_checks_output_before_running_model(tmp_path, capsys, model_spy, read_only, case):
     source = _write(tmp_path / "in" / "t1.nii.gz")
     weights = tiny_checkpoint(tmp_path, "brain-tissue")
     output, extra = tmp_path / "out" / "seg.nii.gz", []
@@ -220,13 +230,16 @@ def test_segment_checks_output_before_running_model(tmp_path, capsys, model_spy,
         output.mkdir(parents=True)
     elif case == "under_a_file":
         (tmp_path / "out").write_text("a file")
-    else:
+    elif case == "qc_is_a_folder":
         (tmp_path / "qc").mkdir()
         extra = ["--qc", str(tmp_path / "qc")]
+    else:
+        output = read_only / "seg.nii.gz"
     assert main(["segment", str(source), str(output), "--weights", str(weights), "--device", "cpu", *extra]) == 2
     line = _one_line_error(capsys)
-    assert {"bad_extension": "unknown output extension", "folder": "is a folder",
-            "under_a_file": "is a file, not a folder", "qc_is_a_folder": "--qc"}[case] in line
+    expected = {"bad_extension": "unknown output extension", "folder": "is a folder", "qc_is_a_folder": "--qc",
+                "under_a_file": "is a file, not a folder", "read_only": "not writable"}
+    assert expected[case] in line
     assert model_spy == {"load": 0, "forward": 0}
     assert main(["segment", str(source), str(tmp_path / "ok.nii.gz"), "--weights", str(weights),
                  "--device", "cpu"]) == 0

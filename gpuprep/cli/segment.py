@@ -12,7 +12,8 @@ Reads any NIfTI (or other supported image: any orientation, spacing and size), r
 
 The input is only read. Every output path is checked (an image extension for OUTPUT, not a
 folder, a writable folder) before the model runs; missing output folders are created only to
-write the outputs, and a failed run removes the files and folders it created. ``--weights``
+write the outputs, and a failed run removes the files and folders it created. Existing outputs
+are replaced, except a JSON file that gpuprep did not write (e.g. a BIDS sidecar). ``--weights``
 runs a checkpoint file of your own instead of the bundled weights (its spec names the task).
 """
 
@@ -142,7 +143,8 @@ def _check_paths(source: Path, outputs: dict[str, Path]) -> None:
     """Check the input and every output before any work, so that a bad path never costs a model run.
 
     Refused: a missing input, an output that is the input or another output, an OUTPUT without
-    an image extension, an output that is a folder, under a file or in an unwritable folder.
+    an image extension, an output that is a folder, under a file or in an unwritable folder, and
+    a volumes path holding a JSON that gpuprep did not write (e.g. a BIDS sidecar).
     Nothing is created here (folders are made only when the outputs are written).
     """
     if not source.exists():
@@ -161,7 +163,8 @@ def _check_paths(source: Path, outputs: dict[str, Path]) -> None:
         raise ConfigError(f"OUTPUT: {error}") from None
     for name, path in outputs.items():
         try:
-            check_output_file(path, overwrite=True, probe=True)
+            # Outputs are replaced, except a JSON report path holding a JSON gpuprep did not write.
+            check_output_file(path, overwrite=True, sidecar=name == "--volumes", probe=True)
         except ImageWriteError as error:
             raise ImageWriteError(f"{name}: {error}") from None
 

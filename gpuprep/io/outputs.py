@@ -4,8 +4,9 @@ The rules every writer in gpuprep follows (``write_image``, ``SaveImage``, the c
 
 - an output path that is a folder, or whose folder is a file, is refused before any work;
 - an existing file is replaced only when the caller allows it (``overwrite``);
-- a JSON file at a sidecar's path that gpuprep did not write (it has no ``gpuprep_sidecar``
-  field, e.g. the BIDS sidecar ``sub-01_T1w.json`` of an input) is **never** replaced;
+- a JSON file at a sidecar's (or report's) path that gpuprep did not write (it has neither a
+  ``gpuprep_sidecar`` nor a ``gpuprep_version`` field, e.g. the BIDS sidecar ``sub-01_T1w.json``
+  of an input) is **never** replaced;
 - output folders are created only when needed, and the ones a failed run created are removed
   again when they are empty (:func:`make_folders`, :func:`remove_empty_folders`).
 """
@@ -21,15 +22,15 @@ from pathlib import Path
 from ..errors import ImageWriteError, OutputExistsError
 
 
-def is_gpuprep_sidecar(path: str | os.PathLike) -> bool:
-    """Return True when ``path`` is a JSON file written by gpuprep (it has a ``gpuprep_sidecar`` field).
+def written_by_gpuprep(path: str | os.PathLike) -> bool:
+    """Return True when ``path`` is a JSON object that gpuprep wrote (``gpuprep_sidecar`` or ``gpuprep_version`` field).
 
     Example
     -------
     >>> import pathlib, tempfile
     >>> bids = pathlib.Path(tempfile.mkdtemp()) / "sub-01_T1w.json"
     >>> _ = bids.write_text('{"RepetitionTime": 2.3}')
-    >>> is_gpuprep_sidecar(bids)
+    >>> written_by_gpuprep(bids)
     False
     """
     try:
@@ -37,7 +38,7 @@ def is_gpuprep_sidecar(path: str | os.PathLike) -> bool:
             content = json.loads(stream.read(16 * 1024 * 1024))
     except (OSError, ValueError):
         return False
-    return isinstance(content, dict) and "gpuprep_sidecar" in content
+    return isinstance(content, dict) and bool({"gpuprep_sidecar", "gpuprep_version"} & set(content))
 
 
 def check_output_folder(folder: str | os.PathLike, what: str = "output folder", probe: bool = False) -> None:
@@ -104,8 +105,8 @@ def check_output_file(
     overwrite:
         Whether an existing file may be replaced (:class:`~gpuprep.errors.OutputExistsError` if not).
     sidecar:
-        ``path`` is a JSON sidecar: an existing JSON that gpuprep did not write is refused even
-        with ``overwrite=True``.
+        ``path`` is a JSON file (a sidecar or a report): an existing JSON that gpuprep did not
+        write is refused even with ``overwrite=True``.
     fix:
         How the caller allows replacing, for the message (e.g. ``"pass --overwrite"``).
     probe:
@@ -130,10 +131,10 @@ def check_output_file(
         raise ImageWriteError(f"cannot write {path}: {problem}")
     if not (path.exists() or path.is_symlink()):
         return
-    if sidecar and not is_gpuprep_sidecar(path):
+    if sidecar and not written_by_gpuprep(path):
         raise OutputExistsError(
-            f"cannot write the sidecar {path}: a JSON file that gpuprep did not write is there (no "
-            "'gpuprep_sidecar' field, e.g. the BIDS sidecar of an input) and is never replaced; "
+            f"cannot write {path}: a JSON file that gpuprep did not write is there (no 'gpuprep_sidecar' "
+            "or 'gpuprep_version' field, e.g. the BIDS sidecar of an input) and is never replaced; "
             "choose another output folder or suffix, or write no sidecar"
         )
     if not overwrite:

@@ -159,7 +159,8 @@ class SaveImage(Transform):
     this SaveImage already wrote from another source file in an earlier call, and an existing
     file it did not write, unless ``overwrite=True``. A JSON file that gpuprep did not write
     (e.g. an input's BIDS sidecar ``sub-01_T1w.json``) is never replaced. Files this SaveImage
-    wrote from the same source and key may be written again (a pipeline run twice).
+    wrote from the same source file and key may be written again (a pipeline run twice); a
+    sample without a source file is never taken for an earlier one.
 
     Parameters
     ----------

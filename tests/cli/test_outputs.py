@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pathlib
 import tempfile
@@ -267,3 +268,22 @@ def test_segment_failure_leaves_no_empty_folders(tmp_path, capsys, monkeypatch):
     line = _one_line_error(capsys)
     assert "No space left on device" in line and "seg.json" in line
     assert not (tmp_path / "new").exists()
+
+
+def test_segment_next_to_a_bids_json_keeps_it_and_reruns_replace_its_own(tmp_path, capsys, model_spy):
+    source = _write(tmp_path / "in" / "t1.nii.gz")
+    weights = tiny_checkpoint(tmp_path, "brain-tissue")
+    output = tmp_path / "derivatives" / "sub-01_dseg.nii.gz"
+    output.parent.mkdir()
+    bids_json = output.with_name("sub-01_dseg.json")  # the default volumes path
+    bids_json.write_text('{"Description": "tissue segmentation", "Sources": ["bids:raw:sub-01_T1w.nii.gz"]}')
+    digest = file_digest(bids_json)
+    args = ["segment", str(source), str(output), "--weights", str(weights), "--device", "cpu"]
+    assert main(args) == 2
+    line = _one_line_error(capsys)
+    assert str(bids_json) in line and "never replaced" in line
+    assert file_digest(bids_json) == digest and model_spy["load"] == 0 and not output.exists()
+    volumes = tmp_path / "derivatives" / "volumes.json"
+    assert main([*args, "--volumes", str(volumes)]) == 0
+    assert main([*args, "--volumes", str(volumes)]) == 0  # a rerun replaces its own outputs
+    assert json.loads(volumes.read_text())["output"] == str(output) and file_digest(bids_json) == digest

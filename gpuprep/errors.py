@@ -39,3 +39,7 @@ class ConfigError(GpuprepError, ValueError):
 
 class DatasetError(GpuprepError, ValueError):
     """A record, a table of records or a file named by a record is unusable."""
+
+
+class OutputExistsError(ImageWriteError, FileExistsError):
+    """An output file exists and may not be replaced (``overwrite=False``, or a JSON gpuprep did not write)."""

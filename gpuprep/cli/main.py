@@ -1,20 +1,27 @@
 """The ``gpuprep`` command: one sub-command per module in this package.
 
-Errors that gpuprep raises on purpose (bad files, bad arguments) are printed as one line,
-without a traceback, and the command exits with status 2.
+Errors that gpuprep raises on purpose (bad files, bad arguments), every ``OSError`` (a missing
+or unwritable file or folder, a full disk) and every ``MemoryError`` are printed as one line,
+without a traceback, and the command exits with status 2. Set ``GPUPREP_DEBUG=1`` to get the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+import torch
 
 from .._version import __version__
 from ..errors import GpuprepError
 from . import demo, info, replay, segment
 
 COMMANDS = (demo, info, segment, replay)
+#: Set this environment variable to 1 to see the traceback of an error instead of one line.
+DEBUG_VARIABLE = "GPUPREP_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,12 +46,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         return int(args.run(args) or 0)
-    except (GpuprepError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        print(f"gpuprep {args.command}: error: {error}", file=sys.stderr)
+    except (GpuprepError, OSError, MemoryError, torch.cuda.OutOfMemoryError) as error:
+        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            raise
+        print(f"gpuprep {args.command}: error: {error_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gpuprep {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def error_line(error: BaseException) -> str:
+    """Describe ``error`` in one line: its message, or what kind of failure it is when it has none.
+
+    Example
+    -------
+    >>> error_line(OSError(28, "No space left on device"))
+    '[Errno 28] No space left on device'
+    >>> error_line(MemoryError())
+    'out of memory (MemoryError); try a smaller input'
+    """
+    message = " ".join(str(error).split())
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return f"out of GPU memory ({message[:300]}); try --device cpu or a smaller input"
+    if isinstance(error, MemoryError):
+        return f"out of memory ({message[:300] or 'MemoryError'}); try a smaller input"
+    return message or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = rebuilt.run(device)
     except FileExistsError as error:
-        raise ConfigError(f"{error}: pass --overwrite or choose another --output-dir") from None
+        raise ConfigError(f"{error} (on the command line: --overwrite, or another --output-dir)") from None
     saved = [entry["filename"] for record in get_history(out)[-1:] if record["name"] == "SaveImage"
              for entry in record["params"].values()]
     checked = "same parameters as the recorded run" if rebuilt.recorded_inputs else "inputs given with --input"

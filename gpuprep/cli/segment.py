@@ -10,26 +10,32 @@ Reads any NIfTI (or other supported image: any orientation, spacing and size), r
   (voxel volume = |det(affine[:3, :3])| mm^3), plus the task, model file, weights SHA-256,
   device, per-step timings and the history.
 
-The input is only read. ``--weights`` runs a checkpoint file of your own instead of the bundled
-weights (its spec names the task).
+The input is only read. Every output path is checked (an image extension for OUTPUT, not a
+folder, a writable folder) before the model runs; missing output folders are created only to
+write the outputs, and a failed run removes the files and folders it created. Existing outputs
+are replaced, except a JSON file that gpuprep did not write (e.g. a BIDS sidecar). ``--weights``
+runs a checkpoint file of your own instead of the bundled weights (its spec names the task).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._version import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, ImageWriteError
 from ..io.atomic import atomic_write_bytes
+from ..io.outputs import check_output_file, make_folders, remove_empty_folders
 from ..io.overlay import save_overlay
 from ..io.sidecar import strip_image_extension, to_json
-from ..io.writer import write_image
+from ..io.writer import write_format, write_image
 from ..models.inference import SegmentBrain, SkullStrip
 from ..models.pretrained import TASKS, load_pretrained, resolve_device
 from ..sample import get_affine, get_history, get_meta
@@ -83,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, "--device")
     qc_path, volumes_path = default_paths(args.output)
     qc_path, volumes_path = args.qc or qc_path, args.volumes or volumes_path
-    _check_paths(args.input, {"OUTPUT": args.output, "--qc": qc_path, "--volumes": volumes_path})
+    outputs = {"OUTPUT": args.output, "--qc": qc_path, "--volumes": volumes_path}
+    _check_paths(args.input, outputs)
     timings: dict[str, float] = {}
 
     def timed(name, function, *arguments, **options):
@@ -112,18 +119,20 @@ def run(args: argparse.Namespace) -> int:
     affine = get_affine(sample, LABEL_KEY)
     meta = get_meta(sample, "image")
     qform = meta.get("qform_code")
-    timed("write NIfTI", write_image, args.output, labels, affine, sidecar=False, qform_code=qform,
-          sform_code=meta.get("sform_code") or qform or None)
-    timed("QC PNG", save_overlay, qc_path, sample["image"], labels, affine, names=model.spec["labels"], title=task)
     report = _volumes(labels, affine, model.spec["labels"])
-    summary = {
-        "input": str(args.input), "output": str(args.output), "qc": str(qc_path), "task": task,
-        "model": transform.model_name, "weights_sha256": transform.weights_sha256, "device": str(device),
-        "shape": list(labels.shape[1:]), "affine": affine, **report,
-        "timings_s": {name: round(seconds, 4) for name, seconds in timings.items()},
-        "gpuprep_version": __version__, "history": get_history(sample),
-    }
-    atomic_write_bytes(volumes_path, (json.dumps(to_json(summary), indent=2) + "\n").encode())
+    with _all_or_nothing(outputs.values()):
+        timed("write NIfTI", write_image, args.output, labels, affine, sidecar=False, qform_code=qform,
+              sform_code=meta.get("sform_code") or qform or None)
+        timed("QC PNG", save_overlay, qc_path, sample["image"], labels, affine, names=model.spec["labels"],
+              title=task)
+        summary = {
+            "input": str(args.input), "output": str(args.output), "qc": str(qc_path), "task": task,
+            "model": transform.model_name, "weights_sha256": transform.weights_sha256, "device": str(device),
+            "shape": list(labels.shape[1:]), "affine": affine, **report,
+            "timings_s": {name: round(seconds, 4) for name, seconds in timings.items()},
+            "gpuprep_version": __version__, "history": get_history(sample),
+        }
+        atomic_write_bytes(volumes_path, (json.dumps(to_json(summary), indent=2) + "\n").encode())
     for name, entry in report["labels"].items():
         print(f"  {name:<16s} {entry['voxels']:9d} voxels {entry['volume_ml']:10.2f} mL")
     print(f"done: {args.output}, {qc_path}, {volumes_path}")
@@ -131,22 +140,50 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_paths(source: Path, outputs: dict[str, Path]) -> None:
-    """Refuse outputs that would overwrite the input or each other (the input is never modified).
+    """Check the input and every output before any work, so that a bad path never costs a model run.
 
-    Output folders that do not exist yet are created here, before any work is done.
+    Refused: a missing input, an output that is the input or another output, an OUTPUT without
+    an image extension, an output that is a folder, under a file or in an unwritable folder, and
+    a volumes path holding a JSON that gpuprep did not write (e.g. a BIDS sidecar).
+    Nothing is created here (folders are made only when the outputs are written).
     """
     if not source.exists():
         raise FileNotFoundError(f"input image not found: {source}")
+    if source.is_dir():
+        raise ConfigError(f"INPUT {source} is a folder; give an image file")
     seen: dict[Path, str] = {source.resolve(): "INPUT"}
     for name, path in outputs.items():
         resolved = path.resolve()
         if resolved in seen:
             raise ConfigError(f"{name} {path} is the same file as {seen[resolved]}; choose another path")
         seen[resolved] = name
-    for path in outputs.values():
-        if path.parent.exists() and not path.parent.is_dir():
-            raise ConfigError(f"cannot write {path}: {path.parent} is a file, not a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_format(outputs["OUTPUT"])
+    except ConfigError as error:
+        raise ConfigError(f"OUTPUT: {error}") from None
+    for name, path in outputs.items():
+        try:
+            # Outputs are replaced, except a JSON report path holding a JSON gpuprep did not write.
+            check_output_file(path, overwrite=True, sidecar=name == "--volumes", probe=True)
+        except ImageWriteError as error:
+            raise ImageWriteError(f"{name}: {error}") from None
+
+
+@contextlib.contextmanager
+def _all_or_nothing(outputs: Iterable[Path]) -> Iterator[None]:
+    """Create the outputs' missing folders; if the block fails, remove the new files and folders again."""
+    outputs = list(outputs)
+    new_files = [path for path in outputs if not path.exists()]
+    created: list[Path] = []
+    try:
+        for path in outputs:
+            created += make_folders(path.parent)
+        yield
+    except BaseException:
+        for path in new_files:
+            path.unlink(missing_ok=True)
+        remove_empty_folders(sorted(created, key=lambda p: len(p.parts), reverse=True))
+        raise
 
 
 def _volumes(labels: torch.Tensor, affine: torch.Tensor, names: dict[str, str]) -> dict:

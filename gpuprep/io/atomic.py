@@ -2,7 +2,9 @@
 
 Data go to a temporary file in the target's folder, are flushed to disk, and the temporary
 file is then renamed over the target (``os.replace`` is atomic on POSIX and Windows). If
-anything fails, the temporary file is removed and an existing target is left untouched.
+anything fails, the temporary file is removed and an existing target is left untouched; an
+``OSError`` that names no file (a full disk) is raised again as an ``ImageWriteError`` naming the
+target.
 """
 
 from __future__ import annotations
@@ -45,7 +47,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise ImageWriteError(f"cannot write {target}: folder {target.parent} does not exist")
     # Keep the target's suffixes so that libraries choosing the format by name still work.
     suffix = "".join(target.suffixes) if len("".join(target.suffixes)) < 16 else target.suffix
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    except OSError as error:  # it would name the temporary file; name the target instead
+        named = ImageWriteError(f"cannot write {target}: {error.strerror or error}")
+        named.errno = error.errno
+        raise named from error
     os.close(handle)
     tmp = Path(name)
     try:
@@ -55,8 +62,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         # mkstemp makes the file private (0600); give it the mode a plain open() would have.
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, ImageWriteError) and error.filename is None:
+            # e.g. a full disk: say which file could not be written.
+            named = ImageWriteError(f"cannot write {target}: {error.strerror or error}")
+            named.errno = error.errno
+            raise named from error
         raise
 
 

@@ -12,6 +12,7 @@ as float32; pass ``nifti_version=2`` to keep a float64 affine exactly. Spatial u
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ import torch
 
 from ..errors import ConfigError, TransformError
 from . import gzip_fast
-from .atomic import atomic_write_bytes
-from .sidecar import make_sidecar, write_sidecar
+from .atomic import atomic_path, atomic_write_bytes
+from .outputs import check_output_file
+from .sidecar import dumps, make_sidecar, sidecar_path
 
 #: Output extensions and the format each one writes.
 WRITE_FORMATS = {
@@ -70,6 +72,7 @@ def write_image(
     extra_sidecar: dict | None = None,
     source: str | os.PathLike | None = None,
     save_step: dict | None = None,
+    overwrite: bool = True,
 ) -> Path:
     """Write ``data`` ``[C, D, H, W]`` with its voxel-to-world ``affine`` to ``path`` atomically.
 
@@ -104,6 +107,12 @@ def write_image(
     save_step:
         Constructor arguments of the ``SaveImage`` writing the file: the last step of the
         sidecar's rerunnable ``pipeline``.
+    overwrite:
+        Replace an existing image (and gpuprep sidecar); if False, an existing one raises
+        :class:`~gpuprep.errors.OutputExistsError`. A JSON file at the sidecar's path that gpuprep
+        did not write (e.g. a BIDS sidecar) is never replaced, and a folder at ``path`` is refused.
+        Both are checked before anything is written; the image and its sidecar are then written
+        together (both temporary files complete before either is renamed into place).
 
     Returns
     -------
@@ -126,6 +135,11 @@ def write_image(
     scode = _xform_code(DEFAULT_SFORM_CODE if sform_code is None else sform_code, "sform_code")
     if scode == 0:
         raise ConfigError("write_image: sform_code must be 1-5 (the sform holds the exact affine), got 0")
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"write_image: overwrite must be True or False, got {overwrite!r}")
+    check_output_file(path, overwrite=overwrite)
+    if sidecar:
+        check_output_file(sidecar_path(path), overwrite=overwrite, sidecar=True)
     voxels = _as_voxels(data, path)
     matrix = _as_affine(affine, path)
     if fmt == "mgh":
@@ -143,18 +157,21 @@ def write_image(
         }
         record = make_sidecar(path, output=output, history=history, source=source, extra=extra_sidecar,
                               save_step=save_step)
-    if fmt in ("nrrd", "mha"):
-        from .itk import write_itk
+    with contextlib.ExitStack() as sidecar_write:
+        # The sidecar's temporary file is complete before the image is written, and renamed
+        # right after it: a failure at any step leaves neither file half-written.
+        if record is not None:
+            sidecar_write.enter_context(atomic_path(sidecar_path(path))).write_bytes(dumps(record).encode())
+        if fmt in ("nrrd", "mha"):
+            from .itk import write_itk
 
-        write_itk(path, voxels, matrix, compresslevel)
-    else:
-        image = _nibabel_image(voxels, matrix, fmt, nifti_version, qcode, scode)
-        raw = image.to_bytes()
-        if path.name.lower().endswith((".gz", ".mgz")):
-            raw = gzip_fast.compress(raw, compresslevel)
-        atomic_write_bytes(path, raw)
-    if record is not None:
-        write_sidecar(path, record)
+            write_itk(path, voxels, matrix, compresslevel)
+        else:
+            image = _nibabel_image(voxels, matrix, fmt, nifti_version, qcode, scode)
+            raw = image.to_bytes()
+            if path.name.lower().endswith((".gz", ".mgz")):
+                raw = gzip_fast.compress(raw, compresslevel)
+            atomic_write_bytes(path, raw)
     return path
 
 

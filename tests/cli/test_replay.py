@@ -102,7 +102,8 @@ def test_replay_refuses_to_write_over_the_original_outputs(tmp_path, capsys):
     assert main(["replay", sidecar]) == 0  # default: a new folder beside the original one
     _assert_same_file(tmp_path / "out" / "in.nii.gz", tmp_path / "out-replay" / "in.nii.gz")
     assert main(["replay", sidecar]) == 2  # the replay folder is not overwritten either
-    assert "exists and overwrite=False: pass --overwrite" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "in.nii.gz: the file exists" in error and "--overwrite" in error
     assert main(["replay", sidecar, "--output-dir", str(tmp_path / "out"), "--overwrite"]) == 0
     assert file_digest(tmp_path / "out" / "in.nii.gz") == before
 

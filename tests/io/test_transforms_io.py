@@ -212,11 +212,11 @@ def test_batch_samples_with_the_same_name_are_refused(tmp_path):
 
 def test_overwrite_false(files, tmp_path):
     sample = LoadImage("image")({"image": files["image"]})
-    save = SaveImage("image", tmp_path / "o", overwrite=False)
-    save(sample)
+    SaveImage("image", tmp_path / "o", overwrite=False)(sample)
     digest = file_digest(tmp_path / "o" / "sub-01_T1w.nii.gz")
-    with pytest.raises(FileExistsError, match=r"sub-01_T1w\.nii\.gz exists and overwrite=False"):
-        save(sample)
+    # a later run (another SaveImage) may not replace the file
+    with pytest.raises(FileExistsError, match=r"sub-01_T1w\.nii\.gz: the file exists; pass overwrite=True"):
+        SaveImage("image", tmp_path / "o", overwrite=False)(sample)
     assert file_digest(tmp_path / "o" / "sub-01_T1w.nii.gz") == digest
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import zlib
 from collections.abc import Iterator
 
@@ -62,7 +63,7 @@ def use_backend(name: str) -> Iterator[None]:
         backend = previous
 
 
-def decompress(data: bytes, *, source: str = "<bytes>") -> bytes:
+def decompress(data: bytes, *, source: str = "<bytes>", max_size: int | None = None) -> bytes:
     """Decompress gzip ``data`` (one or more members), raising a clear error when it is damaged.
 
     Parameters
@@ -71,26 +72,47 @@ def decompress(data: bytes, *, source: str = "<bytes>") -> bytes:
         The whole compressed file.
     source:
         Name used in error messages (the file path).
+    max_size:
+        The most bytes the data may inflate to (all members together); decompression stops
+        just past it, so a gzip bomb costs no more than this. None: no limit.
 
     Raises
     ------
     ImageReadError
-        For a truncated stream, a corrupt deflate stream, a bad checksum or trailing garbage.
+        For a truncated stream, a corrupt deflate stream, a bad checksum, trailing garbage, or
+        more than ``max_size`` inflated bytes.
+
+    Example
+    -------
+    >>> decompress(compress(bytes(10_000)), source="bomb.nii.gz", max_size=100)
+    Traceback (most recent call last):
+    ...
+    gpuprep.errors.ImageReadError: bomb.nii.gz: the gzip data inflates to more than 100 bytes, \
+more than its header declares (a gzip bomb?); refusing it
     """
     module = _isal_zlib if backend == "isal" else zlib
     errors: tuple[type[BaseException], ...] = (zlib.error, ValueError)
     if _isal_zlib is not None:
         errors = (*errors, _isal_zlib.error)
     parts = []
+    inflated = 0
     rest = data
     while True:
         inflater = module.decompressobj(_GZIP_WBITS)
         try:
-            parts.append(inflater.decompress(rest))
+            # max_length one past the budget: getting that byte proves the stream is too long
+            limit = 0 if max_size is None else max_size - inflated + 1  # 0: no limit
+            parts.append(inflater.decompress(rest, limit))
         except errors as error:
             raise ImageReadError(
                 f"{source}: corrupt gzip data ({error}); the file is damaged, re-create or re-download it"
             ) from None
+        inflated += len(parts[-1])
+        if max_size is not None and inflated > max_size:
+            raise ImageReadError(
+                f"{source}: the gzip data inflates to more than {max_size} bytes, more than its header "
+                "declares (a gzip bomb?); refusing it"
+            )
         if not inflater.eof:
             raise ImageReadError(
                 f"{source}: truncated gzip data: the compressed stream of {len(data)} bytes ends "
@@ -104,6 +126,27 @@ def decompress(data: bytes, *, source: str = "<bytes>") -> bytes:
                 f"{source}: corrupt gzip data: {len(rest)} bytes of garbage after the compressed stream"
             )
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def decompress_head(data: bytes, size: int, *, source: str = "<bytes>") -> bytes:
+    """The first ``size`` inflated bytes of gzip ``data`` (fewer if it is shorter), inflating no more.
+
+    Reads a file's header before deciding how much of the rest to inflate.
+
+    Example
+    -------
+    >>> decompress_head(compress(b"header" + bytes(10**6)), 6)
+    b'header'
+    """
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            return stream.read(size)
+    except EOFError:
+        raise ImageReadError(f"{source}: truncated gzip data: the stream ends inside the image header") from None
+    except (OSError, zlib.error) as error:
+        raise ImageReadError(
+            f"{source}: corrupt gzip data ({error}); the file is damaged, re-create or re-download it"
+        ) from None
 
 
 def compress(data: bytes, compresslevel: int = 1) -> bytes:

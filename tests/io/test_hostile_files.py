@@ -27,7 +27,7 @@ import pytest
 import gpuprep as gp
 import gpuprep.io as gio
 from gpuprep.errors import ImageReadError
-from gpuprep.io import gzip_fast
+from gpuprep.io import gzip_fast, limits
 from tests.conftest import file_digest
 
 sitk = pytest.importorskip("SimpleITK")
@@ -363,6 +363,31 @@ def test_crafted_files_in_dataset_with_on_error_skip_are_skipped(tmp_path, folde
     assert samples[1:] == [None] * len(crafted)
     assert [entry["file"] for entry in dataset.report] == [str(p) for p in crafted]
     assert all(entry["error"].startswith("ImageReadError") for entry in dataset.report), dataset.report
+
+
+def test_crafted_files_are_dropped_by_the_dataset_file_check(tmp_path, folder):
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.float32), np.eye(4)), good)
+    crafted = [
+        _write(tmp_path / "wrap.nii", _patched(_nifti_bytes(), _NIFTI1_DIM, "<8h", 5, *(16384,) * 5, 1, 1)),
+        _write(tmp_path / "negative.nii", _patched(_nifti_bytes(), _NIFTI1_DIM + 2, "<h", -4)),
+        _write(tmp_path / "big.nii.gz", _patched(_nifti_bytes(), _NIFTI1_DIM, "<4h", 3, 1000, 1000, 1000)),
+        _nrrd_1500_cubed(tmp_path / "big.nrrd"),
+        _mhd(folder / "crafted.mhd", "../outside.raw"),
+    ]
+    with pytest.warns(UserWarning, match="record skipped"):
+        dataset = gp.data.Dataset([{"image": str(p)} for p in [good, *crafted]], on_error="skip")
+    assert dataset.indices == [0]
+    assert [entry["file"] for entry in dataset.report] == [str(p) for p in crafted]
+
+
+def test_max_image_bytes_is_a_setting_the_user_can_raise(tmp_path, monkeypatch):
+    path = _write(tmp_path / "small.nii.gz", _nifti_bytes())  # 4x4x4 int16: 128 bytes of voxels
+    monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", 100)
+    _assert_refused(path, r"128 bytes; gpuprep\.io\.limits\.MAX_IMAGE_BYTES allows 100")
+    monkeypatch.setattr(limits, "MAX_IMAGE_BYTES", 128)
+    data, _ = gio.read_image(path)
+    np.testing.assert_array_equal(data[0].numpy(), np.asanyarray(nib.load(path).dataobj))
 
 
 # -- measured in a fresh process: time and peak memory (RSS) of each refusal -------------------------

@@ -115,7 +115,10 @@ def read_image(
     ImageReadError
         The file is not a readable 3D/4D image: unknown type, truncated or corrupt data,
         zero-sized or 2D shape, complex voxels, a singular or non-finite affine, NaN/Inf
-        voxels under ``nonfinite="error"``.
+        voxels under ``nonfinite="error"``; and, before anything is allocated, a crafted file:
+        negative or overflowing dims, more declared voxels than the data can hold or than
+        :data:`gpuprep.io.limits.MAX_IMAGE_BYTES`, a gzip stream inflating past its declared
+        size, an NRRD/MetaImage data file outside the header's folder.
     MissingDependencyError
         A SimpleITK format without SimpleITK installed.
 

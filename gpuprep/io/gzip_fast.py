@@ -32,6 +32,11 @@ GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_WBITS = 31  # zlib's code for "gzip header and trailer"
 _BACKENDS = ("isal", "zlib")
 
+# A bounded stream (max_size) may have one member per this many inflated bytes, plus a few spare.
+_BYTES_PER_MEMBER = 4096
+_SPARE_MEMBERS = 16
+_FIRST_PIECE = 4096  # bytes of input first given to each member after the first
+
 #: The backend in use: "isal" when ISA-L is installed, else "zlib".
 backend: str = "isal" if _isal_zlib is not None else "zlib"
 
@@ -94,36 +99,54 @@ more than its header declares (a gzip bomb?); refusing it
     errors: tuple[type[BaseException], ...] = (zlib.error, ValueError)
     if _isal_zlib is not None:
         errors = (*errors, _isal_zlib.error)
-    parts = []
-    inflated = 0
-    rest = data
+    max_members = None if max_size is None else _SPARE_MEMBERS + max_size // _BYTES_PER_MEMBER
+    view = memoryview(data)
+    parts: list[bytes] = []
+    inflated = position = members = 0
     while True:
+        members += 1
+        if max_members is not None and members > max_members:
+            raise ImageReadError(
+                f"{source}: the gzip data has more than {max_members} members for at most {max_size} "
+                "inflated bytes (writers use one member, or one per 64 KiB block); refusing it"
+            )
         inflater = module.decompressobj(_GZIP_WBITS)
-        try:
+        # The first member gets all the input in one call (the fast path: files have one member).
+        # Later members get pieces that double in size, because zlib copies the input left after a
+        # member into unused_data: whole, that made many tiny members cost quadratic time.
+        feed = len(data) if members == 1 else _FIRST_PIECE
+        while True:
+            piece = view[position : position + feed]
             # max_length one past the budget: getting that byte proves the stream is too long
             limit = 0 if max_size is None else max_size - inflated + 1  # 0: no limit
-            parts.append(inflater.decompress(rest, limit))
-        except errors as error:
-            raise ImageReadError(
-                f"{source}: corrupt gzip data ({error}); the file is damaged, re-create or re-download it"
-            ) from None
-        inflated += len(parts[-1])
-        if max_size is not None and inflated > max_size:
-            raise ImageReadError(
-                f"{source}: the gzip data inflates to more than {max_size} bytes, more than its header "
-                "declares (a gzip bomb?); refusing it"
-            )
+            try:
+                parts.append(inflater.decompress(piece, limit))
+            except errors as error:
+                raise ImageReadError(
+                    f"{source}: corrupt gzip data ({error}); the file is damaged, re-create or re-download it"
+                ) from None
+            inflated += len(parts[-1])
+            if max_size is not None and inflated > max_size:
+                raise ImageReadError(
+                    f"{source}: the gzip data inflates to more than {max_size} bytes, more than its header "
+                    "declares (a gzip bomb?); refusing it"
+                )
+            position += len(piece) - len(inflater.unused_data)  # below the limit, only unused_data is left
+            if inflater.eof or position >= len(data):
+                break
+            feed *= 2
         if not inflater.eof:
             raise ImageReadError(
                 f"{source}: truncated gzip data: the compressed stream of {len(data)} bytes ends "
                 "before its end marker (incomplete download or copy?)"
             )
-        rest = inflater.unused_data
-        if not rest or not rest.strip(b"\0"):  # gzip tools tolerate trailing zero padding
+        if position >= len(data):
             break
-        if not is_gzip(rest):
+        if not is_gzip(view[position : position + 2]):
+            if not bytes(view[position:]).strip(b"\0"):  # gzip tools tolerate trailing zero padding
+                break
             raise ImageReadError(
-                f"{source}: corrupt gzip data: {len(rest)} bytes of garbage after the compressed stream"
+                f"{source}: corrupt gzip data: {len(data) - position} bytes of garbage after the compressed stream"
             )
     return parts[0] if len(parts) == 1 else b"".join(parts)
 

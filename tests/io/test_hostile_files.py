@@ -298,11 +298,20 @@ def test_honest_compressed_file_reads_like_nibabel(tmp_path, name, klass, dtype)
 
 
 def test_honest_multi_member_nii_gz_reads_like_nibabel(tmp_path):
-    raw = _nifti_bytes(shape=(5, 6, 7))
+    raw = _nifti_bytes(shape=(40, 50, 60))
+    blocks = [raw[start : start + 65280] for start in range(0, len(raw), 65280)]  # bgzip's block size
     path = tmp_path / "members.nii.gz"
-    path.write_bytes(gzip_fast.compress(raw[:200]) + gzip_fast.compress(raw[200:1000]) + gzip_fast.compress(raw[1000:]))
+    path.write_bytes(b"".join(map(gzip_fast.compress, blocks)) + gzip_fast.compress(b""))  # and its EOF member
     data, _ = gio.read_image(path)
     np.testing.assert_array_equal(data[0].numpy(), np.asanyarray(nib.load(path).dataobj))
+
+
+def test_nifti_gz_with_many_empty_gzip_members_is_refused_fast(tmp_path):
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip_fast.compress(_nifti_bytes()) + gzip_fast.compress(b"") * 40_000)
+    start = time.perf_counter()
+    _assert_refused(path, r"more than \d+ members for at most \d+ inflated bytes")
+    assert time.perf_counter() - start < 1.0  # each member copied the rest of the file: 2 s, quadratic
 
 
 # -- header overflow -------------------------------------------------------------------------------

@@ -90,9 +90,10 @@ def check_itk_header(path: str | os.PathLike) -> Header:
         axes_field = "dimension"
     else:
         shape_field, type_field, axes_field = "dimsize", "elementtype", "ndims"
-        itemsize = _field_size(path, header, type_field, _META_TYPE_SIZES) * _integer(
-            path, header, "elementnumberofchannels", default="1"
-        )
+        channels = _integer(path, header, "elementnumberofchannels", default="1")
+        if channels < 1:
+            raise ImageReadError(f"{path}: the header field ElementNumberOfChannels = {channels} is below 1")
+        itemsize = _field_size(path, header, type_field, _META_TYPE_SIZES) * channels
         if header.fields.get("binarydata", "true").lower() == "false":
             encoding = "text"
         elif header.fields.get("compresseddata", "false").lower() == "true":

@@ -249,6 +249,11 @@ def test_nrrd_negative_size_is_refused(tmp_path):
     _assert_refused(path, r"negative axis length in shape \(2, -2, 2\)")
 
 
+def test_metaimage_negative_number_of_channels_is_refused(tmp_path):
+    path = _mhd(tmp_path / "channels.mha", "LOCAL", dims="1000 1000 1000", extra="ElementNumberOfChannels = -1\n")
+    _assert_refused(path, r"ElementNumberOfChannels = -1 is below 1")
+
+
 # -- gzip bombs ------------------------------------------------------------------------------------
 
 

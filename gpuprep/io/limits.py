@@ -90,8 +90,7 @@ def check_declared_bytes(path: str | os.PathLike, declared: int, available: int,
         detached data files.
     encoding:
         ``"raw"`` (uncompressed), ``"text"`` (one or more characters per value), ``"hex"``
-        (two characters per byte), ``"deflate"`` (gzip or zlib) or ``"other"`` (a compression
-        without a known ratio bound: only :data:`MAX_IMAGE_BYTES` applies).
+        (two characters per byte) or ``"deflate"`` (gzip or zlib).
 
     Example
     -------
@@ -110,7 +109,7 @@ but the data holds only 150 bytes (raw encoding)
     elif encoding == "deflate":
         possible = available * MAX_DEFLATE_RATIO
     else:
-        return
+        raise ValueError(f"check_declared_bytes: unknown encoding {encoding!r}")
     if declared > possible:
         raise ImageReadError(
             f"{path}: the header declares {declared} bytes of voxels, but the data holds only "

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import io
 import zlib
 from collections.abc import Iterator
 
@@ -154,22 +153,38 @@ more than its header declares (a gzip bomb?); refusing it
 def decompress_head(data: bytes, size: int, *, source: str = "<bytes>") -> bytes:
     """The first ``size`` inflated bytes of gzip ``data`` (fewer if it is shorter), inflating no more.
 
-    Reads a file's header before deciding how much of the rest to inflate.
+    Reads a file's header before deciding how much of the rest to inflate. At most
+    16 gzip members are looked at (a header split over more is crafted; what was found is
+    returned, and fails to parse).
 
     Example
     -------
     >>> decompress_head(compress(b"header" + bytes(10**6)), 6)
     b'header'
     """
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-            return stream.read(size)
-    except EOFError:
-        raise ImageReadError(f"{source}: truncated gzip data: the stream ends inside the image header") from None
-    except (OSError, zlib.error) as error:
-        raise ImageReadError(
-            f"{source}: corrupt gzip data ({error}); the file is damaged, re-create or re-download it"
-        ) from None
+    view = memoryview(data)
+    head = bytearray()
+    position = 0
+    for _ in range(_SPARE_MEMBERS):
+        inflater = zlib.decompressobj(_GZIP_WBITS)
+        feed = _FIRST_PIECE
+        while not inflater.eof and position < len(data) and len(head) < size:
+            piece = view[position : position + feed]
+            try:
+                head += inflater.decompress(piece, size - len(head))
+            except zlib.error as error:
+                raise ImageReadError(
+                    f"{source}: corrupt gzip data ({error}); the file is damaged, re-create or re-download it"
+                ) from None
+            position += len(piece) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+            feed *= 2
+        if len(head) >= size:
+            break
+        if not inflater.eof:
+            raise ImageReadError(f"{source}: truncated gzip data: the stream ends inside the image header")
+        if not is_gzip(view[position : position + 2]):
+            break
+    return bytes(head)
 
 
 def compress(data: bytes, compresslevel: int = 1) -> bytes:

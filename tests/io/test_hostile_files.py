@@ -323,8 +323,10 @@ def test_nifti_gz_with_many_empty_gzip_members_is_refused_fast(tmp_path):
     path = tmp_path / "members.nii.gz"
     path.write_bytes(gzip_fast.compress(_nifti_bytes()) + gzip_fast.compress(b"") * 40_000)
     start = time.process_time()
-    _assert_refused(path, r"more than \d+ members for at most \d+ inflated bytes")
-    assert time.process_time() - start < 1.0  # each member copied the rest of the file: 2 s, quadratic
+    with pytest.raises(ImageReadError, match=r"members\.nii\.gz: .*more than \d+ members for at most \d+ inflated"):
+        gio.read_image(path)
+    # each member copied the rest of the file (1.9 s, quadratic); then the header read visited them all (0.14 s)
+    assert time.process_time() - start < 0.1
 
 
 # -- header overflow -------------------------------------------------------------------------------

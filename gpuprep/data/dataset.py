@@ -34,7 +34,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from ..errors import ConfigError, GpuprepError, MissingDependencyError, MissingKeyError
+from ..errors import ConfigError, GpuprepError, ImageReadError, MissingDependencyError, MissingKeyError
+from ..io.detached import is_header_format
+from ..io.itk_guard import check_itk_header
+from ..io.limits import check_declared_bytes, checked_shape
 from ..random.seeding import SAMPLE_INDEX_KEY
 from ..sample import collate
 from .records import DatasetError, as_records, check_on_error, is_image_path
@@ -181,9 +184,10 @@ class Dataset(torch.utils.data.Dataset):
 def check_image_file(path: str | os.PathLike) -> str | None:
     """Cheaply check that ``path`` looks like a readable image; return the problem, or None.
 
-    The file must exist and not be empty; a NIfTI or MGH header must parse, and an uncompressed
-    one must be long enough for its voxels. No voxel data is read, so a compressed file with a
-    corrupt body passes (it fails when read).
+    The file must exist and not be empty; a NIfTI or MGH header must parse, declare a sane shape
+    and, uncompressed, be long enough for its voxels; an NRRD or MetaImage header must name data
+    files in its own folder only and declare no more voxels than its data can hold. No voxel
+    data is read, so a compressed file with a corrupt body passes (it fails when read).
 
     Example
     -------
@@ -199,12 +203,21 @@ def check_image_file(path: str | os.PathLike) -> str | None:
     if size == 0:
         return "is empty"
     name = path.name.lower()
+    if is_header_format(name):
+        try:
+            check_itk_header(path)  # data files in the folder, declared size against the bytes present
+        except ImageReadError as error:
+            return f"header refused: {error}"
+        return None
     if not name.endswith((".nii", ".nii.gz", ".mgh", ".mgz")):
         return None
     try:
         image = nib.load(path)
         proxy = image.dataobj
-        needed = int(proxy.offset) + int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
+        _, nbytes = checked_shape(path, proxy.shape, np.dtype(proxy.dtype).itemsize)  # no int64 wrap-around
+        needed = int(proxy.offset) + nbytes
+        if name.endswith((".gz", ".mgz")):
+            check_declared_bytes(path, nbytes, size, "deflate")
     except Exception as error:  # nibabel raises many types for a bad header
         return f"header cannot be read: {type(error).__name__}: {error}"
     if name.endswith((".nii", ".mgh")) and size < needed:

@@ -20,7 +20,9 @@ import numpy as np
 
 from ..errors import ImageReadError, ImageWriteError, MissingDependencyError
 from .atomic import atomic_path
+from .detached import is_header_format
 from .dicom import read_dicom_series
+from .itk_guard import check_itk_header
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -49,10 +51,19 @@ def read_itk(path: Path, *, dicom: bool = False, dicom_check: str = "error") -> 
         A NumPy view ``[C, I, J, K]`` on the image's buffer (vector components and any axes
         after the third become channels), the RAS+ affine, and the SimpleITK image that owns
         the buffer (keep it until the view is copied).
+
+    Raises
+    ------
+    ImageReadError
+        For a file SimpleITK cannot read, and, before SimpleITK sees it, for an NRRD or
+        MetaImage header that names a data file outside its folder or declares more voxels
+        than its data holds (:func:`gpuprep.io.itk_guard.check_itk_header`).
     """
     from .reader import check_shape
 
     sitk = import_sitk(path, "read")
+    if not path.is_dir() and is_header_format(path):
+        check_itk_header(path)  # before SimpleITK opens data files or allocates the declared size
     try:
         image = read_dicom_series(sitk, path, dicom_check) if dicom or path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:

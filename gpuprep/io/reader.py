@@ -18,6 +18,7 @@ of nibabel's ``get_fdata()``.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import warnings
@@ -31,11 +32,13 @@ import torch
 
 from ..errors import ConfigError, ImageReadError
 from ..sample import make_meta
-from . import gzip_fast
+from . import gzip_fast, limits
 from .dicom import check_dicom_check
 
 NONFINITE_POLICIES = ("error", "zero", "keep")
 _NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+_HEADER_SIZES = {"nifti1": 348, "nifti2": 540, "mgh": 284}
+_HEADER_BYTES = max(_HEADER_SIZES.values())
 _MGH_EXTENSIONS = (".mgz", ".mgh")
 _ITK_EXTENSIONS = {".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha", ".mhd": "mhd", ".dcm": "dicom"}
 #: File name endings :func:`read_image` understands (plus DICOM folders and DICOM files without one).
@@ -119,7 +122,10 @@ def read_image(
     ImageReadError
         The file is not a readable 3D/4D image: unknown type, truncated or corrupt data,
         zero-sized or 2D shape, complex voxels, a singular or non-finite affine, NaN/Inf
-        voxels under ``nonfinite="error"``.
+        voxels under ``nonfinite="error"``; and, before anything is allocated, a crafted file:
+        negative or overflowing dims, more declared voxels than the data can hold or than
+        :data:`gpuprep.io.limits.MAX_IMAGE_BYTES`, a gzip stream inflating past its declared
+        size, an NRRD/MetaImage data file outside the header's folder.
     MissingDependencyError
         A SimpleITK format without SimpleITK installed.
 
@@ -291,14 +297,22 @@ def _read_itk(path: Path, fmt: str, dicom_check: str = "error") -> RawVolume:
 
 def _read_nibabel(path: Path, family: str) -> RawVolume:
     with open(path, "rb") as stream:
-        head = stream.read(4)
+        head = stream.read(_HEADER_BYTES)
+    packed = None
     if gzip_fast.is_gzip(head):
-        buffer: Any = gzip_fast.decompress(path.read_bytes(), source=str(path))
+        packed = path.read_bytes()
+        head = gzip_fast.decompress_head(packed, _HEADER_BYTES, source=str(path))
+    klass, fmt = _nibabel_class(head, family, path)
+    # Check the header's dims with Python integers before nibabel or NumPy sees them, and inflate
+    # no more than the header declares: a gzip bomb stops just past that.
+    offset, nbytes = _declared_layout(klass, fmt, head, path)
+    if packed is not None:
+        limits.check_declared_bytes(path, nbytes, len(packed), "deflate")
+        limit = offset + nbytes + limits.MAX_TRAILING_BYTES
+        buffer: Any = gzip_fast.decompress(packed, source=str(path), max_size=limit)
         size = len(buffer)
     else:
         buffer, size = None, path.stat().st_size
-    header_bytes = buffer[:4] if buffer is not None else head
-    klass, fmt = _nibabel_class(header_bytes, family, path)
     try:
         if buffer is not None:
             img = klass.from_bytes(buffer)
@@ -313,7 +327,7 @@ def _read_nibabel(path: Path, family: str) -> RawVolume:
     except Exception as error:
         raise ImageReadError(f"{path}: not a valid {fmt} file: {error}") from None
     check_shape(shape, path)
-    needed = offset + int(np.prod(shape)) * dtype.itemsize
+    needed = offset + math.prod(shape) * dtype.itemsize
     if size < needed:
         raise ImageReadError(
             f"{path}: truncated image data: the header promises {needed - offset} bytes of voxels "
@@ -328,6 +342,32 @@ def _read_nibabel(path: Path, family: str) -> RawVolume:
     if fmt.startswith("nifti"):
         codes = {"qform_code": int(img.header["qform_code"]), "sform_code": int(img.header["sform_code"])}
     return RawVolume(voxels, affine, fmt, slope=slope, inter=inter, **codes)
+
+
+def _declared_layout(klass: type, fmt: str, head: bytes, path: Path) -> tuple[int, int]:
+    """Where the voxels a NIfTI/MGH header declares start and how many bytes they take, dims checked.
+
+    Raises ImageReadError for a header nibabel cannot parse, a NIfTI ``dim[0]`` outside 1-7, and
+    dims that are negative or too large (:func:`gpuprep.io.limits.checked_shape`).
+    """
+    options = {}  # MGH is always big-endian
+    if fmt != "mgh":  # NIfTI's byte order from sizeof_hdr (nibabel guesses it from dim[0], checked here)
+        options["endianness"] = "<" if struct.unpack("<i", head[:4])[0] in _HEADER_SIZES.values() else ">"
+    try:
+        header = klass.header_class(head[: _HEADER_SIZES[fmt]], check=False, **options)
+        itemsize = header.get_data_dtype().itemsize
+        offset = int(header.get_data_offset())
+        dim = [int(n) for n in header["dim" if fmt.startswith("nifti") else "dims"]]
+    except Exception as error:  # nibabel raises many types for a bad header
+        raise ImageReadError(f"{path}: not a valid {fmt} file: {error}") from None
+    if fmt.startswith("nifti"):
+        if not 1 <= dim[0] <= 7:
+            raise ImageReadError(f"{path}: the header's dim[0] (number of axes) is {dim[0]}; NIfTI allows 1 to 7")
+        dim = dim[1 : dim[0] + 1]
+    if offset < 0:
+        raise ImageReadError(f"{path}: the header's voxel offset is negative: {offset}")
+    _, nbytes = limits.checked_shape(path, dim, itemsize)
+    return offset, nbytes
 
 
 def _nibabel_class(head: bytes, family: str, path: Path) -> tuple[type, str]:

@@ -6,11 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .._version import __version__
 from ..errors import ConfigError, short_repr
-from ..io.safe_yaml import load_yaml
+from ..io.safe_yaml import dump_yaml, load_yaml
 from ..io.sidecar import to_json
 from .base import Transform, build_transform
 from .random_base import seed_random_transforms
@@ -139,7 +137,7 @@ class Compose:
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """Return the pipeline as YAML text; also write it to ``path`` when given."""
-        text = yaml.safe_dump(self.get_config(), sort_keys=False)
+        text = dump_yaml(self.get_config())
         if path is not None:
             from ..io.atomic import atomic_write_bytes
 

@@ -18,6 +18,7 @@ import torch
 import gpuprep as gp
 from gpuprep.errors import ConfigError
 from gpuprep.functional.median import median_filter
+from gpuprep.functional.nlmeans import nl_means
 
 #: What refusing may cost: time (s) and traced Python memory (bytes).
 FAST_S = 1.0
@@ -166,3 +167,14 @@ def test_median_with_a_long_thin_window_still_matches_scipy():
     out = median_filter(volume, (0, 1, 12))
     expected = ndi.median_filter(volume[0, 0].numpy(), size=(1, 3, 25), mode="reflect")
     torch.testing.assert_close(out[0, 0], torch.from_numpy(expected), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("argument", "value"), [("patch_distance", 1000), ("patch_size", 10**6 + 1)])
+def test_nonlocal_means_with_a_huge_patch_or_search_radius_fails_fast(argument, value):
+    message = refused(lambda: gp.NonLocalMeans("image", **{argument: value}), f"NonLocalMeans: {argument}")
+    assert str(value) in message
+
+
+def test_nonlocal_means_functional_refuses_a_huge_search_radius_before_padding():
+    with pytest.raises(ValueError, match="patch_distance must be an integer from 0 to 20, got 1000"):
+        nl_means(torch.zeros(1, 1, 4, 4, 4), patch_size=3, patch_distance=1000)

@@ -7,6 +7,7 @@ with SimpleITK's or nibabel's reading of them.
 
 from __future__ import annotations
 
+import locale
 import logging
 import os
 import shutil
@@ -37,6 +38,14 @@ MODES = ["stat", "content"]
 # A file system stamps ctime from a coarse clock (one tick: 1 to 10 ms on Linux); the stat mode
 # tells two writes apart by ctime only when they fall in different ticks.
 CLOCK_TICK_S = 0.05
+
+
+@pytest.fixture(autouse=True)
+def keep_locale():
+    """Writing DICOM with SimpleITK (GDCM) sets the process locale to "C"; later tests decode text with it."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 def loading() -> gp.Compose:

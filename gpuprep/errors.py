@@ -5,6 +5,8 @@ so that a user can fix the input without reading a traceback. The command line p
 errors as one line and exits non-zero.
 """
 
+import reprlib
+
 
 class GpuprepError(Exception):
     """Base class of every error gpuprep raises on purpose."""
@@ -43,3 +45,32 @@ class DatasetError(GpuprepError, ValueError):
 
 class OutputExistsError(ImageWriteError, FileExistsError):
     """An output file exists and may not be replaced (``overwrite=False``, or a JSON gpuprep did not write)."""
+
+
+#: The most characters of a user-given value that an error message shows.
+REPR_LIMIT = 200
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = _REPR.maxdeque = _REPR.maxarray = 8
+_REPR.maxdict = 8
+_REPR.maxstring = _REPR.maxother = REPR_LIMIT
+_REPR.maxlong = 60
+
+
+def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, built without formatting all of ``value``.
+
+    Error messages show values from user input (a pipeline config, a YAML file) this way, so a
+    huge or deeply nested value costs a bounded time and memory: :mod:`reprlib` visits at most
+    a few levels and a few items per level.
+
+    Example
+    -------
+    >>> short_repr(list(range(10**6)))
+    '[0, 1, 2, 3, 4, 5, 6, 7, ...]'
+    >>> len(short_repr("x" * 10**6, limit=50))
+    50
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."

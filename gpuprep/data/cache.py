@@ -5,16 +5,23 @@ deterministic **prefix** (loading, reorientation, resampling, normalisation...) 
 **suffix** (augmentation, from the first random transform on). The prefix output of each record
 is kept
 
-- in memory (``cache="memory"``): computed at construction, as MONAI's ``CacheDataset`` does, so
-  DataLoader workers forked afterwards share it;
+- in memory (``cache="memory"``): computed **once, at construction**, as MONAI's
+  ``CacheDataset`` does, so DataLoader workers forked afterwards share it; a file changed
+  afterwards is not seen (build a new dataset);
 - or on disk (``cache=<folder>``): computed when first needed and stored as one ``torch.save``
   file per record, read back with ``torch.load(weights_only=True)``.
 
-A disk entry's name is a hash of the prefix's configuration, the gpuprep version and, for each
-file of the record, its absolute path, size and modification time (every other record value is
-hashed too), so a changed file or a changed prefix gives a new entry: never a stale one. Entries
-are written to a temporary file and renamed (atomic), so a reader never sees half an entry and
-several workers computing the same entry at once are safe. An entry that cannot be read
+A disk entry's name is a hash of what the prefix output depends on: the gpuprep version, each
+prefix transform's :meth:`~gpuprep.Transform.fingerprint` (its configuration, and for
+``SkullStrip``/``SegmentBrain`` the SHA-256 of the weights in use), every record value, and
+the identity of every file the record names (:mod:`gpuprep.data.cache_key`: a path given as
+``str`` or ``Path``, every file of a DICOM folder, the detached data files of an ``.mhd`` or
+``.nhdr`` header). ``cache_key="stat"`` identifies a file by path, size, mtime, ctime and inode
+(cheap; catches ``cp -p``); ``cache_key="content"`` by the SHA-256 of its bytes (exact). So a
+changed file or a changed prefix gives a new entry, never a stale one. Entries are written to a
+temporary file and renamed (atomic), so a reader never sees half an entry and several workers
+computing the same entry at once are safe; an entry that cannot be written (a full disk) is
+skipped with a warning and the sample is still returned. An entry that cannot be read
 (truncated, corrupt) is recomputed with a warning. Old entries are not removed automatically;
 :meth:`CacheDataset.clear` empties the folder of cache files.
 
@@ -31,6 +38,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -43,15 +51,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .._version import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, short_repr
 from ..io.atomic import atomic_path
 from ..random.seeding import SAMPLE_INDEX_KEY
 from ..transforms.base import Transform
 from ..transforms.compose import Compose
 from ..transforms.random_base import RandomTransform
+from .cache_key import CACHE_KEY_MODES, record_identity
 from .dataset import Dataset
-from .records import is_image_path
 
+_log = logging.getLogger(__name__)
 _ENTRY = re.compile(r"[0-9a-f]{64}\.pt")
 _PARTIAL = re.compile(r"\.[0-9a-f]{64}\.pt\..*\.tmp\.pt")
 
@@ -125,8 +134,15 @@ class CacheDataset(Dataset):
         A :class:`~gpuprep.Compose` (or a list of transforms, wrapped in an unseeded one).
         Everything before the first random transform is cached (see :func:`split_random`).
     cache:
-        ``"memory"`` (computed at construction), or a folder (created if needed) for one file
-        per record, computed when first needed.
+        ``"memory"``: every record's prefix is computed **now, at construction** (files changed
+        later are not seen); or a folder (created if needed) for one file per record, computed
+        when first needed and recomputed whenever a file it depends on changes.
+    cache_key:
+        How the disk cache tells that a file is unchanged: ``"stat"`` (default; path, size,
+        mtime, ctime and inode: one ``stat`` per file, and a rewrite that restores the mtime,
+        as ``cp -p`` does, still changes the ctime) or ``"content"`` (path, size and SHA-256
+        of the bytes, read once per process: any byte change gives a new entry). See
+        :mod:`gpuprep.data.cache_key`.
     on_error, check_files:
         As for :class:`~gpuprep.data.dataset.Dataset`. Records that fail while the memory cache
         is filled are raised or dropped like files failing the check.
@@ -157,6 +173,7 @@ class CacheDataset(Dataset):
         progress: bool = False,
         check_files: bool = True,
         exact: bool = True,
+        cache_key: str = "stat",
     ) -> None:
         name = type(self).__name__
         if isinstance(transform, Transform):
@@ -170,21 +187,23 @@ class CacheDataset(Dataset):
         if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
             raise ConfigError(f"{name}: num_workers must be an integer >= 0, got {num_workers!r}")
         if not isinstance(cache, (str, os.PathLike)) or str(cache) == "":
-            raise ConfigError(f"{name}: cache must be 'memory' or a folder path, got {cache!r}")
+            raise ConfigError(f"{name}: cache must be 'memory' or a folder path, got {short_repr(cache)}")
+        if cache_key not in CACHE_KEY_MODES:
+            raise ConfigError(f"{name}: cache_key must be one of {CACHE_KEY_MODES}, got {short_repr(cache_key)}")
+        self.cache_key = cache_key
         super().__init__(records, transform, on_error=on_error, check_files=check_files)
         self.prefix, self.suffix = split_random(transform, exact=bool(exact))
         self.num_workers, self.progress = num_workers, bool(progress)
-        self.stats = {"hits": 0, "misses": 0, "recomputed": 0}
+        self.stats = {"hits": 0, "misses": 0, "recomputed": 0, "write_failures": 0}
         self.cache_dir: Path | None = None
         self._memory: list[dict] | None = None
         if isinstance(cache, str) and cache == "memory":
+            _log.info("%s: computing the memory cache of %d records now, at construction", name, len(self._records))
             self.precompute()
         else:
             self.cache_dir = Path(cache)
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            config = self.prefix.get_config()
-            config.pop("seed")  # the prefix draws nothing: a new augmentation seed keeps the cache
-            self._config_text = json.dumps(config, sort_keys=True)
+            self._config_text = _prefix_fingerprint(self.prefix, name)
 
     # -- access --------------------------------------------------------------------------------
 
@@ -232,7 +251,8 @@ class CacheDataset(Dataset):
     def cache_info(self) -> dict:
         """Where the cache is, how many entries and bytes it holds, and this process's hits/misses.
 
-        ``recomputed`` counts unreadable disk entries that were computed again.
+        ``recomputed`` counts unreadable disk entries that were computed again, ``write_failures``
+        entries that could not be written (each warned about).
         """
         if self.cache_dir is None:
             sizes = [t.untyped_storage().nbytes() for s in self._memory or [] for t in _tensors(s)]
@@ -295,36 +315,34 @@ class CacheDataset(Dataset):
         if self._key(record) == key:  # a file that changed while it was read is not stored under its old key
             storable = _storable(sample, type(self).__name__)
             try:
-                with atomic_path(path) as tmp:
+                with atomic_path(path) as tmp:  # a failed write leaves no partial entry behind
                     torch.save(storable, tmp)
-            except OSError as error:  # a full disk must not lose the sample itself
-                warnings.warn(f"{type(self).__name__}: cannot write cache entry {path}: {error}", stacklevel=2)
+            except Exception as error:  # a full disk (OSError; RuntimeError from torch.save) must not lose the sample
+                warnings.warn(
+                    f"{type(self).__name__}: cannot write cache entry {path} of record {index} "
+                    f"({type(error).__name__}: {str(error)[:200]}); the sample is used without being cached",
+                    stacklevel=2,
+                )
+                self.stats["write_failures"] += 1
         return sample
 
     def _key(self, record: Mapping) -> str:
-        described = {}
-        for name, value in record.items():
-            if is_image_path(value):
-                described[name] = _file_identity(Path(value))
-            else:
-                described[name] = value
-        text = json.dumps({"prefix": self._config_text, "version": __version__, "record": described},
-                          sort_keys=True, default=repr)
+        described = record_identity(record, self.cache_key)
+        text = json.dumps({"prefix": self._config_text, "version": __version__, "cache_key": self.cache_key,
+                           "record": described}, sort_keys=True, default=repr)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _file_identity(path: Path) -> list:
-    """Absolute path, size and mtime (ns) of a file; of every file inside a folder (a DICOM series).
-
-    A ``.dcm`` file reads its whole series from its folder, so its identity covers the folder's files.
-    """
-    absolute = os.path.abspath(path)
-    if path.is_dir() or (path.name.lower().endswith(".dcm") and path.is_file()):
-        folder = path if path.is_dir() else path.parent
-        stats = [(p.name, p.stat()) for p in sorted(folder.iterdir()) if path.is_dir() or p.is_file()]
-        return [absolute, [[name, s.st_size, s.st_mtime_ns] for name, s in stats]]
-    stat = path.stat()  # FileNotFoundError for a missing file: reported as bad data by Dataset
-    return [absolute, stat.st_size, stat.st_mtime_ns]
+def _prefix_fingerprint(prefix: PipelinePart, owner: str) -> str:
+    """JSON text of what the prefix output depends on: its transforms' fingerprints (not the seed: it draws nothing)."""
+    for transform in prefix.transforms:
+        if not isinstance(transform, Transform):
+            raise ConfigError(
+                f"{owner}: {type(transform).__name__} is not a gpuprep Transform, so the disk cache cannot tell when "
+                "its output changes; use cache='memory' or make it a Transform"
+            )
+    fingerprints = [t.fingerprint() for t in prefix.transforms]
+    return json.dumps({"fuse": prefix.fuse, "transforms": fingerprints}, sort_keys=True, default=repr)
 
 
 def _copy_structure(value: Any) -> Any:

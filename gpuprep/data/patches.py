@@ -34,13 +34,14 @@ augmented with its own parameters.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import ConfigError, MissingKeyError, TransformError
+from ..errors import ConfigError, MissingKeyError, TransformError, short_repr
 from ..functional.grid import translation_map
 from ..random.seeding import PATCH_INDEX_KEY
 from ..sample import HISTORY_KEY, meta_key, select
@@ -51,6 +52,10 @@ from .grid_patches import extract_patches
 __all__ = ["PATCH_INDEX_KEY", "SAMPLERS", "RandPatches", "collate_patches"]
 
 SAMPLERS = ("uniform", "label", "weighted")
+#: The most patches per sample (each one carries its own record, affine and history).
+MAX_PATCHES = 10_000
+#: The most voxels of all the patches of one sample together (1 GiB of float32 per channel).
+MAX_PATCH_VOXELS = 2**28
 
 
 class RandPatches(RandomTransform):
@@ -64,7 +69,9 @@ class RandPatches(RandomTransform):
         Patch shape ``(d, h, w)``, or one int for a cube. An axis of the volume shorter than the
         patch is zero-padded (``diff // 2`` voxels before, the rest after) and recorded.
     num_patches:
-        Patches per sample; the output holds ``B * num_patches`` of them, sample-major.
+        Patches per sample; the output holds ``B * num_patches`` of them, sample-major. At most
+        :data:`MAX_PATCHES` (10,000), and ``num_patches`` times the voxels of a patch at most
+        :data:`MAX_PATCH_VOXELS` (2^28), checked here before anything is allocated.
     sampler:
         ``"uniform"``: corners uniform over all positions where the patch fits (MONAI's
         ``RandSpatialCropSamples``). ``"label"``: the patch centre is a voxel of ``label_key``
@@ -124,9 +131,16 @@ class RandPatches(RandomTransform):
         super().__init__(keys, p=1.0, seed=seed, allow_missing_keys=allow_missing_keys)
         sizes = (size,) * 3 if isinstance(size, int) else tuple(size) if isinstance(size, Sequence) else ()
         if len(sizes) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-            raise ConfigError(f"RandPatches: size must be a positive int or three of them, got {size!r}")
-        if not isinstance(num_patches, int) or isinstance(num_patches, bool) or num_patches < 1:
-            raise ConfigError(f"RandPatches: num_patches must be an integer >= 1, got {num_patches!r}")
+            raise ConfigError(f"RandPatches: size must be a positive int or three of them, got {short_repr(size)}")
+        if not isinstance(num_patches, int) or isinstance(num_patches, bool) or not 1 <= num_patches <= MAX_PATCHES:
+            raise ConfigError(
+                f"RandPatches: num_patches must be an integer from 1 to {MAX_PATCHES}, got {short_repr(num_patches)}"
+            )
+        if num_patches * math.prod(sizes) > MAX_PATCH_VOXELS:  # refused before anything is allocated
+            raise ConfigError(
+                f"RandPatches: num_patches x patch voxels must be at most {MAX_PATCH_VOXELS} per sample "
+                f"(1 GiB of float32 per channel), got {num_patches} x {math.prod(sizes)} for size {sizes}"
+            )
         if sampler not in SAMPLERS:
             raise ConfigError(f"RandPatches: sampler must be one of {SAMPLERS}, got {sampler!r}")
         _check_sampler_keys(sampler, label_key, weight_key, pos_neg_ratio, class_ratios)

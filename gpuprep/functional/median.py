@@ -25,6 +25,31 @@ import torch
 
 from .filters import _three_ints, pad_volume
 
+#: The most values a median window may hold: 11 x 11 x 11 (radius 5). The comparator network
+#: grows faster than the window (25,000 operations and 1,200 buffers of a plane for 11^3, built
+#: in about a second); a radius of 50 would build it for minutes in many gigabytes first.
+MAX_WINDOW = 11**3
+
+
+def check_window(radii: tuple[int, int, int], name: str = "radius") -> None:
+    """Refuse radii whose ``(2r+1)`` box holds more than :data:`MAX_WINDOW` values (before any work).
+
+    Example
+    -------
+    >>> check_window((5, 5, 5))
+    >>> check_window((6, 5, 5))
+    Traceback (most recent call last):
+    ...
+    ValueError: radius (6, 5, 5) gives a median window of 13 x 11 x 11 = 1573 values; at most 1331 (11 x 11 x 11)
+    """
+    sides = [2 * r + 1 for r in radii]
+    values = sides[0] * sides[1] * sides[2]
+    if values > MAX_WINDOW:
+        raise ValueError(
+            f"{name} {tuple(radii)} gives a median window of {' x '.join(map(str, sides))} = {values} values; "
+            f"at most {MAX_WINDOW} (11 x 11 x 11)"
+        )
+
 
 def median_filter(
     x: torch.Tensor,
@@ -41,7 +66,8 @@ def median_filter(
         Volume ``[B, C, D, H, W]`` of any real dtype (labels included: the result is always one of
         the input values).
     radius:
-        Half-width in voxels: one integer or one per spatial axis ``(rD, rH, rW)``.
+        Half-width in voxels: one integer or one per spatial axis ``(rD, rH, rW)``; the window
+        may hold at most :data:`MAX_WINDOW` values (radius 5 on every axis).
     mode, cval:
         Boundary handling, see :func:`pad_volume`; scipy's default is ``'reflect'``.
     chunk_bytes:
@@ -61,6 +87,7 @@ def median_filter(
     0.0
     """
     radii = _three_ints(radius, "radius", minimum=0)
+    check_window(radii)
     if x.ndim != 5:
         raise ValueError(f"median_filter: x must be [B, C, D, H, W], got shape {tuple(x.shape)}")
     if all(r == 0 for r in radii):

@@ -41,6 +41,7 @@ J. Froment, "Parameter-free fast pixelwise non-local means denoising", IPOL 4, 2
 from __future__ import annotations
 
 import itertools
+import numbers
 from typing import Any
 
 import torch
@@ -48,6 +49,32 @@ import torch
 from .filters import pad_volume
 
 __all__ = ["nl_means", "nl_means_pixelwise"]
+
+#: The largest patch side and search radius accepted. The volume is padded by ``2d + s/2`` voxels
+#: per side and every voxel visits ``(2d+1)^3`` shifts (68,921 at the limit: hours for a brain),
+#: so larger values only allocate and compute without end.
+MAX_PATCH_SIZE = 21
+MAX_PATCH_DISTANCE = 20
+
+
+def check_patch(patch_size: int, patch_distance: int, owner: str = "nl_means") -> None:
+    """Refuse a patch side that is even or outside 1..21, or a search radius outside 0..20.
+
+    Example
+    -------
+    >>> check_patch(3, 2)
+    >>> check_patch(3, 100)
+    Traceback (most recent call last):
+    ...
+    ValueError: nl_means: patch_distance must be an integer from 0 to 20, got 100
+    """
+    if not (isinstance(patch_size, numbers.Integral) and 1 <= patch_size <= MAX_PATCH_SIZE and patch_size % 2 == 1):
+        raise ValueError(f"{owner}: patch_size must be an odd integer from 1 to {MAX_PATCH_SIZE}, got {patch_size}")
+    if not (isinstance(patch_distance, numbers.Integral) and 0 <= patch_distance <= MAX_PATCH_DISTANCE):
+        raise ValueError(
+            f"{owner}: patch_distance must be an integer from 0 to {MAX_PATCH_DISTANCE}, got {patch_distance}"
+        )
+
 
 #: skimage's DISTANCE_CUTOFF: weights whose exponent exceeds it are zero.
 _DISTANCE_CUTOFF = 5.0
@@ -74,9 +101,10 @@ def nl_means(
         own (skimage's ``channel_axis=None`` on each). Computation is in the input's precision
         (float32 for half).
     patch_size:
-        Odd patch side ``s`` in voxels.
+        Odd patch side ``s`` in voxels, at most :data:`MAX_PATCH_SIZE` (21).
     patch_distance:
-        Search radius ``d`` in voxels (the search cube has side ``2d + 1``).
+        Search radius ``d`` in voxels (the search cube has side ``2d + 1``), at most
+        :data:`MAX_PATCH_DISTANCE` (20).
     h:
         Cut-off in intensity units: a number or a tensor ``[B]`` / ``[B, C]`` (on any device), e.g.
         0.8 times an estimated noise sigma per volume.
@@ -105,10 +133,7 @@ def nl_means(
     """
     if x.ndim != 5 or not x.is_floating_point():
         raise ValueError(f"nl_means: x must be a floating-point [B, C, D, H, W], got {x.dtype} {tuple(x.shape)}")
-    if patch_size < 1 or patch_size % 2 == 0:
-        raise ValueError(f"nl_means: patch_size must be an odd integer >= 1, got {patch_size}")
-    if patch_distance < 0:
-        raise ValueError(f"nl_means: patch_distance must be >= 0, got {patch_distance}")
+    check_patch(patch_size, patch_distance)
     batch, channels, *shape = x.shape
     work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     volumes = x.reshape(batch * channels, *shape).to(work)
@@ -196,8 +221,7 @@ def nl_means_pixelwise(
     """
     if x.ndim != 5 or not x.is_floating_point():
         raise ValueError(f"nl_means: x must be a floating-point [B, C, D, H, W], got {x.dtype} {tuple(x.shape)}")
-    if patch_size < 1 or patch_size % 2 == 0:
-        raise ValueError(f"nl_means: patch_size must be an odd integer >= 1, got {patch_size}")
+    check_patch(patch_size, patch_distance)
     batch, channels, *shape = x.shape
     work = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     volumes = x.reshape(batch * channels, *shape).to(work)

@@ -106,6 +106,14 @@ class _SegmentationTransform(Transform, abstract=True):
             config["model"] = os.fspath(config["model"])
         return config
 
+    def fingerprint(self) -> dict:
+        """The configuration and the SHA-256 of the weights in use (read at construction).
+
+        The weights, not the checkpoint's path, decide the output: a checkpoint overwritten
+        since (or a module passed in, named only by its class) gets a new cache key.
+        """
+        return {**super().fingerprint(), "weights_sha256": self.weights_sha256}
+
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
         params = {"task": self.spec["task"], "model": self.model_name, "weights_sha256": self.weights_sha256,
                   "labels": dict(self.spec["labels"]), "spacing_mm": self.spec["spacing_mm"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, short_repr
 
 
 def symmetric_range(value, name: str, owner: str, axes: int = 3, center: float = 0.0) -> list[tuple[float, float]]:
@@ -24,14 +24,14 @@ def symmetric_range(value, name: str, owner: str, axes: int = 3, center: float =
     for item in items:
         if _is_number(item):
             if item < 0:
-                raise ConfigError(f"{owner}: {name} must be >= 0 (a half-width), got {value!r}")
+                raise ConfigError(f"{owner}: {name} must be >= 0 (a half-width), got {short_repr(value)}")
             ranges.append((center - float(item), center + float(item)))
         elif _is_sequence(item) and len(item) == 2 and all(_is_number(v) for v in item) and item[0] <= item[1]:
             ranges.append((float(item[0]), float(item[1])))
         else:
             raise ConfigError(
                 f"{owner}: {name} must be a number d (range {center}±d), a pair (low, high) with low <= high, "
-                f"or one of those per axis; got {value!r}"
+                f"or one of those per axis; got {short_repr(value)}"
             )
     return ranges
 
@@ -40,9 +40,11 @@ def uniform_range(value, name: str, owner: str, minimum: float | None = None) ->
     """One ``(low, high)`` range from a number ``x`` (meaning ``(0, x)``) or a pair, checked against ``minimum``."""
     pair = (0.0, value) if _is_number(value) else value
     if not (_is_sequence(pair) and len(pair) == 2 and all(_is_number(v) for v in pair) and pair[0] <= pair[1]):
-        raise ConfigError(f"{owner}: {name} must be a number or a pair (low, high) with low <= high, got {value!r}")
+        raise ConfigError(
+            f"{owner}: {name} must be a number or a pair (low, high) with low <= high, got {short_repr(value)}"
+        )
     if minimum is not None and pair[0] < minimum:
-        raise ConfigError(f"{owner}: {name} must not go below {minimum}, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must not go below {minimum}, got {short_repr(value)}")
     return float(pair[0]), float(pair[1])
 
 

@@ -27,7 +27,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..errors import ConfigError, MissingKeyError, TransformError
+from ..errors import REPR_LIMIT, ConfigError, MissingKeyError, TransformError, short_repr
 from ..io.sidecar import to_json
 from ..sample import HISTORY_KEY, IMAGE, collate, decollate, dtype_kind, get_kind, is_batch, meta_key
 
@@ -121,6 +121,21 @@ class Transform:
     def get_config(self) -> dict:
         """The constructor arguments, so that ``type(self)(**self.get_config())`` rebuilds it."""
         return dict(self._init_args)
+
+    def fingerprint(self) -> dict:
+        """Everything besides the sample that determines the output: a cache keys its entries on it.
+
+        The JSON form of :meth:`get_config` by default. A transform holding state that its
+        configuration does not pin down (weights read from a file at construction, a module
+        passed in) adds a digest of that state, so a changed file gives a new key.
+
+        Example
+        -------
+        >>> from gpuprep.transforms.spatial.flip import Flip
+        >>> Flip("image", axes=0).fingerprint()["config"]["axes"]
+        0
+        """
+        return {"name": type(self).__name__, "config": to_json(self.get_config())}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -222,13 +237,19 @@ def build_transform(name: str, config: Mapping) -> Transform:
     >>> build_transform("Orientation", {"keys": ["image"], "axcodes": "RAS"})
     Orientation(keys=['image'], axcodes='RAS', allow_missing_keys=False)
     """
-    cls = REGISTRY.get(name)
+    cls = REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
-        raise ConfigError(f"unknown transform {name!r}; known transforms: {sorted(REGISTRY)}")
+        raise ConfigError(f"unknown transform {short_repr(name)}; known transforms: {sorted(REGISTRY)}")
+    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+        raise ConfigError(
+            f"cannot build {name}: its config must be a mapping of argument names, got {short_repr(config)}"
+        )
     try:
         return cls(**dict(config))
-    except TypeError as error:
-        raise ConfigError(f"cannot build {name} from config {dict(config)}: {error}") from None
+    except TypeError as error:  # a missing or unknown argument
+        raise ConfigError(
+            f"cannot build {name} from config {short_repr(dict(config))}: {str(error)[:REPR_LIMIT]}"
+        ) from None
 
 
 def _recording_init(init):
@@ -263,7 +284,7 @@ def spatial_axes(axes: int | Sequence[int], owner: str) -> tuple[int, ...]:
     """
     values = (axes,) if isinstance(axes, int) else tuple(axes) if isinstance(axes, Sequence) else ()
     if not values or any(isinstance(a, bool) or a not in (0, 1, 2) for a in values):
-        raise ConfigError(f"{owner}: axes must be spatial axes among 0, 1, 2, got {axes!r}")
+        raise ConfigError(f"{owner}: axes must be spatial axes among 0, 1, 2, got {short_repr(axes)}")
     return values
 
 
@@ -271,7 +292,7 @@ def _validate_keys(keys: str | Sequence[str], owner: str) -> list[str]:
     if isinstance(keys, str):
         keys = [keys]
     if not isinstance(keys, Sequence) or not keys or not all(isinstance(k, str) and k for k in keys):
-        raise ConfigError(f"{owner}: keys must be a non-empty string or list of strings, got {keys!r}")
+        raise ConfigError(f"{owner}: keys must be a non-empty string or list of strings, got {short_repr(keys)}")
     return list(keys)
 
 

@@ -6,10 +6,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .._version import __version__
-from ..errors import ConfigError
+from ..errors import ConfigError, short_repr
+from ..io.safe_yaml import dump_yaml, load_yaml
 from ..io.sidecar import to_json
 from .base import Transform, build_transform
 from .random_base import seed_random_transforms
@@ -64,7 +63,7 @@ class Compose:
                     f"Compose: transforms[{position}] must be a transform, got {type(transform).__name__}"
                 )
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ConfigError(f"Compose: seed must be a non-negative integer or None, got {seed!r}")
+            raise ConfigError(f"Compose: seed must be a non-negative integer or None, got {short_repr(seed)}")
         self.transforms = transforms
         self.seed = seed
         self.fuse = bool(fuse)
@@ -127,14 +126,14 @@ class Compose:
     def from_config(cls, config: Mapping[str, Any]) -> Compose:
         """Rebuild a pipeline from :meth:`get_config` output (e.g. parsed from YAML or a sidecar)."""
         if not isinstance(config, Mapping) or "transforms" not in config:
-            raise ConfigError(f"pipeline config must be a mapping with a 'transforms' list, got {config!r:.200}")
+            raise ConfigError(f"pipeline config must be a mapping with a 'transforms' list, got {short_repr(config)}")
         entries = config["transforms"]
         if not isinstance(entries, list):
             raise ConfigError(f"pipeline 'transforms' must be a list, got {type(entries).__name__}")
         transforms = []
         for position, entry in enumerate(entries):
             if not isinstance(entry, Mapping) or "name" not in entry:
-                raise ConfigError(f"pipeline transforms[{position}] must have a 'name', got {entry!r:.200}")
+                raise ConfigError(f"pipeline transforms[{position}] must have a 'name', got {short_repr(entry)}")
             transforms.append(build_transform(entry["name"], entry.get("config") or {}))
         pipeline = cls(transforms, seed=config.get("seed"), fuse=config.get("fuse", True))
         epoch = config.get("epoch", 0)
@@ -145,7 +144,7 @@ class Compose:
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         """Return the pipeline as YAML text; also write it to ``path`` when given."""
-        text = yaml.safe_dump(self.get_config(), sort_keys=False)
+        text = dump_yaml(self.get_config())
         if path is not None:
             from ..io.atomic import atomic_write_bytes
 
@@ -154,12 +153,12 @@ class Compose:
 
     @classmethod
     def from_yaml(cls, source: str | Path) -> Compose:
-        """Load a pipeline from a YAML file path or from YAML text."""
-        text = str(source)
+        """Load a pipeline from a YAML file path or from YAML text.
+
+        YAML aliases (``*name``) are refused: nested aliases can expand a few hundred bytes
+        into billions of values (see :func:`gpuprep.io.safe_yaml.load_yaml`).
+        """
+        text, what = str(source), "pipeline YAML"
         if isinstance(source, Path) or (len(text) < 4096 and "\n" not in text and Path(text).is_file()):
-            text = Path(source).read_text()
-        try:
-            config = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"pipeline YAML could not be parsed: {error}") from None
-        return cls.from_config(config)
+            text, what = Path(source).read_text(), f"pipeline YAML {source}"
+        return cls.from_config(load_yaml(text, what))

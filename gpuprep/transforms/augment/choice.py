@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 
-from ...errors import ConfigError
+from ...errors import ConfigError, short_repr
 from ...io.sidecar import to_json
 from ...random.seeding import sample_seed
 from ...sample import decollate, merge, select
@@ -57,7 +57,7 @@ class OneOf(RandomTransform):
         ) or sum(weights) <= 0:
             raise ConfigError(
                 f"{type(self).__name__}: weights must be one non-negative number per transform "
-                f"({len(children)}), not all zero; got {weights!r}"
+                f"({len(children)}), not all zero; got {short_repr(weights)}"
             )
         self.transforms = children
         self.weights = [float(w) for w in weights]
@@ -154,5 +154,5 @@ def _as_transform(item, owner: str, position: int) -> Transform:
     if isinstance(item, Mapping) and "name" in item:
         return build_transform(item["name"], item.get("config") or {})
     raise ConfigError(
-        f"{owner}: transforms[{position}] must be a transform or a {{'name', 'config'}} dict, got {item!r}"
+        f"{owner}: transforms[{position}] must be a transform or a {{'name', 'config'}} dict, got {short_repr(item)}"
     )

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ...errors import ConfigError
+from ...errors import ConfigError, short_repr
 from ...functional.augment_intensity import adjust_contrast, bias_field, bias_field_terms, signed_power
 from ...functional.filters import gaussian_filter
 from ...random.ranges import symmetric_range, uniform_range
@@ -55,13 +55,13 @@ class _RandomIntensity(RandomTransform, abstract=True):
 
 def _check_int(owner: str, name: str, value, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {short_repr(value)}")
     return value
 
 
 def _check_bool(owner: str, name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{owner}: {name} must be True or False, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be True or False, got {short_repr(value)}")
     return value
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import ConfigError
+from ...errors import ConfigError, short_repr
 from ...sample import get_meta
 
 
@@ -46,28 +46,28 @@ def check_real(
             rule += f" {'>' if strict else '>='} {minimum:g}"
         if maximum is not None:
             rule += f"{' and' if minimum is not None else ''} <= {maximum:g}"
-        raise ConfigError(f"{owner}: {name} must be {rule}, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be {rule}, got {short_repr(value)}")
     return float(value)
 
 
 def check_int(owner: str, name: str, value: Any, *, minimum: int) -> int:
     """An integer (not a bool) of at least ``minimum``."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {short_repr(value)}")
     return int(value)
 
 
 def check_choice(owner: str, name: str, value: Any, choices: Sequence[Any]) -> Any:
     """One of ``choices``."""
     if value not in choices:
-        raise ConfigError(f"{owner}: {name} must be one of {list(choices)}, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be one of {list(choices)}, got {short_repr(value)}")
     return value
 
 
 def check_bool(owner: str, name: str, value: Any) -> bool:
     """A bool."""
     if not isinstance(value, bool):
-        raise ConfigError(f"{owner}: {name} must be True or False, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be True or False, got {short_repr(value)}")
     return value
 
 
@@ -86,6 +86,6 @@ def check_per_axis(owner: str, name: str, value: Any, *, minimum: float, integer
     )
     if not valid:
         raise ConfigError(
-            f"{owner}: {name} must be one {kind} >= {minimum:g} or three of them (D, H, W), got {value!r}"
+            f"{owner}: {name} must be one {kind} >= {minimum:g} or three of them (D, H, W), got {short_repr(value)}"
         )
     return [int(v) for v in values] if integer else [float(v) for v in values]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ...errors import ConfigError
 from ...functional.filters import BOUNDARY_MODES
-from ...functional.median import median_filter
+from ...functional.median import check_window, median_filter
 from ..base import Transform, float_intensity_keys
 from ._common import check_choice, check_int, check_per_axis
 
@@ -24,6 +25,8 @@ class MedianDenoise(Transform):
         Image keys to filter.
     radius:
         Half-width in voxels: one integer or one per axis ``(D, H, W)``; the box side is ``2r+1``.
+        The box may hold at most 1331 values (11 x 11 x 11, radius 5): a larger one is refused
+        here, before any work (the comparator network grows faster than the box).
     mode:
         Boundary handling: ``"reflect"`` (scipy's default), ``"mirror"``, ``"nearest"``,
         ``"wrap"``, ``"constant"`` (zeros).
@@ -56,6 +59,10 @@ class MedianDenoise(Transform):
         super().__init__(keys, allow_missing_keys)
         name = type(self).__name__
         self.radius = check_per_axis(name, "radius", radius, minimum=0, integer=True)
+        try:
+            check_window(tuple(self.radius))
+        except ValueError as error:
+            raise ConfigError(f"{name}: {error}") from None
         self.mode = check_choice(name, "mode", mode, BOUNDARY_MODES)
         self.chunk_mb = check_int(name, "chunk_mb", chunk_mb, minimum=1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ...errors import ConfigError
-from ...functional.nlmeans import nl_means, nl_means_pixelwise
+from ...functional.nlmeans import check_patch, nl_means, nl_means_pixelwise
 from ...functional.wavelet import estimate_sigma
 from ..base import Transform, float_intensity_keys
 from ._common import check_bool, check_int, check_real
@@ -28,9 +28,9 @@ class NonLocalMeans(Transform):
     keys:
         Image keys to denoise.
     patch_size:
-        Odd patch side in voxels (default 3).
+        Odd patch side in voxels (default 3), at most 21.
     patch_distance:
-        Search radius in voxels; the search cube has ``(2d+1)^3`` voxels (default 2).
+        Search radius in voxels; the search cube has ``(2d+1)^3`` voxels (default 2), at most 20.
     h:
         Cut-off in intensity units (larger: smoother). ``None`` (default) uses, per volume, the
         noise sigma estimated by the wavelet MAD rule of ``skimage.restoration.estimate_sigma``
@@ -76,9 +76,11 @@ class NonLocalMeans(Transform):
         super().__init__(keys, allow_missing_keys)
         name = type(self).__name__
         self.patch_size = check_int(name, "patch_size", patch_size, minimum=1)
-        if self.patch_size % 2 == 0:
-            raise ConfigError(f"{name}: patch_size must be an odd integer >= 1, got {patch_size!r}")
         self.patch_distance = check_int(name, "patch_distance", patch_distance, minimum=0)
+        try:  # sizes that would pad and search without end are refused before any work
+            check_patch(self.patch_size, self.patch_distance, name)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         self.h = None if h is None else check_real(name, "h", h, minimum=0.0, strict=True)
         self.sigma = check_real(name, "sigma", sigma, minimum=0.0)
         self.fast_mode = check_bool(name, "fast_mode", fast_mode)

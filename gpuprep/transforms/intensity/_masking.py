@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ...errors import ConfigError, MissingKeyError, TransformError
+from ...errors import ConfigError, MissingKeyError, TransformError, short_repr
 
 NONZERO = "nonzero"
 
@@ -20,7 +20,7 @@ def check_mask_argument(owner: str, mask: Any, name: str = "mask") -> str | None
         return mask
     raise ConfigError(
         f"{owner}: {name} must be None (whole image), 'nonzero' or the key of a mask in the sample, "
-        f"got {mask!r}"
+        f"got {short_repr(mask)}"
     )
 
 
@@ -30,14 +30,14 @@ def check_number(owner: str, name: str, value: Any, *, allow_none: bool = False)
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
         rule = "a finite number or None" if allow_none else "a finite number"
-        raise ConfigError(f"{owner}: {name} must be {rule}, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be {rule}, got {short_repr(value)}")
     return float(value)
 
 
 def check_pair(owner: str, name: str, value: Any, *, increasing: bool = False) -> tuple[float, float]:
     """Validate a pair of finite numbers (optionally strictly increasing)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
-        raise ConfigError(f"{owner}: {name} must be a pair of numbers (low, high), got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be a pair of numbers (low, high), got {short_repr(value)}")
     low = check_number(owner, f"{name}[0]", value[0])
     high = check_number(owner, f"{name}[1]", value[1])
     if increasing and not low < high:
@@ -47,7 +47,7 @@ def check_pair(owner: str, name: str, value: Any, *, increasing: bool = False) -
 
 def check_bool(owner: str, name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{owner}: {name} must be True or False, got {value!r}")
+        raise ConfigError(f"{owner}: {name} must be True or False, got {short_repr(value)}")
     return value
 
 

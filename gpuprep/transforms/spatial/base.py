@@ -31,7 +31,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ...errors import ConfigError, TransformError
+from ...errors import ConfigError, TransformError, short_repr
 from ...functional.elastic import bspline_field
 from ...functional.grid import is_lattice_map
 from ...functional.resample import MODES, resample, resample_labels
@@ -139,14 +139,14 @@ def current_grids(batch: Mapping, keys: Sequence[str]) -> dict[str, Grid]:
 def validate_mode(mode: str, owner: str) -> str:
     """Check an interpolation mode argument."""
     if mode not in MODES:
-        raise ConfigError(f"{owner}: mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError(f"{owner}: mode must be one of {MODES}, got {short_repr(mode)}")
     return mode
 
 
 def validate_padding_mode(padding_mode: str, owner: str) -> str:
     """Check a padding mode argument: ``"zeros"`` or ``"border"``."""
     if padding_mode not in ("zeros", "border"):
-        raise ConfigError(f"{owner}: padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+        raise ConfigError(f"{owner}: padding_mode must be 'zeros' or 'border', got {short_repr(padding_mode)}")
     return padding_mode
 
 

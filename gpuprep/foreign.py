@@ -50,7 +50,8 @@ def adopt_foreign(data: Mapping, keys: Sequence[str], owner: str = "gpuprep") ->
         A sample or batch, e.g. the output of MONAI's ``LoadImaged`` (with or without
         ``EnsureChannelFirstd``: a volume without a channel axis gets one).
     keys:
-        The keys to look at; missing keys are skipped.
+        The keys to adopt (a transform's keys); missing keys are skipped. Every other MetaTensor
+        value of ``data`` that looks like a volume (3 to 5 dimensions) is adopted too.
     owner:
         Who asks (a transform's name), for error messages.
 
@@ -63,6 +64,8 @@ def adopt_foreign(data: Mapping, keys: Sequence[str], owner: str = "gpuprep") ->
     ('Tensor', 2.0)
     """
     foreign = [k for k in keys if k in data and is_metatensor(data[k])]
+    # The sample's other MetaTensor volumes too (a mask a transform reads by name, a key the next step saves).
+    foreign += [k for k, v in data.items() if k not in foreign and is_metatensor(v) and v.ndim in (3, 4, 5)]
     if not foreign:
         return data
     out = dict(data)

@@ -173,3 +173,18 @@ def test_plain_tensor_without_metadata_gives_a_clear_error():
         gp.Compose([gp.Flip("image", 0), gp.Resample("image", 2.0)])({"image": torch.zeros(1, 4, 4, 4)})
     with pytest.raises(MissingKeyError, match=r"key 'image'.*gp\.make_sample"):
         gp.to_monai({"image": torch.zeros(1, 4, 4, 4)}, keys="image")
+
+
+def test_transform_reading_another_metatensor_key_adopts_it_too(tmp_path):
+    path = write_volume(tmp_path / "las.nii.gz", las_affine(), shape=(9, 8, 7))
+    image = nib.load(path)
+    mask = np.zeros(image.shape, dtype=np.uint8)
+    mask[2:6, 3:7, 1:4] = 1
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask, image.affine), mask_path)
+    loaded = monai_transforms.LoadImaged(["image", "mask"], ensure_channel_first=True)(
+        {"image": str(path), "mask": str(mask_path)})
+    out = gp.CropForeground("image", source_key="mask")(loaded)  # "mask" is read, not transformed
+    assert type(out["mask"]) is torch.Tensor and out["image"].shape == (1, 4, 4, 3)
+    assert_same_world_values_exact(out["image"], gp.get_affine(out, "image"), path)
+    np.testing.assert_allclose(gp.get_affine(out, "mask"), image.affine, atol=1e-6)

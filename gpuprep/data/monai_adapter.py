@@ -74,10 +74,11 @@ def to_monai(sample: Mapping, keys: str | Sequence[str] | None = None) -> dict:
                 "spatial_shape": _original_shape(meta, tensor).numpy().copy(),
                 "space": "RAS",
                 "original_channel_dim": 0,
-                "filename_or_obj": meta.get("filename") or "",
                 MONAI_KIND_FIELD: get_kind(sample, key),
             },
         )
+        if meta.get("filename"):  # without one, MONAI's SaveImage names outputs by a counter
+            out[key].meta["filename_or_obj"] = meta["filename"]
     return out
 
 
@@ -105,6 +106,12 @@ def from_monai(data: Mapping, labels: str | Sequence[str] | None = None) -> dict
     if not isinstance(data, Mapping):
         raise TransformError(f"from_monai expects a dict of MetaTensors, got {type(data).__name__}")
     keys = [k for k, v in data.items() if is_metatensor(v)]
+    if not keys:
+        raise TransformError(
+            f"from_monai: the dict has no MetaTensor values (keys {sorted(map(str, data))[:20]}); MONAI gives "
+            "plain tensors when meta tracking is off (monai.data.set_track_meta(False)): turn it on, or wrap the "
+            "tensors with gp.make_sample(..., affine=...)"
+        )
     if labels is not None:
         labels = [labels] if isinstance(labels, str) else list(labels)
         unknown = sorted(set(labels) - set(keys))

@@ -173,6 +173,8 @@ def test_plain_tensor_without_metadata_gives_a_clear_error():
         gp.Compose([gp.Flip("image", 0), gp.Resample("image", 2.0)])({"image": torch.zeros(1, 4, 4, 4)})
     with pytest.raises(MissingKeyError, match=r"key 'image'.*gp\.make_sample"):
         gp.to_monai({"image": torch.zeros(1, 4, 4, 4)}, keys="image")
+    with pytest.raises(TransformError, match=r"from_monai: the dict has no MetaTensor values.*set_track_meta"):
+        gp.from_monai({"image": torch.zeros(1, 4, 4, 4)})
 
 
 def test_transform_reading_another_metatensor_key_adopts_it_too(tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .errors import TransformError
-from .sample import HISTORY_KEY, check_kind, is_metatensor, make_meta, meta_key
+from .sample import HISTORY_KEY, check_kind, image_keys, make_meta, meta_key
 
 #: The largest distance (mm) between two affines' world positions of a grid corner that still agree.
 AFFINE_TOLERANCE_MM = 1e-4
@@ -36,6 +36,31 @@ MONAI_KIND_FIELD = "gpuprep_kind"
 #: MONAI's default postfix of the separate metadata dict of ``LoadImaged(image_only=False)``.
 MONAI_META_DICT_POSTFIX = "_meta_dict"
 _LPS_TO_RAS = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+
+
+def missing_meta_message(sample: Mapping, key: str) -> str:
+    """Explain that ``sample[key]`` has no metadata (no affine) and how to give it some."""
+    if key in sample and isinstance(sample[key], torch.Tensor):
+        return (
+            f"key {key!r} holds a tensor without gpuprep metadata (no {meta_key(key)!r} entry with its affine); "
+            f"wrap it with gp.make_sample({{{key!r}: tensor}}, affine=...), pass a MONAI MetaTensor "
+            f"(e.g. LoadImaged output), or convert a MONAI dict with gp.from_monai(d) or a TorchIO Subject "
+            f"with gp.from_torchio(subject); image keys with metadata: {image_keys(sample)}"
+        )
+    return f"sample has no metadata for key {key!r}; image keys present: {image_keys(sample)}"
+
+
+def is_metatensor(value: Any) -> bool:
+    """Tell whether ``value`` is a tensor that carries its own affine (a MONAI ``MetaTensor``).
+
+    Recognised by duck typing, so MONAI is not imported.
+
+    Example
+    -------
+    >>> is_metatensor(torch.zeros(1, 2, 2, 2))
+    False
+    """
+    return isinstance(value, torch.Tensor) and all(hasattr(value, n) for n in ("affine", "meta", "as_tensor"))
 
 
 def adopt_foreign(data: Mapping, keys: Sequence[str], owner: str = "gpuprep") -> Mapping:

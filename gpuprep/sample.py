@@ -160,12 +160,12 @@ def make_sample(
         if unknown:
             raise TransformError(f"make_sample: labels {unknown} are not among the image keys {sorted(images)}")
     sample: dict = {}
+    from .foreign import check_affines_agree, is_metatensor, metatensor_to_meta
+
     for key, tensor in images.items():
         foreign = None
         key_affine = affine.get(key) if isinstance(affine, Mapping) else affine
         if is_metatensor(tensor):
-            from .foreign import check_affines_agree, metatensor_to_meta
-
             tensor, foreign = metatensor_to_meta(tensor, key, "make_sample")
             if key_affine is not None:
                 check_affines_agree(foreign["affine"], _as_affine(key_affine), tensor.shape[1:], key, "make_sample")
@@ -199,32 +199,9 @@ def get_meta(sample: Mapping, key: str) -> dict:
     try:
         return sample[meta_key(key)]
     except KeyError:
+        from .foreign import missing_meta_message
+
         raise MissingKeyError(missing_meta_message(sample, key)) from None
-
-
-def missing_meta_message(sample: Mapping, key: str) -> str:
-    """Explain that ``sample[key]`` has no metadata (no affine) and how to give it some."""
-    if key in sample and isinstance(sample[key], torch.Tensor):
-        return (
-            f"key {key!r} holds a tensor without gpuprep metadata (no {meta_key(key)!r} entry with its affine); "
-            f"wrap it with gp.make_sample({{{key!r}: tensor}}, affine=...), pass a MONAI MetaTensor "
-            f"(e.g. LoadImaged output), or convert a MONAI dict with gp.from_monai(d) or a TorchIO Subject "
-            f"with gp.from_torchio(subject); image keys with metadata: {image_keys(sample)}"
-        )
-    return f"sample has no metadata for key {key!r}; image keys present: {image_keys(sample)}"
-
-
-def is_metatensor(value: Any) -> bool:
-    """Tell whether ``value`` is a tensor that carries its own affine (a MONAI ``MetaTensor``).
-
-    Recognised by duck typing, so MONAI is not imported.
-
-    Example
-    -------
-    >>> is_metatensor(torch.zeros(1, 2, 2, 2))
-    False
-    """
-    return isinstance(value, torch.Tensor) and all(hasattr(value, n) for n in ("affine", "meta", "as_tensor"))
 
 
 def copy_meta(meta: Any, kind: str | None = None) -> Any:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import MissingDependencyError, TransformError
-from ..foreign import MONAI_KIND_FIELD, MONAI_META_DICT_POSTFIX, adopt_foreign
+from ..foreign import MONAI_KIND_FIELD, MONAI_META_DICT_POSTFIX, adopt_foreign, is_metatensor
 from ..sample import (
     HISTORY_KEY,
     META_SUFFIX,
@@ -28,7 +28,6 @@ from ..sample import (
     get_meta,
     image_keys,
     is_batch,
-    is_metatensor,
     meta_key,
     set_kind,
 )

@@ -66,7 +66,7 @@ def is_metatensor(value: Any) -> bool:
 def adopt_foreign(data: Mapping, keys: Sequence[str], owner: str = "gpuprep") -> Mapping:
     """Return ``data`` with the MetaTensors among ``keys`` turned into plain tensors with gpuprep metadata.
 
-    ``data`` itself is returned when none of ``keys`` holds a MetaTensor; otherwise a new dict
+    ``data`` itself is returned when it holds no MetaTensor; otherwise a new dict
     (the input is never changed). See the module docstring for what is adopted and refused.
 
     Parameters
@@ -120,14 +120,14 @@ def metatensor_to_meta(value: Any, key: str, owner: str = "gpuprep") -> tuple[to
     if tensor.ndim == (4 if batched else 3):  # LoadImaged without EnsureChannelFirstd: no channel axis
         tensor = tensor.unsqueeze(1 if batched else 0)
     expected = "[B, C, D, H, W]" if batched else "[C, D, H, W]"
-    if tensor.ndim != len(expected.split(",")):
+    spatial = source.get("spatial_shape")
+    if tensor.ndim != len(expected.split(",")) or _channel_last(tensor, spatial, batched):
         raise TransformError(f"{owner}: key {key!r} holds a MetaTensor of shape {tuple(value.shape)}; "
                              f"gpuprep needs {expected} (use MONAI's EnsureChannelFirstd for channel-last data)")
     to_ras = _lps_to_ras_matrix(source.get("space"), key, owner)
     affine = to_ras @ torch.as_tensor(value.affine, dtype=torch.float64).detach().cpu()
     original = source.get("original_affine")
     original = affine if original is None else to_ras @ torch.as_tensor(np.asarray(original), dtype=torch.float64)
-    spatial = source.get("spatial_shape")
     shape = torch.as_tensor(np.asarray(spatial if spatial is not None else tensor.shape[-3:]), dtype=torch.int64)
     filename = source.get("filename_or_obj")
     kind = source.get(MONAI_KIND_FIELD)
@@ -168,6 +168,14 @@ def check_affines_agree(ours: Any, theirs: Any, shape: Sequence[int], key: str, 
             f"MONAI transforms and gp.from_monai(d) after them. MetaTensor affine:\n{theirs[0].numpy()}\n"
             f"gpuprep affine:\n{ours[0].numpy()}"
         )
+
+
+def _channel_last(tensor: torch.Tensor, spatial_shape: Any, batched: bool) -> bool:
+    """Tell whether a volume as MONAI's reader left it has its channels last (``[D, H, W, C]``)."""
+    if spatial_shape is None or batched:
+        return False
+    spatial = [int(n) for n in np.asarray(spatial_shape).reshape(-1)]
+    return list(tensor.shape[:3]) == spatial and list(tensor.shape[1:]) != spatial
 
 
 def _lps_to_ras_matrix(space: Any, key: str, owner: str) -> torch.Tensor:

@@ -190,3 +190,13 @@ def test_transform_reading_another_metatensor_key_adopts_it_too(tmp_path):
     assert type(out["mask"]) is torch.Tensor and out["image"].shape == (1, 4, 4, 3)
     assert_same_world_values_exact(out["image"], gp.get_affine(out, "image"), path)
     np.testing.assert_allclose(gp.get_affine(out, "mask"), image.affine, atol=1e-6)
+
+
+def test_loadimaged_channel_last_volume_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "four_d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((5, 6, 7, 2), dtype=np.float32), las_affine()), path)
+    loaded = monai_transforms.LoadImaged("image")({"image": str(path)})  # [5, 6, 7, 2]: channels last
+    with pytest.raises(TransformError, match=r"Orientation: key 'image'.*\(5, 6, 7, 2\).*EnsureChannelFirstd"):
+        gp.Orientation("image", "RAS")(loaded)
+    out = gp.Orientation("image", "RAS")(monai_transforms.EnsureChannelFirstd("image")(loaded))
+    assert out["image"].shape == (2, 5, 6, 7)

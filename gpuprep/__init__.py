@@ -21,12 +21,16 @@ from .data import (
     RandPatches,
     collate_patches,
     collate_skip_none,
+    from_monai,
+    from_torchio,
     pad_collate,
     predict_sample,
     records_from_bids,
     records_from_csv,
     records_from_folder,
     sliding_window_inference,
+    to_monai,
+    to_torchio,
     unpad,
 )
 from .functional.orientation import axcodes_of
@@ -86,4 +90,8 @@ __all__ = [
     "sliding_window_inference",
     "unpad",
     "write_image",
+    "from_monai",
+    "to_monai",
+    "from_torchio",
+    "to_torchio",
 ]

@@ -135,9 +135,12 @@ def make_sample(
     Parameters
     ----------
     images:
-        Mapping from key to a channel-first tensor ``[C, D, H, W]``.
+        Mapping from key to a channel-first tensor ``[C, D, H, W]``. A MONAI ``MetaTensor`` is
+        stored as a plain tensor and brings its own affine, file name and original grid (see
+        :func:`gpuprep.foreign.adopt_foreign`).
     affine:
-        One affine for all keys, or a mapping from key to affine; identity if None.
+        One affine for all keys, or a mapping from key to affine; identity if None (a MetaTensor's
+        own affine then). An affine given for a MetaTensor must agree with its own.
     filenames:
         Optional mapping from key to the source path.
     labels:
@@ -157,15 +160,27 @@ def make_sample(
         if unknown:
             raise TransformError(f"make_sample: labels {unknown} are not among the image keys {sorted(images)}")
     sample: dict = {}
+    from .foreign import check_affines_agree, is_metatensor, metatensor_to_meta
+
     for key, tensor in images.items():
+        foreign = None
+        key_affine = affine.get(key) if isinstance(affine, Mapping) else affine
+        if is_metatensor(tensor):
+            tensor, foreign = metatensor_to_meta(tensor, key, "make_sample")
+            if key_affine is not None:
+                check_affines_agree(foreign["affine"], _as_affine(key_affine), tensor.shape[1:], key, "make_sample")
         if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
             shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise TransformError(f"make_sample: images[{key!r}] must be a tensor [C, D, H, W], got {shape}")
-        key_affine = affine.get(key) if isinstance(affine, Mapping) else affine
         filename = (filenames or {}).get(key)
         sample[key] = tensor
         kind = dtype_kind(tensor) if labels is None else LABEL if key in labels else IMAGE
-        sample[meta_key(key)] = make_meta(key_affine, filename=filename, spatial_shape=tensor.shape[1:], kind=kind)
+        if foreign is None:
+            meta = make_meta(key_affine, filename=filename, spatial_shape=tensor.shape[1:], kind=kind)
+        else:
+            kind = foreign.get("kind", kind) if labels is None else kind
+            meta = {**foreign, "filename": filename or foreign["filename"], "kind": kind}
+        sample[meta_key(key)] = meta
     sample[HISTORY_KEY] = []
     return sample
 
@@ -184,9 +199,9 @@ def get_meta(sample: Mapping, key: str) -> dict:
     try:
         return sample[meta_key(key)]
     except KeyError:
-        raise MissingKeyError(
-            f"sample has no metadata for key {key!r}; image keys present: {image_keys(sample)}"
-        ) from None
+        from .foreign import missing_meta_message
+
+        raise MissingKeyError(missing_meta_message(sample, key)) from None
 
 
 def copy_meta(meta: Any, kind: str | None = None) -> Any:

@@ -222,9 +222,13 @@ def _interpolate_then_crop(volume, voxel_map, permutation, out_shape, anti_alias
         if flip_out:
             flipped_out.append(2 + axis)
         shift = _interpolation_shift(offset, step)
+        full = max(1, round(n_in / step))  # positions within half a voxel of the input
+        if full == n_in and abs(step - 1.0) > 1e-9:
+            # PyTorch's kernel copies an axis whose length it keeps, ignoring the scale (torch 2.x).
+            return None
         steps.append(step)
         shifts.append(round(float(shift)))
-        full_shape.append(max(1, round(n_in / step)))  # positions within half a voxel of the input
+        full_shape.append(full)
     if flipped_in:
         volume = torch.flip(volume, flipped_in)
     if anti_aliasing:

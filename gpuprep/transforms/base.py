@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..errors import REPR_LIMIT, ConfigError, MissingKeyError, TransformError, short_repr
+from ..foreign import adopt_foreign
 from ..io.sidecar import to_json
 from ..sample import HISTORY_KEY, IMAGE, collate, decollate, dtype_kind, get_kind, is_batch, meta_key
 
@@ -155,6 +156,7 @@ class Transform:
         keys = self._present_keys(data)
         if not keys:
             return dict(data), True, keys
+        data = adopt_foreign(data, keys, type(self).__name__)
         single = self.is_single(data, keys)
         batch = collate([data]) if single else dict(data)
         return batch, single, keys

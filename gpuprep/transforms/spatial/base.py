@@ -32,12 +32,13 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, TransformError, short_repr
+from ...foreign import adopt_foreign
 from ...functional.elastic import bspline_field
 from ...functional.grid import is_lattice_map
 from ...functional.resample import MODES, resample, resample_labels
 from ...functional.resample_general import antialias, cached, shared_grids
 from ...functional.warp import invert_displacement, warp
-from ...sample import LABEL, collate, decollate, dtype_kind, get_kind, image_keys, meta_key
+from ...sample import LABEL, collate, decollate, dtype_kind, get_kind, get_meta, image_keys
 from ..base import Transform, replace_meta
 
 Grid = tuple[tuple[int, ...], np.ndarray]  # (spatial shape, affines [B, 4, 4])
@@ -87,7 +88,7 @@ class SpatialTransform(Transform, abstract=True):
         return params
 
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
-        return self.plan(current_grids(batch, image_keys(batch)), batch, keys)
+        return self.plan(current_grids(batch, [*keys, *image_keys(batch)]), batch, keys)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         with shared_grids():
@@ -132,8 +133,11 @@ def inverse_step(step: Mapping) -> dict:
 
 
 def current_grids(batch: Mapping, keys: Sequence[str]) -> dict[str, Grid]:
-    """The grid ``(shape, affines [B, 4, 4])`` of each key of a batch."""
-    return {k: (tuple(int(s) for s in batch[k].shape[-3:]), batch[meta_key(k)]["affine"].numpy()) for k in keys}
+    """The grid ``(shape, affines [B, 4, 4])`` of each key of a batch.
+
+    A key without metadata raises :class:`~gpuprep.errors.MissingKeyError` saying how to give it some.
+    """
+    return {k: (tuple(int(s) for s in batch[k].shape[-3:]), get_meta(batch, k)["affine"].numpy()) for k in keys}
 
 
 def validate_mode(mode: str, owner: str) -> str:
@@ -263,9 +267,10 @@ def _apply_fused_run(
     all_keys = list(dict.fromkeys(k for keys in keys_present for k in keys))
     if not all_keys:
         return dict(data)
+    data = adopt_foreign(data, all_keys, "apply_fused")
     single = not (data[all_keys[0]].ndim == 5)
     batch = collate([data]) if single else dict(data)
-    grids = current_grids(batch, image_keys(batch))
+    grids = current_grids(batch, [*all_keys, *image_keys(batch)])
     chains: dict[str, list[tuple[SpatialTransform, list[dict]]]] = {k: [] for k in all_keys}
     planned = []
     for position, (transform, keys) in enumerate(zip(transforms, keys_present)):

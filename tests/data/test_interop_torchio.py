@@ -1,0 +1,97 @@
+"""Round trips through TorchIO (Subject, ToCanonical, Resample) mixed with gpuprep steps.
+
+Every chain must leave the voxels at the world positions nibabel gives them in the input file
+(see :mod:`tests.data.world_positions`), on LAS, LPS and oblique files, synthetic and real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import gpuprep as gp
+from gpuprep.errors import TransformError
+from tests.data.world_positions import (
+    assert_same_world_values_exact,
+    assert_same_world_values_interpolated,
+    geometry_files,
+    las_affine,
+    real_files,
+)
+
+tio = pytest.importorskip("torchio")
+
+FILES = ["las", "lps", "oblique", *real_files()]
+
+
+@pytest.fixture(params=FILES)
+def source(request, tmp_path) -> Path:
+    """One input file: synthetic LAS/LPS/oblique written by nibabel, or a real scan."""
+    files = {**geometry_files(tmp_path), **real_files()}
+    return files[request.param]
+
+
+def _subject(path: Path):
+    """A TorchIO subject with the file as an image and a label map made from it (values 0..3)."""
+    image = nib.load(path)
+    labels = np.digitize(np.asanyarray(image.dataobj), np.quantile(np.asanyarray(image.dataobj), [0.25, 0.5, 0.75]))
+    return tio.Subject(image=tio.ScalarImage(path), seg=tio.LabelMap(tensor=torch.from_numpy(labels)[None].to(
+        torch.uint8), affine=image.affine))
+
+
+def test_torchio_subject_through_gpuprep_and_tocanonical_keeps_world_positions(source):
+    sample = gp.from_torchio(_subject(source))
+    shape = [n + 2 if i == 0 else n - 1 for i, n in enumerate(sample["image"].shape[1:])]
+    steps = gp.Compose([gp.Flip(["image", "seg"], 1), gp.CropOrPad(["image", "seg"], shape)])
+    back = gp.from_torchio(tio.ToCanonical()(gp.to_torchio(steps(sample))))
+    assert_same_world_values_exact(back["image"], gp.get_affine(back, "image"), source)
+    torch.testing.assert_close(gp.get_affine(back, "seg"), gp.get_affine(back, "image"))
+    assert gp.get_meta(back, "image")["filename"] == str(source)
+
+
+def test_torchio_resample_after_gpuprep_keeps_world_positions(source):
+    sample = gp.Orientation(["image", "seg"], "RAS")(gp.from_torchio(_subject(source)))
+    sample["image"] = sample["image"].float()  # TorchIO casts back to an int16 input's dtype, truncating
+    resampled = tio.Resample((1.3, 1.7, 2.1), image_interpolation="linear")(gp.to_torchio(sample))
+    back = gp.from_torchio(resampled)
+    assert_same_world_values_interpolated(back["image"], gp.get_affine(back, "image"), source, atol=1e-3)
+    assert back["seg"].dtype == torch.uint8 and set(back["seg"].unique().tolist()) <= {0, 1, 2, 3}
+
+
+def test_gpuprep_resample_of_a_torchio_subject_keeps_world_positions(source):
+    sample = gp.from_torchio(tio.ToCanonical()(_subject(source)))
+    out = gp.Resample("image", (1.3, 1.7, 2.1), anti_aliasing=False)(sample)
+    assert_same_world_values_interpolated(out["image"], gp.get_affine(out, "image"), source)
+
+
+def test_kind_and_history_survive_the_torchio_round_trip():
+    ct = torch.randint(-1000, 1000, (1, 5, 6, 7), dtype=torch.int16)
+    seg = torch.randint(0, 3, (1, 5, 6, 7)).float()  # a float label map: the kind, not the dtype, decides
+    sample = gp.make_sample({"ct": ct, "seg": seg}, affine=torch.from_numpy(las_affine()), labels=["seg"])
+    sample = gp.Orientation(["ct", "seg"], "RAS")(sample)
+    subject = gp.to_torchio(sample)
+    assert isinstance(subject["ct"], tio.ScalarImage) and isinstance(subject["seg"], tio.LabelMap)
+    back = gp.from_torchio(tio.ToCanonical()(subject))
+    assert (gp.get_kind(back, "ct"), gp.get_kind(back, "seg")) == ("image", "label")
+    assert gp.get_history(back) == gp.get_history(sample)
+    for key in ("ct", "seg"):
+        assert torch.equal(back[key], sample[key])
+        ours, theirs = gp.get_meta(sample, key), gp.get_meta(back, key)
+        torch.testing.assert_close(theirs["affine"], ours["affine"])
+        torch.testing.assert_close(theirs["original_affine"], ours["original_affine"])
+        assert torch.equal(theirs["original_shape"], ours["original_shape"])
+
+
+def test_to_torchio_refuses_a_batch_with_a_clear_error():
+    batch = gp.collate([gp.make_sample({"image": torch.zeros(1, 2, 2, 2)})] * 2)
+    with pytest.raises(TransformError, match=r"to_torchio: key 'image' is a batch.*decollate"):
+        gp.to_torchio(batch)
+
+
+def test_from_torchio_refuses_what_is_not_a_subject():
+    with pytest.raises(TransformError, match=r"from_torchio expects a torchio.Subject, got dict"):
+        gp.from_torchio({"image": torch.zeros(1, 2, 2, 2)})

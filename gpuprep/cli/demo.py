@@ -1,8 +1,10 @@
 """``gpuprep demo``: run the default brain-MRI pipeline on the bundled sample or your files.
 
 For each input it writes the preprocessed NIfTI file(s), a JSON sidecar with the full history
-(provenance), the pipeline as YAML, and a PNG montage (three orthogonal slices, before and
-after). It prints the device and the time of every step.
+(provenance), the pipeline as YAML, and a PNG montage: three orthogonal slices before and
+after, both rows cut through the centre of the input's field of view and drawn at the same
+scale, so that they show the same anatomy at the same place (with L/R, A/P, S/I letters). It
+prints the device and the time of every step.
 
 Outputs are named after the input's full file name without its image extension (the stem) and
 the key: ``<stem>_preprocessed.nii.gz`` (the image), ``<stem>_foreground_preprocessed.nii.gz``

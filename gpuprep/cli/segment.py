@@ -5,7 +5,8 @@ Reads any NIfTI (or other supported image: any orientation, spacing and size), r
 ``brain-mask``: a 0/1 brain mask) and writes, each atomically:
 
 - OUTPUT: the label map, uint8, with exactly the input's shape and affine;
-- a QC PNG (default: OUTPUT with ``_qc.png``): orthogonal slices with the labels in colour;
+- a QC PNG (default: OUTPUT with ``_qc.png``): orthogonal slices with the labels in colour,
+  orientation letters (L/R, A/P, S/I; the patient's left on the left) and a legend of the labels;
 - a JSON file (default: OUTPUT with ``.json``): per label name the voxel count and volume in mL
   (voxel volume = |det(affine[:3, :3])| mm^3), plus the task, model file, weights SHA-256,
   device, per-step timings and the history.
@@ -15,6 +16,8 @@ folder, a writable folder) before the model runs; missing output folders are cre
 write the outputs, and a failed run removes the files and folders it created. Existing outputs
 are replaced, except a JSON file that gpuprep did not write (e.g. a BIDS sidecar). ``--weights``
 runs a checkpoint file of your own instead of the bundled weights (its spec names the task).
+While the network runs, a bar on stderr counts the sliding windows done (``--progress``;
+by default only when stderr is a terminal).
 """
 
 from __future__ import annotations
@@ -159,7 +162,7 @@ def window_progress(enabled: bool | None) -> Iterator[Callable[[int, int], None]
     """A ``progress(done, total)`` callback for the sliding windows that draws a tqdm bar on stderr.
 
     ``enabled=None`` shows it only when stderr is a terminal (tqdm's rule), so logs and pipes
-    get no bar. The bar is closed when the block ends.
+    get no bar. A bar closes when its image's windows are done, or when the block ends.
 
     Example
     -------
@@ -178,6 +181,8 @@ def window_progress(enabled: bool | None) -> Iterator[Callable[[int, int], None]
             bar = tqdm(total=total, desc="sliding windows", unit="window", file=sys.stderr,
                        disable=None if enabled is None else not enabled)
         bar.update(done - bar.n)
+        if done >= total:  # stop the clock: mapping back and refining come after the windows
+            bar.close()
 
     try:
         yield progress

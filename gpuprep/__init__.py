@@ -10,48 +10,56 @@ Example
 torch.Size([1, 32, 32, 32])
 """
 
-from . import data, errors, io, models, random, transforms
-from ._version import __version__
-from .data import (
-    CacheDataset,
-    Dataset,
-    DeviceLoader,
-    GridPatches,
-    PatchAggregator,
-    RandPatches,
-    collate_patches,
-    collate_skip_none,
-    from_monai,
-    from_torchio,
-    pad_collate,
-    predict_sample,
-    records_from_bids,
-    records_from_csv,
-    records_from_folder,
-    sliding_window_inference,
-    to_monai,
-    to_torchio,
-    unpad,
-)
-from .functional.orientation import axcodes_of
-from .io import read_image, read_sidecar, sidecar_path, write_image
-from .models import SegmentBrain, SkullStrip
-from .sample import (
-    collate,
-    decollate,
-    get_affine,
-    get_history,
-    get_kind,
-    get_meta,
-    is_label,
-    make_meta,
-    make_sample,
-    set_kind,
-)
-from .transforms import *  # noqa: F403
+import importlib as _importlib
 
-__all__ = [
-    *transforms.__all__,
+from ._version import __version__ as __version__
+
+# The API is loaded on first use (PEP 562): ``import gpuprep`` alone imports no torch, so the
+# ``gpuprep`` command answers ``--help`` at once. The first ``gp.<name>`` (or ``dir(gp)``,
+# ``from gpuprep import *``) imports every module below, as an eager import would.
+_API = {
+    ".data": ["CacheDataset", "Dataset", "DeviceLoader", "GridPatches", "PatchAggregator", "RandPatches",
+              "collate_patches", "collate_skip_none", "from_monai", "from_torchio", "pad_collate",
+              "predict_sample", "records_from_bids", "records_from_csv", "records_from_folder",
+              "sliding_window_inference", "to_monai", "to_torchio", "unpad"],
+    ".functional.orientation": ["axcodes_of"],
+    ".io": ["read_image", "read_sidecar", "sidecar_path", "write_image"],
+    ".models": ["SegmentBrain", "SkullStrip"],
+    ".sample": ["collate", "decollate", "get_affine", "get_history", "get_kind", "get_meta", "is_label",
+                "make_meta", "make_sample", "set_kind"],
+}
+_SUBPACKAGES = ("data", "errors", "io", "models", "random", "transforms")
+
+
+def _load() -> None:
+    """Import the whole API into this module's namespace (once)."""
+    namespace = globals()
+    for name in _SUBPACKAGES:
+        namespace[name] = _importlib.import_module(f".{name}", __name__)
+    for module_name, names in _API.items():
+        module = _importlib.import_module(module_name, __name__)
+        namespace.update({name: getattr(module, name) for name in names})
+    transforms = namespace["transforms"]
+    namespace.update({name: getattr(transforms, name) for name in transforms.__all__})
+    namespace["__all__"] = [*transforms.__all__, *_ALL]
+
+
+def __getattr__(name: str):
+    if name.startswith("__") and name != "__all__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _load()
+    try:
+        return globals()[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    _load()
+    return sorted(globals())
+
+
+_ALL = [
     "CacheDataset",
     "Dataset",
     "DeviceLoader",

@@ -1,8 +1,10 @@
 """``gpuprep demo``: run the default brain-MRI pipeline on the bundled sample or your files.
 
 For each input it writes the preprocessed NIfTI file(s), a JSON sidecar with the full history
-(provenance), the pipeline as YAML, and a PNG montage (three orthogonal slices, before and
-after). It prints the device and the time of every step.
+(provenance), the pipeline as YAML, and a PNG montage: three orthogonal slices before and
+after, both rows cut through the centre of the input's field of view and drawn at the same
+scale, so that they show the same anatomy at the same place (with L/R, A/P, S/I letters). It
+prints the device and the time of every step.
 
 Outputs are named after the input's full file name without its image extension (the stem) and
 the key: ``<stem>_preprocessed.nii.gz`` (the image), ``<stem>_foreground_preprocessed.nii.gz``
@@ -19,18 +21,15 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm import tqdm
-
-from ..data.sample_data import sample_brain_paths
 from ..errors import ConfigError
-from ..io.montage import save_montage
-from ..io.outputs import check_output_file, check_output_folder, make_folders, remove_empty_folders
-from ..io.sidecar import strip_image_extension
-from ..sample import get_affine, image_keys
-from ..transforms.io import LoadImage, SaveImage
-from ..transforms.presets import brain_mri_preprocessing
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and gpuprep's IO and transforms are imported where they are used: building the parser
+# (``gpuprep --help``) must stay fast.
 
 DEFAULT_OUTPUT = "gpuprep-demo"
 #: Key of the foreground mask the pipeline makes, and the suffix of every preprocessed file.
@@ -62,6 +61,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """Turn ``auto``/``cpu``/``cuda`` into a device, with a clear error when CUDA is missing."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -71,6 +72,11 @@ def resolve_device(name: str) -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     """Preprocess every input and print where the outputs went."""
+    from tqdm import tqdm
+
+    from ..data.sample_data import sample_brain_paths
+    from ..io.outputs import check_output_folder, make_folders, remove_empty_folders
+
     device = resolve_device(args.device)
     if args.input:
         jobs = [{"image": str(path)} for path in args.input]
@@ -123,6 +129,8 @@ def output_names(job: dict, label_keys: list[str]) -> list[str]:
     >>> output_names({"image": "/d/sub-01.ses-x_T1w.nii.gz"}, [])[:2]
     ['sub-01.ses-x_T1w_preprocessed.nii.gz', 'sub-01.ses-x_T1w_preprocessed.json']
     """
+    from ..io.sidecar import strip_image_extension
+
     stem = strip_image_extension(Path(job["image"]).name)
     stems = [strip_image_extension(Path(job[key]).name) for key in ["image", *label_keys]]
     stems.append(f"{stem}_{MASK_KEY}")
@@ -132,6 +140,8 @@ def output_names(job: dict, label_keys: list[str]) -> list[str]:
 
 def _check_outputs(jobs: list[dict], label_keys: list[str], folders: list[Path], overwrite: bool) -> None:
     """Refuse, before any work, inputs whose outputs would collide and outputs that exist (without --overwrite)."""
+    from ..io.outputs import check_output_file
+
     claimed: dict[Path, str] = {}
     for job, folder in zip(jobs, folders):
         for name in output_names(job, label_keys):
@@ -148,6 +158,14 @@ def _check_outputs(jobs: list[dict], label_keys: list[str], folders: list[Path],
 
 def _process(job: dict, label_keys: list[str], device: torch.device, output: Path, overwrite: bool,
              verbose: bool) -> None:
+    import torch
+
+    from ..io.montage import save_montage
+    from ..io.sidecar import strip_image_extension
+    from ..sample import get_affine, image_keys
+    from ..transforms.io import LoadImage, SaveImage
+    from ..transforms.presets import brain_mri_preprocessing
+
     keys = ["image", *label_keys]
     timings: list[tuple[str, float]] = []
 

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
-from ..functional.orientation import axcodes_of
-from ..io.reader import read_image
-
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the ``info`` sub-command."""
@@ -19,6 +14,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print one block per file."""
+    import numpy as np
+
+    from ..functional.orientation import axcodes_of
+    from ..io.reader import read_image
+
     for path in args.paths:
         data, meta = read_image(path)
         affine = meta["affine"].numpy()

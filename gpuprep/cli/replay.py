@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from ..models.pretrained import resolve_device
-from ..sample import get_history
-from ..transforms.rebuild import rebuild
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and gpuprep's transforms are imported where they are used: building the parser
+# (``gpuprep --help``) must stay fast.
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -64,6 +66,10 @@ def choose_device(name: str, recorded: str | None) -> torch.device:
     >>> choose_device("auto", None), choose_device("cpu", "cuda:0")
     (device(type='cpu'), device(type='cpu'))
     """
+    import torch
+
+    from ..models.pretrained import resolve_device
+
     if name == "auto":
         kind = torch.device(recorded).type if recorded else "cpu"
         return torch.device("cuda" if kind == "cuda" and torch.cuda.is_available() else "cpu")
@@ -72,6 +78,11 @@ def choose_device(name: str, recorded: str | None) -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     """Rebuild the pipeline of ``args.sidecar``, rerun it and print where the outputs went."""
+    import torch
+
+    from ..sample import get_history
+    from ..transforms.rebuild import rebuild
+
     output_dir = args.output_dir or default_output_dir(args.sidecar)
     if not args.overwrite and output_dir.resolve() == args.sidecar.absolute().parent.resolve():
         raise ConfigError(f"--output-dir {output_dir} holds the original outputs of {args.sidecar}; "

@@ -5,7 +5,8 @@ Reads any NIfTI (or other supported image: any orientation, spacing and size), r
 ``brain-mask``: a 0/1 brain mask) and writes, each atomically:
 
 - OUTPUT: the label map, uint8, with exactly the input's shape and affine;
-- a QC PNG (default: OUTPUT with ``_qc.png``): orthogonal slices with the labels in colour;
+- a QC PNG (default: OUTPUT with ``_qc.png``): orthogonal slices with the labels in colour,
+  orientation letters (L/R, A/P, S/I; the patient's left on the left) and a legend of the labels;
 - a JSON file (default: OUTPUT with ``.json``): per label name the voxel count and volume in mL
   (voxel volume = |det(affine[:3, :3])| mm^3), plus the task, model file, weights SHA-256,
   device, per-step timings and the history.
@@ -15,6 +16,8 @@ folder, a writable folder) before the model runs; missing output folders are cre
 write the outputs, and a failed run removes the files and folders it created. Existing outputs
 are replaced, except a JSON file that gpuprep did not write (e.g. a BIDS sidecar). ``--weights``
 runs a checkpoint file of your own instead of the bundled weights (its spec names the task).
+While the network runs, a bar on stderr counts the sliding windows done (``--progress``;
+by default only when stderr is a terminal).
 """
 
 from __future__ import annotations
@@ -22,26 +25,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from .._version import __version__
 from ..errors import ConfigError, ImageWriteError
-from ..io.atomic import atomic_write_bytes
-from ..io.outputs import check_output_file, make_folders, remove_empty_folders
-from ..io.overlay import save_overlay
-from ..io.sidecar import strip_image_extension, to_json
-from ..io.writer import write_format, write_image
-from ..models.inference import SegmentBrain, SkullStrip
-from ..models.pretrained import TASKS, load_pretrained, resolve_device
-from ..sample import get_affine, get_history, get_meta
-from ..transforms.io import LoadImage
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and gpuprep's IO, models and transforms are imported in run(): building the parser
+# (``gpuprep --help``) must stay fast.
 
 LABEL_KEY = "labels"
+#: The tasks of the bundled models (:data:`gpuprep.models.pretrained.TASKS`, which imports torch).
+TASKS = ("brain-tissue", "brain-mask")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -67,6 +68,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="brain-tissue: sharpen the tissue probabilities with the image's own intensities "
                              "(a Gaussian per tissue fitted to this scan; default: on)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show the sliding windows done / total on stderr (default: when stderr is a terminal)")
     parser.add_argument("--qc", type=Path, metavar="PNG", help="QC overlay PNG (default: OUTPUT with _qc.png)")
     parser.add_argument("--volumes", type=Path, metavar="JSON", help="label volumes JSON (default: OUTPUT with .json)")
     parser.set_defaults(run=run)
@@ -80,12 +83,25 @@ def default_paths(output: Path) -> tuple[Path, Path]:
     >>> [p.name for p in default_paths(Path("out/sub-01_dseg.nii.gz"))]
     ['sub-01_dseg_qc.png', 'sub-01_dseg.json']
     """
+    from ..io.sidecar import strip_image_extension
+
     stem = strip_image_extension(output.name)
     return output.with_name(f"{stem}_qc.png"), output.with_name(f"{stem}.json")
 
 
 def run(args: argparse.Namespace) -> int:
     """Segment one image and write the label map, the QC PNG and the volumes JSON."""
+    import torch
+
+    from ..io.atomic import atomic_write_bytes
+    from ..io.overlay import save_overlay
+    from ..io.sidecar import to_json
+    from ..io.writer import write_image
+    from ..models.inference import SegmentBrain, SkullStrip
+    from ..models.pretrained import load_pretrained, resolve_device
+    from ..sample import get_affine, get_history, get_meta
+    from ..transforms.io import LoadImage
+
     device = resolve_device(args.device, "--device")
     qc_path, volumes_path = default_paths(args.output)
     qc_path, volumes_path = args.qc or qc_path, args.volumes or volumes_path
@@ -109,12 +125,14 @@ def run(args: argparse.Namespace) -> int:
     if args.task is not None and task != args.task:
         raise ConfigError(f"--task {args.task} was asked for, but the checkpoint {args.weights} is for {task!r}")
     flip = {} if args.flip_average is None else {"flip_average": args.flip_average}
-    if task == "brain-mask":
-        transform = SkullStrip("image", mask_key=LABEL_KEY, model=model, apply=False, device=device, **flip)
-    else:
-        transform = SegmentBrain("image", output_key=LABEL_KEY, model=model, device=device, refine=args.refine,
-                                 **flip)
-    sample = timed("segment", transform, {**sample, "image": sample["image"].to(device)})
+    with window_progress(args.progress) as progress:
+        if task == "brain-mask":
+            transform = SkullStrip("image", mask_key=LABEL_KEY, model=model, apply=False, device=device,
+                                   progress=progress, **flip)
+        else:
+            transform = SegmentBrain("image", output_key=LABEL_KEY, model=model, device=device, refine=args.refine,
+                                     progress=progress, **flip)
+        sample = timed("segment", transform, {**sample, "image": sample["image"].to(device)})
     labels = sample[LABEL_KEY].cpu()
     affine = get_affine(sample, LABEL_KEY)
     meta = get_meta(sample, "image")
@@ -139,6 +157,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def window_progress(enabled: bool | None) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback for the sliding windows that draws a tqdm bar on stderr.
+
+    ``enabled=None`` shows it only when stderr is a terminal (tqdm's rule), so logs and pipes
+    get no bar. A bar closes when its image's windows are done, or when the block ends.
+
+    Example
+    -------
+    >>> with window_progress(False) as progress:
+    ...     progress(1, 4)
+    """
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None or bar.total != total or done < bar.n:  # a new image: a new bar
+            if bar is not None:
+                bar.close()
+            bar = tqdm(total=total, desc="sliding windows", unit="window", file=sys.stderr,
+                       disable=None if enabled is None else not enabled)
+        bar.update(done - bar.n)
+        if done >= total:  # stop the clock: mapping back and refining come after the windows
+            bar.close()
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _check_paths(source: Path, outputs: dict[str, Path]) -> None:
     """Check the input and every output before any work, so that a bad path never costs a model run.
 
@@ -147,6 +199,9 @@ def _check_paths(source: Path, outputs: dict[str, Path]) -> None:
     a volumes path holding a JSON that gpuprep did not write (e.g. a BIDS sidecar).
     Nothing is created here (folders are made only when the outputs are written).
     """
+    from ..io.outputs import check_output_file
+    from ..io.writer import write_format
+
     if not source.exists():
         raise FileNotFoundError(f"input image not found: {source}")
     if source.is_dir():
@@ -172,6 +227,8 @@ def _check_paths(source: Path, outputs: dict[str, Path]) -> None:
 @contextlib.contextmanager
 def _all_or_nothing(outputs: Iterable[Path]) -> Iterator[None]:
     """Create the outputs' missing folders; if the block fails, remove the new files and folders again."""
+    from ..io.outputs import make_folders, remove_empty_folders
+
     outputs = list(outputs)
     new_files = [path for path in outputs if not path.exists()]
     created: list[Path] = []
@@ -188,6 +245,9 @@ def _all_or_nothing(outputs: Iterable[Path]) -> Iterator[None]:
 
 def _volumes(labels: torch.Tensor, affine: torch.Tensor, names: dict[str, str]) -> dict:
     """Voxel count and volume in mL of every label of the model."""
+    import numpy as np
+    import torch
+
     voxel_mm3 = abs(float(np.linalg.det(affine.numpy()[:3, :3])))
     counts = torch.bincount(labels.reshape(-1).long(), minlength=len(names)).tolist()
     entries = {}

@@ -26,6 +26,8 @@ from .grid_patches import GridPatches, PatchAggregator
 __all__ = ["predict_sample", "sliding_window_inference"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+#: ``progress(windows_done, windows_total)``, called after every predictor call.
+ProgressCallback = Callable[[int, int], None]
 
 
 def sliding_window_inference(
@@ -38,7 +40,7 @@ def sliding_window_inference(
     sigma_scale: float | Sequence[float] = 0.125,
     padding_mode: str = "constant",
     cval: float = 0.0,
-    progress: bool = False,
+    progress: bool | ProgressCallback = False,
 ) -> torch.Tensor:
     """Run ``predictor`` on overlapping windows of ``inputs`` and blend the window outputs.
 
@@ -63,7 +65,9 @@ def sliding_window_inference(
         Padding of axes shorter than the window (see :class:`GridPatches`); the padding is
         cropped from the output again.
     progress:
-        Show a ``tqdm`` progress bar over predictor calls.
+        ``True`` shows a ``tqdm`` bar of the windows done (on stderr); a callable is called as
+        ``progress(windows_done, windows_total)`` after every predictor call (the library prints
+        nothing then: the caller decides how to show it); ``False`` reports nothing.
 
     Returns
     -------
@@ -90,25 +94,41 @@ def sliding_window_inference(
     corners = grid.corners(shape)
     windows = [(source, corner) for source in range(inputs.shape[0]) for corner in corners]
     aggregator = PatchAggregator(shape, mode, sigma_scale, batch_size=inputs.shape[0])
-    starts = range(0, len(windows), sw_batch_size)
-    if progress:
+    report, close = _progress_reporter(progress, len(windows))
+    try:
+        for start in range(0, len(windows), sw_batch_size):
+            chunk = windows[start:start + sw_batch_size]
+            sources, chunk_corners = [s for s, _ in chunk], [c for _, c in chunk]
+            prediction = predictor(grid.extract(inputs, chunk_corners, sources))
+            expected = (len(chunk), *window)
+            if not isinstance(prediction, torch.Tensor) or prediction.ndim != 5 or \
+                    (prediction.shape[0], *prediction.shape[2:]) != expected:
+                raise TransformError(
+                    f"sliding_window_inference: the predictor must return [n, C', *roi_size] = "
+                    f"[{len(chunk)}, C', {', '.join(map(str, window))}] for {len(chunk)} windows, "
+                    f"got {getattr(prediction, 'shape', type(prediction).__name__)}"
+                )
+            aggregator.add(prediction, chunk_corners, sources)
+            report(start + len(chunk), len(windows))
+    finally:
+        close()
+    return aggregator.result()
+
+
+def _progress_reporter(progress: bool | ProgressCallback, total: int) -> tuple[ProgressCallback, Callable[[], None]]:
+    """The ``(report, close)`` pair for ``progress``: a tqdm bar, the caller's callback, or nothing."""
+    if callable(progress):
+        return progress, lambda: None
+    if isinstance(progress, bool):
+        if not progress:
+            return (lambda done, total: None), lambda: None
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="sliding window", unit="batch")
-    for start in starts:
-        chunk = windows[start:start + sw_batch_size]
-        sources, chunk_corners = [s for s, _ in chunk], [c for _, c in chunk]
-        prediction = predictor(grid.extract(inputs, chunk_corners, sources))
-        expected = (len(chunk), *window)
-        if not isinstance(prediction, torch.Tensor) or prediction.ndim != 5 or \
-                (prediction.shape[0], *prediction.shape[2:]) != expected:
-            raise TransformError(
-                f"sliding_window_inference: the predictor must return [n, C', *roi_size] = "
-                f"[{len(chunk)}, C', {', '.join(map(str, window))}] for {len(chunk)} windows, "
-                f"got {getattr(prediction, 'shape', type(prediction).__name__)}"
-            )
-        aggregator.add(prediction, chunk_corners, sources)
-    return aggregator.result()
+        bar = tqdm(total=total, desc="sliding window", unit="window")
+        return (lambda done, total: bar.update(done - bar.n)), bar.close
+    raise ConfigError(
+        f"sliding_window_inference: progress must be True, False or a callable (done, total), got {progress!r}"
+    )
 
 
 def predict_sample(
@@ -127,7 +147,7 @@ def predict_sample(
     invert: bool = True,
     invert_mode: str = "linear",
     output_key: str = "pred",
-    progress: bool = False,
+    progress: bool | ProgressCallback = False,
 ) -> dict | list[dict]:
     """Predict a preprocessed sample by sliding windows and (by default) map it back to the scan.
 

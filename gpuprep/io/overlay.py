@@ -10,10 +10,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from .atomic import atomic_path
-from .montage import orthogonal_slices
+from .montage import aligned_boxes, render_tile, slice_views
+from .qc_annotations import MARKER_COLOUR, VIEWS, draw_markers, legend
 
 _TILE = 200  # pixels per slice tile (longest side)
 _LABEL_HEIGHT = 18
+_GAP = 6  # pixels between views, so that the letters of neighbouring views stay apart
 #: Colours of labels 1, 2, ... (label 0, background, is not drawn); cycled for more labels.
 PALETTE = np.array([
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48), (145, 30, 180),
@@ -30,11 +32,15 @@ def save_overlay(
     title: str = "segmentation",
     alpha: float = 0.45,
 ) -> Path:
-    """Write a PNG: the image's three orthogonal slices, then the same with the labels in colour.
+    """Write a PNG: the image's three orthogonal slices, then the same with the labels in colour, then a legend.
 
     Both volumes must be on the same grid (``affine``); they are shown in RAS orientation (see
-    :func:`gpuprep.io.montage.orthogonal_slices`) with square millimetres, the image windowed to
-    its 1st-99th percentile, each nonzero label in its own colour, and a legend.
+    :func:`gpuprep.io.montage.slice_views`: the patient's left on the image's left) with square
+    millimetres, the image windowed to its 1st-99th percentile and each nonzero label in its own
+    colour (:func:`label_colours`). Every view carries its orientation letters (L/R on the
+    coronal and axial views, A/P and S/I where they apply, in :data:`MARKER_COLOUR`); the legend
+    below shows a swatch of each label's colour with its value and name (every named label, and
+    any other label present).
 
     Parameters
     ----------
@@ -45,7 +51,8 @@ def save_overlay(
     affine:
         Their voxel-to-world matrix.
     names:
-        Label names by ``str(label)`` for the legend (e.g. a model spec's ``labels``).
+        Label names by ``str(label)`` for the legend (e.g. a model spec's ``labels``); label 0
+        (background) is never drawn nor listed.
     title:
         Caption of the overlay row.
     alpha:
@@ -61,34 +68,53 @@ def save_overlay(
     '.png'
     """
     affine = torch.as_tensor(affine, dtype=torch.float64).cpu()
-    gray = orthogonal_slices(image, affine)
-    label_slices = orthogonal_slices(labels.to(torch.float32) if labels.dtype == torch.bool else labels, affine)
-    window = _window(np.concatenate([s.ravel() for s, _ in gray]))
+    if labels.dtype == torch.bool:
+        labels = labels.to(torch.uint8)
+    gray = slice_views(image, affine)
+    label_views = slice_views(labels, affine)
+    sizes, (boxes,) = aligned_boxes([gray], _TILE)
+    window = _window(np.concatenate([view.pixels.ravel() for view in gray]))
     plain, coloured = [], []
-    for (pixels, size), (label_pixels, _) in zip(gray, label_slices):
-        width, height = _tile_size(pixels.shape, size)
-        grey = np.asarray(Image.fromarray(_scaled(pixels, window)).resize((width, height), Image.BILINEAR),
-                          dtype=np.float32)
-        index = np.rint(np.ascontiguousarray(label_pixels)).astype(np.int32)
-        index = np.asarray(Image.fromarray(index).resize((width, height), Image.NEAREST))
+    for name, view, label_view, size, box in zip(VIEWS, gray, label_views, sizes, boxes):
+        grey = np.asarray(render_tile(_scaled(view.pixels, window), size, box), dtype=np.float32)
+        index = np.asarray(render_tile(np.rint(label_view.pixels).astype(np.int32), size, box, Image.NEAREST))
         rgb = np.repeat(grey[..., None], 3, axis=-1)
-        plain.append(rgb.astype(np.uint8))
+        plain.append(_marked(rgb, name))
         inside = index > 0
-        colour = PALETTE[(index[inside] - 1) % len(PALETTE)]
-        rgb[inside] = (1 - alpha) * rgb[inside] + alpha * colour
-        coloured.append(np.clip(rgb, 0, 255).astype(np.uint8))
-    present = sorted(int(v) for v in torch.unique(labels).tolist() if v > 0)
-    legend = "  ".join(f"{v}: {(names or {}).get(str(v), str(v))}" for v in present)
-    canvas = _compose([("input", plain), (f"{title}  {legend}".strip(), coloured)])
+        rgb[inside] = (1 - alpha) * rgb[inside] + alpha * label_colours(index[inside])
+        coloured.append(_marked(rgb, name))
+    present = {int(v) for v in torch.unique(labels).tolist() if v > 0}
+    named = {int(k) for k in (names or {}) if str(k).lstrip("-").isdigit() and int(k) > 0}
+    entries = [(tuple(label_colours(np.array([v]))[0].astype(int)), f"{v} {(names or {}).get(str(v), '')}".strip())
+               for v in sorted(present | named)]
+    canvas = _compose([("input", plain), (title, coloured)], entries)
     path = Path(path)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return path
 
 
-def _compose(rows: list[tuple[str, list[np.ndarray]]]) -> Image.Image:
-    width = max(sum(t.shape[1] for t in tiles) for _, tiles in rows)
-    height = sum(_LABEL_HEIGHT + max(t.shape[0] for t in tiles) for _, tiles in rows)
+def label_colours(values: np.ndarray) -> np.ndarray:
+    """The RGB colours (float32 ``[..., 3]``) of nonzero label ``values``: :data:`PALETTE`, cycled.
+
+    Example
+    -------
+    >>> label_colours(np.array([1, 11])).tolist() == [PALETTE[0].tolist()] * 2
+    True
+    """
+    return PALETTE[(np.asarray(values) - 1) % len(PALETTE)]
+
+
+def _marked(rgb: np.ndarray, view: str) -> Image.Image:
+    tile = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), mode="RGB")
+    draw_markers(tile, view, MARKER_COLOUR)
+    return tile
+
+
+def _compose(rows: list[tuple[str, list[Image.Image]]], entries: list[tuple[tuple[int, int, int], str]]) -> Image.Image:
+    width = max(sum(t.width + _GAP for t in tiles) - _GAP for _, tiles in rows)
+    key = legend(entries, width) if entries else None
+    height = sum(_LABEL_HEIGHT + max(t.height for t in tiles) for _, tiles in rows) + (key.height if key else 0)
     canvas = Image.new("RGB", (max(width, 1), max(height, 1)), color=(0, 0, 0))
     draw = ImageDraw.Draw(canvas)
     top = 0
@@ -96,9 +122,11 @@ def _compose(rows: list[tuple[str, list[np.ndarray]]]) -> Image.Image:
         draw.text((4, top + 3), title, fill=(255, 255, 255))
         left = 0
         for tile in tiles:
-            canvas.paste(Image.fromarray(tile, mode="RGB"), (left, top + _LABEL_HEIGHT))
-            left += tile.shape[1]
-        top += _LABEL_HEIGHT + max(t.shape[0] for t in tiles)
+            canvas.paste(tile, (left, top + _LABEL_HEIGHT))
+            left += tile.width + _GAP
+        top += _LABEL_HEIGHT + max(t.height for t in tiles)
+    if key is not None:
+        canvas.paste(key, (0, top))
     return canvas
 
 
@@ -111,9 +139,3 @@ def _scaled(pixels: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     low, high = window
     scale = 255.0 / (high - low) if high > low else 0.0
     return np.ascontiguousarray(np.clip((np.nan_to_num(pixels) - low) * scale, 0, 255).astype(np.uint8))
-
-
-def _tile_size(shape: tuple[int, int], pixel_mm: tuple[float, float]) -> tuple[int, int]:
-    height_mm, width_mm = shape[0] * pixel_mm[0], shape[1] * pixel_mm[1]
-    factor = _TILE / max(height_mm, width_mm)
-    return max(1, round(width_mm * factor)), max(1, round(height_mm * factor))

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..data.sliding_window import predict_sample
+from ..data.sliding_window import ProgressCallback, predict_sample
 from ..errors import ConfigError, TransformError
 from ..functional.grid import spacing_of
 from ..functional.morphology import fill_holes, largest_component
@@ -55,8 +55,13 @@ class _SegmentationTransform(Transform, abstract=True):
     # Sharpen the tissue probabilities with the image's intensities (SegmentBrain sets it).
     refine = False
 
-    def _set_model(self, model: Any, device: Any, sw_batch_size: int, overlap: float, flip_average: bool) -> None:
+    def _set_model(self, model: Any, device: Any, sw_batch_size: int, overlap: float, flip_average: bool,
+                   progress: ProgressCallback | None) -> None:
         name = type(self).__name__
+        if progress is not None and not callable(progress):
+            raise ConfigError(f"{name}: progress must be a callable (windows_done, windows_total) or None, "
+                              f"got {progress!r}")
+        self.progress = progress
         if not isinstance(flip_average, bool):
             raise ConfigError(f"{name}: flip_average must be True or False, got {flip_average!r}")
         self.flip_average = flip_average
@@ -98,8 +103,12 @@ class _SegmentationTransform(Transform, abstract=True):
         ])
 
     def get_config(self) -> dict:
-        """The constructor arguments; a model passed as a module is named, and cannot be rebuilt."""
+        """The constructor arguments; a model passed as a module is named, and cannot be rebuilt.
+
+        ``progress`` is left out: it only reports, and does not change the output.
+        """
         config = super().get_config()
+        config.pop("progress", None)
         if isinstance(config.get("model"), torch.nn.Module):
             config["model"] = f"<module {self.model_name}>"
         if isinstance(config.get("model"), os.PathLike):
@@ -144,7 +153,7 @@ class _SegmentationTransform(Transform, abstract=True):
             sub = self._preprocess(sub)
             out = predict_sample(sub, self._predict, self.spec["roi_size"], "image", sw_batch_size=self.sw_batch_size,
                                  overlap=self.overlap, padding_mode="replicate", argmax=not self.refine,
-                                 invert=True, output_key="labels")
+                                 invert=True, output_key="labels", progress=self.progress or False)
             if self.refine:  # probabilities on the image's grid: sharpen them with its intensities
                 tissues = range(1, len(self.spec["labels"]))
                 sigma = [REFINE_SIGMA_MM / float(s) for s in spacing_of(affine.cpu().numpy())]
@@ -202,6 +211,10 @@ class SegmentBrain(_SegmentationTransform):
         finer than the network's 1.5 mm grid; see the model card for what it gains.
     allow_missing_keys:
         Skip (write nothing) when the image is absent.
+    progress:
+        Called as ``progress(windows_done, windows_total)`` after every network call; the count
+        starts again for each image of a batch (e.g. to draw a progress bar, as ``gpuprep
+        segment`` does). It does not change the output and is not recorded.
 
     Example
     -------
@@ -229,6 +242,7 @@ class SegmentBrain(_SegmentationTransform):
         flip_average: bool = True,
         refine: bool = True,
         allow_missing_keys: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         name = type(self).__name__
@@ -243,7 +257,7 @@ class SegmentBrain(_SegmentationTransform):
             raise ConfigError(f"{name}: refine must be True or False, got {refine!r}")
         self.output_key = output_key
         self.refine = refine
-        self._set_model(model, device, sw_batch_size, overlap, flip_average)
+        self._set_model(model, device, sw_batch_size, overlap, flip_average, progress)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         self._check_replay(params)
@@ -278,7 +292,7 @@ class SkullStrip(_SegmentationTransform):
         The image the mask is computed from (default: the first key).
     largest_component, fill_holes:
         Clean-up of the predicted mask (both on by default).
-    device, sw_batch_size, overlap, allow_missing_keys:
+    device, sw_batch_size, overlap, allow_missing_keys, progress:
         As in :class:`SegmentBrain`.
     flip_average:
         As in :class:`SegmentBrain`; off by default here (the mask model already meets its
@@ -311,6 +325,7 @@ class SkullStrip(_SegmentationTransform):
         overlap: float = 0.25,
         flip_average: bool = False,
         allow_missing_keys: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         name = type(self).__name__
@@ -326,7 +341,7 @@ class SkullStrip(_SegmentationTransform):
                 raise ConfigError(f"{name}: {option} must be True or False, got {value!r}")
         self.mask_key, self.apply = mask_key, apply
         self.largest_component, self.fill_holes = largest_component, fill_holes
-        self._set_model(model, device, sw_batch_size, overlap, flip_average)
+        self._set_model(model, device, sw_batch_size, overlap, flip_average, progress)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         self._check_replay(params)

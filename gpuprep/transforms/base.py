@@ -23,6 +23,7 @@ Subclasses register themselves by class name, so a pipeline saved as YAML can be
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -231,6 +232,23 @@ def key_kind(batch: Mapping, key: str) -> str:
     return get_kind(batch, key) if meta_key(key) in batch else dtype_kind(batch[key])
 
 
+def registered_transform(name: str) -> type[Transform] | None:
+    """The transform class registered under ``name``, or ``None``.
+
+    Classes register when their module is imported, and ``import gpuprep`` loads its modules
+    only on first use (so that the command line starts fast): on a miss, the whole API (the
+    transforms of ``gpuprep.models`` and ``gpuprep.data`` included) is loaded before answering.
+
+    Example
+    -------
+    >>> registered_transform("Orientation").__name__
+    'Orientation'
+    """
+    if name not in REGISTRY:
+        importlib.import_module("gpuprep").__all__  # noqa: B018 (the lookup loads the API)
+    return REGISTRY.get(name)
+
+
 def build_transform(name: str, config: Mapping) -> Transform:
     """Rebuild a registered transform from its class name and constructor arguments.
 
@@ -239,7 +257,7 @@ def build_transform(name: str, config: Mapping) -> Transform:
     >>> build_transform("Orientation", {"keys": ["image"], "axcodes": "RAS"})
     Orientation(keys=['image'], axcodes='RAS', allow_missing_keys=False)
     """
-    cls = REGISTRY.get(name) if isinstance(name, str) else None
+    cls = registered_transform(name) if isinstance(name, str) else None
     if cls is None:
         raise ConfigError(f"unknown transform {short_repr(name)}; known transforms: {sorted(REGISTRY)}")
     if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import TransformError
 from ..sample import LABEL, check_kind, dtype_kind, get_history, get_kind, get_meta, meta_key
-from .base import REGISTRY
+from .base import registered_transform
 from .spatial.base import inverse_step, resample_steps
 
 
@@ -81,7 +81,7 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
     runs: list[tuple[list, object, tuple]] = []  # (inverse steps, padding value, shape they lead to)
     target_shape, target_affine = expected, get_meta(sample, key)["affine"].numpy()
     for record in reversed(get_history(sample)):
-        transform_class = REGISTRY.get(record["name"])
+        transform_class = registered_transform(record["name"])
         if key not in record.get("keys", []) or transform_class is None or not transform_class.spatial:
             continue
         if record["params"].get("apply") is False:  # a random step that skipped this sample

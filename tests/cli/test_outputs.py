@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import gpuprep as gp
-from gpuprep.cli import segment
 from gpuprep.cli.main import main
 from gpuprep.errors import ImageWriteError
+from gpuprep.models import pretrained
 from tests.conftest import file_digest
 from tests.models.test_pretrained import tiny_checkpoint
 
@@ -208,7 +208,7 @@ def test_cli_debug_variable_shows_the_traceback(tmp_path, monkeypatch):
 def model_spy(monkeypatch):
     """Count the models loaded and the forward passes run by ``gpuprep segment``."""
     calls = {"load": 0, "forward": 0}
-    original = segment.load_pretrained
+    original = pretrained.load_pretrained
 
     def spied(*args, **kwargs):
         calls["load"] += 1
@@ -216,7 +216,7 @@ def model_spy(monkeypatch):
         model.register_forward_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
         return model
 
-    monkeypatch.setattr(segment, "load_pretrained", spied)
+    monkeypatch.setattr(pretrained, "load_pretrained", spied)
     return calls
 
 

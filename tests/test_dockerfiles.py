@@ -100,11 +100,16 @@ def test_dockerfile_without_the_gpuprep_entrypoint_is_refused(checker, tmp_path,
     assert len(found) == 1 and 'ENTRYPOINT: the entry point must be ["gpuprep"]' in found[0]
 
 
-def test_continued_run_line_is_read_as_one_instruction(checker, tmp_path):
+def test_continued_run_line_with_a_comment_inside_is_read_as_one_instruction(checker, tmp_path):
     text = GOOD_CPU.replace('RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu',
                             "RUN pip install --no-cache-dir \\\n    # the CPU index\n"
                             "    --index-url https://download.pytorch.org/whl/cpu \\\n   ")
+    runs = [step for step in checker.instructions(text) if step[1] == "RUN"]
+    assert runs == [(2, "RUN", 'pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu '
+                               '"torch==2.13.0"')]
     assert _problems(checker, tmp_path, text) == []
+    found = _problems(checker, tmp_path, text.replace('"torch==2.13.0"', "torch"))
+    assert len(found) == 1 and "Dockerfile.cpu:2: RUN" in found[0]
 
 
 def test_checker_command_exits_1_and_names_the_file_on_a_broken_rule(tmp_path):

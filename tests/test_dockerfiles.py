@@ -6,6 +6,7 @@ not know about, each on a crafted Dockerfile, and the shipped ones.
 
 from __future__ import annotations
 
+import doctest
 import importlib.util
 import subprocess
 import sys
@@ -120,3 +121,8 @@ def test_checker_command_exits_1_and_names_the_file_on_a_broken_rule(tmp_path):
     assert result.returncode == 1 and f"{bad}:" in result.stdout and "non-root" in result.stdout
     result = subprocess.run([sys.executable, str(script), *map(str, SHIPPED)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_checker_examples_in_its_docstrings_hold(checker):
+    result = doctest.testmod(checker)
+    assert result.attempted >= 5 and result.failed == 0

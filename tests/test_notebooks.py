@@ -39,7 +39,8 @@ def test_every_notebook_of_the_issue_is_there():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_top_to_bottom_in_a_real_kernel(path, tmp_path):
+def test_notebook_runs_top_to_bottom_in_a_real_kernel(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # the kernel's history database, not the user's
     copy = tmp_path / path.name
     shutil.copy(path, copy)
     stored = path.read_bytes()

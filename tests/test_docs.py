@@ -126,3 +126,20 @@ def test_every_public_name_is_in_the_api_reference():
             rendered |= _rendered_names(path)
     missing = [name for name in gpuprep.__all__ if name != "__version__" and name not in rendered]
     assert not missing, f"public names without an API reference entry: {missing}"
+
+
+RUNNABLE = re.compile(r"^<!-- test: runs -->\n```python\n(.*?)^```", re.S | re.M)
+EXAMPLES = [(page, number, code) for page in sorted(DOCS.rglob("*.md"))
+            for number, code in enumerate(RUNNABLE.findall(page.read_text(encoding="utf-8")))]
+
+
+def test_runnable_examples_are_marked():
+    assert len(EXAMPLES) >= 8  # a marker that stops matching must not silently drop the examples
+
+
+@pytest.mark.parametrize(("page", "number", "code"), EXAMPLES,
+                         ids=[f"{page.relative_to(DOCS)}#{number}" for page, number, _ in EXAMPLES])
+def test_docs_example_runs(page, number, code, tmp_path, monkeypatch):
+    """The examples marked ``<!-- test: runs -->`` run as written (on the bundled sample brain), in an empty folder."""
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{page.relative_to(ROOT)} example {number}", "exec"), {"__name__": "__docs__"})

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one short run on a lent CUDA machine (see DESIGN.md, Tests):
+# The checks that need a GPU, in one short run on a lent CUDA machine (see docs/design.md, Tests):
 # the CUDA half of the device-parametrised tests, then the GPU benchmarks, with the machine.
 # Prepare here with `bash scripts/gpu_wheels.sh`, then run there (device tool, carry ".whl"):
 #   bash scripts/gpu_check.sh "$OUT"

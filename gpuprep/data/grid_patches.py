@@ -225,6 +225,8 @@ class PatchAggregator:
         ``None`` for one volume (:meth:`result` gives ``[C, D, H, W]``), or the number of
         samples (give ``sources`` to :meth:`add`; :meth:`result` gives ``[B, C, D, H, W]``).
 
+    Notes
+    -----
     The output is allocated at the first :meth:`add`, on the device of the predictions, in their
     dtype promoted to at least float32. Voxels that no window covered are 0.
 

@@ -92,6 +92,8 @@ class RandPatches(RandomTransform):
     seed, allow_missing_keys:
         See :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
+    Notes
+    -----
     Classes without voxels in a sample are not drawn (their ratio counts as 0, as in MONAI); a
     sample with no voxel of any class of non-zero ratio raises :class:`TransformError`.
     Negative and non-finite weights count as 0; an all-zero weight map gives uniform centres.

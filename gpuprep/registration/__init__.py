@@ -1,1 +1,1 @@
-"""registration layer (see DESIGN.md)."""
+"""registration layer (see docs/design.md)."""

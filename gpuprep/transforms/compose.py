@@ -31,6 +31,16 @@ def _conflict(transform: SpatialTransform, run: list[SpatialTransform]) -> bool:
 PIPELINE_FORMAT = 1
 
 
+def _check_pipeline_format(version: Any, where: str) -> None:
+    """Refuse a pipeline format number that is not an int from 1 to :data:`PIPELINE_FORMAT`."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConfigError(f"{where}: 'gpuprep_pipeline' must be a format number from 1 to {PIPELINE_FORMAT}, "
+                          f"got {short_repr(version)}")
+    if version > PIPELINE_FORMAT:
+        raise ConfigError(f"{where}: 'gpuprep_pipeline' is format {version}, newer than this gpuprep "
+                          f"{__version__} reads (format {PIPELINE_FORMAT}); upgrade gpuprep to load it")
+
+
 class Compose:
     """Apply a sequence of transforms; each appends its record to the sample's history.
 
@@ -123,10 +133,16 @@ class Compose:
         }
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Compose:
-        """Rebuild a pipeline from :meth:`get_config` output (e.g. parsed from YAML or a sidecar)."""
+    def from_config(cls, config: Mapping[str, Any], where: str = "pipeline config") -> Compose:
+        """Rebuild a pipeline from :meth:`get_config` output (e.g. parsed from YAML or a sidecar).
+
+        ``where`` names the source in error messages. A config of a newer ``gpuprep_pipeline``
+        format than this version reads is refused (see the versioning policy); one without the
+        field is read as the current format.
+        """
         if not isinstance(config, Mapping) or "transforms" not in config:
             raise ConfigError(f"pipeline config must be a mapping with a 'transforms' list, got {short_repr(config)}")
+        _check_pipeline_format(config.get("gpuprep_pipeline", PIPELINE_FORMAT), where)
         entries = config["transforms"]
         if not isinstance(entries, list):
             raise ConfigError(f"pipeline 'transforms' must be a list, got {type(entries).__name__}")
@@ -161,4 +177,4 @@ class Compose:
         text, what = str(source), "pipeline YAML"
         if isinstance(source, Path) or (len(text) < 4096 and "\n" not in text and Path(text).is_file()):
             text, what = Path(source).read_text(), f"pipeline YAML {source}"
-        return cls.from_config(load_yaml(text, what))
+        return cls.from_config(load_yaml(text, what), where=what)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .._version import __version__
 from ..errors import ConfigError, TransformError
 from ..io.sidecar import SIDECAR_FORMAT, read_sidecar, sidecar_path, to_json
 from ..random.seeding import PATCH_INDEX_KEY, SAMPLE_INDEX_KEY
@@ -157,7 +158,7 @@ def rebuild(
                 step["config"]["output_dir"] = os.fspath(output_dir)
             if overwrite is not None:
                 step["config"]["overwrite"] = bool(overwrite)
-    pipeline = Compose.from_config(config)
+    pipeline = Compose.from_config(config, where=f"{where} 'pipeline'")
     history = list(sidecar.get("history") or [])
     _check_runs(pipeline, history, where)
     return RebuiltRun(pipeline, _inputs(history, inputs, where), sidecar.get("sample_index"),
@@ -182,6 +183,9 @@ def _load(sidecar) -> tuple[str, dict]:
             f"{where}: sidecar format {version!r} cannot be rerun (format {SIDECAR_FORMAT} or later records "
             "the IO steps, the random streams and the fused runs); use gp.replay(sample, sidecar['history'])"
         )
+    if version > SIDECAR_FORMAT:
+        raise ConfigError(f"{where}: sidecar format {version} is newer than this gpuprep {__version__} reads "
+                          f"(format {SIDECAR_FORMAT}); upgrade gpuprep to rerun it")
     return where, content
 
 

@@ -1,4 +1,4 @@
-"""The contract every registered transform keeps (DESIGN.md, "Tests").
+"""The contract every registered transform keeps (docs/design.md, "Tests").
 
 Each registered transform needs an entry in ``EXAMPLES`` (a factory building it for the keys
 ``image`` (float) and ``label`` (uint8)); a transform added without one fails

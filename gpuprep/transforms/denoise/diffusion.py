@@ -41,6 +41,8 @@ class AnisotropicDiffusion(Transform):
     allow_missing_keys:
         Skip keys that are absent instead of raising.
 
+    Notes
+    -----
     The recorded parameters are the voxel spacings used per key.
 
     Reference

@@ -36,6 +36,8 @@ class GaussianDenoise(Transform):
     allow_missing_keys:
         Skip keys that are absent instead of raising.
 
+    Notes
+    -----
     The recorded parameters are the per-sample sigmas in voxels (``{"image": {"sigma_voxel":
     [sD, sH, sW]}}``), so a replay smooths exactly the same way.
 

@@ -50,6 +50,8 @@ class WaveletDenoise(Transform):
     allow_missing_keys:
         Skip keys that are absent instead of raising.
 
+    Notes
+    -----
     The recorded parameters are the number of levels used per key.
 
     Reference

@@ -94,6 +94,8 @@ class CropForeground(SpatialTransform):
     threshold:
         Foreground is ``source > threshold`` in any channel.
 
+    Notes
+    -----
     An all-background source keeps the whole image. The box is read from the data (one small
     device-to-host copy), so this transform is not fused with others.
 

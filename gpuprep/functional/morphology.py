@@ -326,7 +326,7 @@ def _flood(seed: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
     if min(domain.shape[-3:]) < MIN_SIZE:
         return _propagate_max(seed, domain)
     blocks = block_all(domain, FACTOR, outside=True)
-    seeded = ~block_all(~seed, FACTOR) & blocks  # full blocks holding a seed voxel
+    seeded = ~block_all(~seed, FACTOR, outside=True) & blocks  # full blocks holding a seed voxel
     seed |= upsample(_flood(seeded, blocks), domain.shape[-3:], FACTOR)
     return graph_flood(seed, domain.contiguous())
 

@@ -388,12 +388,17 @@ def _largest_component(mask: torch.Tensor) -> torch.Tensor:
     blocks = block_all(mask, FACTOR, outside=True)
     reached = _flood(upsample(_largest_component(blocks), mask.shape[-3:], FACTOR), mask)
     volumes = reached.reshape(-1, *mask.shape[-3:])
-    counts = torch.count_nonzero(volumes.flatten(1), dim=1)
-    totals = torch.count_nonzero(mask.reshape(volumes.shape).flatten(1), dim=1)
+    counts = _count(volumes)
+    totals = _count(mask.reshape(volumes.shape))
     unsure = 2 * counts <= totals
     if bool(unsure.any()):  # e.g. two blobs of similar size: label every component
         volumes[unsure] = _largest_by_labels(mask.reshape(volumes.shape)[unsure])
     return reached
+
+
+def _count(volumes: torch.Tensor) -> torch.Tensor:
+    """True voxels per volume of bool ``[N, D, H, W]`` (summed as bytes: twice as fast as bools)."""
+    return volumes.contiguous().view(torch.uint8).flatten(1).sum(1)
 
 
 def _largest_by_labels(mask: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,10 @@ be undone:
 - ``gp.invert(gp.decollate(batch)[i], key, prediction_i)`` maps a prediction all the way back to
   sample *i*'s original scan (grid and affine), through the padding and every earlier spatial
   step of its history;
-- :func:`unpad` only removes the padding (exact slicing, no resampling): each sample's data on
-  the grid it had before collation.
+- ``gp.invert(batch, key, predictions)`` does so for the whole batch at once (a list of samples,
+  as their original grids differ);
+- :func:`unpad` only removes the padding (exact slicing, no resampling, unless spatial steps
+  followed the padding): each sample's data on the grid it had before collation.
 
 The pad is applied to every sample, also those already at the batch shape (an identity step),
 so all samples of a batch have histories of the same length and structure: batched transforms
@@ -28,7 +30,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, MissingKeyError, TransformError
-from ..sample import HISTORY_KEY, collate, decollate, get_history, get_meta, image_keys, meta_key
+from ..sample import HISTORY_KEY, collate, decollate, get_history, image_keys, meta_key
+from ..transforms.invert import invert
 from ..transforms.spatial.crop_pad import CropOrPad
 
 __all__ = ["PAD_MODES", "pad_collate", "unpad"]
@@ -95,16 +98,20 @@ def pad_collate(
 
 
 def unpad(batch: Mapping, key: str, data: torch.Tensor | None = None) -> list[dict]:
-    """Remove the padding that :func:`pad_collate` added, sample by sample (exact slicing).
+    """Remove the padding that :func:`pad_collate` added, sample by sample.
+
+    Undoes, for each sample, its last ``pad_collate`` step of ``key`` and every spatial step the
+    batch went through after it (e.g. a batched ``RandAffine``), with :func:`gpuprep.invert`
+    restricted to those records; with no such later step this is exact slicing.
 
     Parameters
     ----------
     batch:
-        A batch made by :func:`pad_collate` (possibly transformed afterwards on the same grid).
+        A batch made by :func:`pad_collate` (possibly transformed afterwards).
     key:
         The padded image key whose padding to remove.
     data:
-        ``[B, C, D, H, W]`` on the padded grid of ``key`` (e.g. the model's predictions);
+        ``[B, C, D, H, W]`` on the current grid of ``key`` (e.g. the model's predictions);
         default: ``batch[key]``.
 
     Returns
@@ -112,8 +119,7 @@ def unpad(batch: Mapping, key: str, data: torch.Tensor | None = None) -> list[di
     list of dict
         One ``{key: [C, d, h, w] tensor, f"{key}_meta": metadata}`` per sample, on the grid the
         sample had before :func:`pad_collate` (its affine included). To go back to the original
-        scan through every spatial step instead, use ``gp.invert(gp.decollate(batch)[i], key,
-        data[i])``.
+        scan through every spatial step instead, use ``gp.invert(batch, key, data)``.
 
     Example
     -------
@@ -123,25 +129,21 @@ def unpad(batch: Mapping, key: str, data: torch.Tensor | None = None) -> list[di
     [(1, 4, 6, 5), (1, 6, 4, 5)]
     """
     data = batch[key] if data is None else data
-    samples = decollate(batch)
-    if not isinstance(data, torch.Tensor) or data.ndim != 5 or data.shape[0] != len(samples):
+    if not isinstance(batch.get(key), torch.Tensor) or batch[key].ndim != 5:
+        raise TransformError(f"unpad: {key!r} of the batch must be a tensor [B, C, D, H, W]")
+    size, grid = len(batch[key]), tuple(batch[key].shape[-3:])
+    if not isinstance(data, torch.Tensor) or data.ndim != 5 or data.shape[0] != size:
         raise TransformError(
-            f"unpad: data for {key!r} must be a tensor [B, C, D, H, W] with B={len(samples)}, "
+            f"unpad: data for {key!r} must be a tensor [B, C, D, H, W] with B={size}, "
             f"got {tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}"
         )
-    out = []
-    for index, sample in enumerate(samples):
-        step = _last_pad_step(sample, key, index)
-        if list(data.shape[-3:]) != step["out_shape"]:
-            raise TransformError(
-                f"unpad: sample {index} of {key!r} has spatial shape {tuple(data.shape[-3:])}, "
-                f"its padded grid is {tuple(step['out_shape'])}"
-            )
-        start = _pad_before(step)
-        region = tuple(slice(s, s + n) for s, n in zip(start, step["in_shape"]))
-        meta = {**get_meta(sample, key), "affine": torch.tensor(step["in_affine"], dtype=torch.float64)}
-        out.append({key: data[index][(slice(None), *region)], meta_key(key): meta})
-    return out
+    if tuple(data.shape[-3:]) != grid:
+        raise TransformError(f"unpad: data for {key!r} has spatial shape {tuple(data.shape[-3:])}, "
+                             f"the batch's padded grid is {grid}")
+    histories = get_history(batch) or [[] for _ in range(size)]
+    since_pad = [history[_last_pad_index(history, key, index):] for index, history in enumerate(histories)]
+    restored = invert({**batch, HISTORY_KEY: since_pad}, key, data)
+    return restored if isinstance(restored, list) else decollate(restored)
 
 
 def _pad_sample(sample: Mapping, pads: list[CropOrPad], fill: tuple[str, float] | None) -> dict:
@@ -203,8 +205,10 @@ def _pad_before(step: Mapping) -> list[int]:
     return [-int(np.rint(t)) for t in np.asarray(step["voxel_map"])[:3, 3]]
 
 
-def _last_pad_step(sample: Mapping, key: str, index: int) -> dict:
-    for record in reversed(get_history(sample)):
+def _last_pad_index(history: Sequence[Mapping], key: str, index: int) -> int:
+    """Position in ``history`` of the last ``CropOrPad`` record of ``key`` (the one ``pad_collate`` adds)."""
+    for position in range(len(history) - 1, -1, -1):
+        record = history[position]
         if record.get("name") == "CropOrPad" and key in record.get("keys", []):
             step = record["params"][key]
             if any(o < i for o, i in zip(step["out_shape"], step["in_shape"])):
@@ -212,7 +216,7 @@ def _last_pad_step(sample: Mapping, key: str, index: int) -> dict:
                     f"unpad: the last CropOrPad of {key!r} in sample {index} crops "
                     f"{step['in_shape']} -> {step['out_shape']}; it is not a pad_collate step"
                 )
-            return step
+            return position
     raise TransformError(f"unpad: sample {index} has no CropOrPad record for {key!r}; was it made by pad_collate?")
 
 

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ..errors import TransformError
-from ..sample import LABEL, check_kind, dtype_kind, get_history, get_kind, get_meta, meta_key
+from ..functional.grid import is_lattice_map
+from ..sample import LABEL, check_kind, collate, decollate, dtype_kind, get_history, get_kind, get_meta, meta_key
 from .base import registered_transform
 from .spatial.base import inverse_step, resample_steps
 
 
+class _Run(NamedTuple):
+    """Inverse steps resampled together: one list of per-sample steps per position, their padding, their grid."""
+
+    chain: list[list[dict]]
+    value: float | str | None
+    shape: tuple[int, ...]
+
+
 def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: str | None = None,
-           kind: str | None = None) -> dict:
+           kind: str | None = None) -> dict | list[dict]:
     """Map ``data`` on the preprocessed grid of ``key`` back to the grid ``key`` had when loaded.
 
     The spatial records of the sample's history that involve ``key`` are undone newest first;
@@ -26,15 +36,21 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
     ``padding_value`` (a number or ``"minimum"``). Records that pad with different values are
     undone in separate resamplings, one per run of equal values.
 
+    A **batch** (``[B, C, D, H, W]``, a history per sample, e.g. from :func:`gpuprep.collate` or
+    :func:`gpuprep.pad_collate`) is inverted sample by sample with each sample's own parameters,
+    giving exactly what ``invert`` gives on each of ``gp.decollate(batch)``; samples whose
+    histories have the same structure (same steps, grids of the same shapes) are resampled
+    together in one batched call.
+
     Parameters
     ----------
     sample:
-        A preprocessed sample (single, not a batch) with its history.
+        A preprocessed sample or batch with its history.
     key:
         The image key whose spatial history to undo (e.g. ``"image"``).
     data:
-        ``[C, D, H, W]`` tensor on the preprocessed grid of ``key``, e.g. a predicted label map;
-        default: ``sample[key]`` itself.
+        ``[C, D, H, W]`` tensor (``[B, C, D, H, W]`` for a batch) on the preprocessed grid of
+        ``key``, e.g. a predicted label map; default: ``sample[key]`` itself.
     mode:
         Interpolation: ``"nearest"``, ``"linear"``, ``"cubic"``, or ``"onehot"`` (label maps:
         each label's mask linearly interpolated, then the argmax). Default: ``"onehot"`` for
@@ -48,9 +64,12 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
 
     Returns
     -------
-    dict
+    dict or list of dict
         ``{key: tensor on the original grid, f"{key}_meta": metadata with the original affine}``,
-        ready for :class:`~gpuprep.SaveImage`.
+        ready for :class:`~gpuprep.SaveImage`. For a batch: such a dict batched
+        (``[B, C, D, H, W]``, affines ``[B, 4, 4]``) when every sample's original grid has the
+        same shape, otherwise (e.g. a :func:`~gpuprep.pad_collate` batch of scans of different
+        sizes) a list of ``B`` single-sample dicts, in batch order.
 
     Example
     -------
@@ -59,18 +78,24 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
     >>> out = gp.Compose([gp.Resample("image", 2.0), gp.CropOrPad("image", (4, 4, 4))])(s)
     >>> gp.invert(out, "image")["image"].shape
     torch.Size([1, 9, 9, 9])
+    >>> batch = gp.pad_collate([gp.make_sample({"image": torch.rand(1, n, 6, 6)}) for n in (4, 6)])
+    >>> [tuple(s["image"].shape) for s in gp.invert(batch, "image")]
+    [(1, 4, 6, 6), (1, 6, 6, 6)]
     """
+    batched = _is_batched(sample, key)
     own = data is None
     data = sample[key] if own else data
-    if not isinstance(data, torch.Tensor) or data.ndim != 4:
-        raise TransformError(f"invert: data must be a tensor [C, D, H, W], got {getattr(data, 'shape', type(data))}")
-    current_shape = tuple(get_meta(sample, key)["affine"].shape)
-    if current_shape != (4, 4):
-        raise TransformError("invert: give one sample, not a batch (use gp.decollate first)")
-    expected = tuple(sample[key].shape[-3:])
-    if tuple(data.shape[-3:]) != expected:
+    expected = tuple(sample[key].shape)
+    samples = decollate(sample) if batched else [sample]
+    wanted = "[B, C, D, H, W]" if batched else "[C, D, H, W]"
+    if not isinstance(data, torch.Tensor) or data.ndim != len(expected) or (batched and len(data) != len(samples)):
         raise TransformError(
-            f"invert: data has spatial shape {tuple(data.shape[-3:])}, the grid of {key!r} is {expected}"
+            f"invert: data must be a tensor {wanted}" + (f" with B={len(samples)}" if batched else "")
+            + f", got {tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}"
+        )
+    if tuple(data.shape[-3:]) != expected[-3:]:
+        raise TransformError(
+            f"invert: data has spatial shape {tuple(data.shape[-3:])}, the grid of {key!r} is {expected[-3:]}"
         )
     if kind is not None:
         kind = check_kind(kind, "invert: kind")
@@ -78,8 +103,40 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
         kind = LABEL
     else:
         kind = get_kind(sample, key) if own else dtype_kind(data)
-    runs: list[tuple[list, object, tuple]] = []  # (inverse steps, padding value, shape they lead to)
-    target_shape, target_affine = expected, get_meta(sample, key)["affine"].numpy()
+    mode = mode or ("onehot" if kind == LABEL else "linear")
+    data = data if batched else data[None]
+    plans = [_plan(one, key, kind) for one in samples]
+    restored: list[torch.Tensor | None] = [None] * len(samples)
+    for indices in _groups(plans).values():
+        part = data if len(indices) == len(samples) else data[indices]
+        runs = [_Run([[plans[i][0][r].chain[j][0] for i in indices] for j in range(len(run.chain))],
+                     run.value, run.shape) for r, run in enumerate(plans[indices[0]][0])]
+        for position, volume in zip(indices, _resample_runs(part, runs, mode, kind)):
+            restored[position] = volume
+    outputs = [
+        {key: volume, meta_key(key): {**get_meta(one, key), "affine": torch.from_numpy(affine.copy())}}
+        for volume, one, (_, affine) in zip(restored, samples, plans)
+    ]
+    if not batched:
+        return outputs[0]
+    return collate(outputs) if len({tuple(o[key].shape) for o in outputs}) == 1 else outputs
+
+
+def _is_batched(sample: Mapping, key: str) -> bool:
+    affine = get_meta(sample, key)["affine"]
+    tensor = sample[key]
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim not in (4, 5) or (tensor.ndim == 5) != (affine.ndim == 3):
+        raise TransformError(
+            f"invert: {key!r} must be a sample [C, D, H, W] with a 4x4 affine or a batch [B, C, D, H, W] "
+            f"with affines [B, 4, 4], got {tuple(getattr(tensor, 'shape', ()))} with affine {tuple(affine.shape)}"
+        )
+    return tensor.ndim == 5
+
+
+def _plan(sample: Mapping, key: str, kind: str) -> tuple[list[_Run], np.ndarray]:
+    """The runs of inverse steps that undo one sample's spatial history of ``key``, and the original affine."""
+    runs: list[_Run] = []
+    target_shape, target_affine = tuple(sample[key].shape[-3:]), get_meta(sample, key)["affine"].numpy()
     for record in reversed(get_history(sample)):
         transform_class = registered_transform(record["name"])
         if key not in record.get("keys", []) or transform_class is None or not transform_class.spatial:
@@ -91,22 +148,44 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
         step = record["params"][key]
         target_shape, target_affine = tuple(step["in_shape"]), np.asarray(step["in_affine"])
         value = None if kind == LABEL else _padding_value(transform_class, record.get("config", {}))
-        if runs and (value is None or runs[-1][1] is None or runs[-1][1] == value):
-            runs[-1][0].append([inverse_step(step)])
-            runs[-1] = (runs[-1][0], value if runs[-1][1] is None else runs[-1][1], target_shape)
+        if runs and (value is None or runs[-1].value is None or runs[-1].value == value):
+            last = runs[-1]
+            runs[-1] = _Run([*last.chain, [inverse_step(step)]], value if last.value is None else last.value,
+                            target_shape)
         else:
-            runs.append(([[inverse_step(step)]], value, target_shape))
-    mode = mode or ("onehot" if kind == LABEL else "linear")
-    restored = data.clone() if not runs else data[None]  # never hand back the caller's tensor itself
+            runs.append(_Run([[inverse_step(step)]], value, target_shape))
+    return runs, target_affine
+
+
+def _groups(plans: list[tuple[list[_Run], np.ndarray]]) -> dict[tuple, list[int]]:
+    """Indices of the samples whose inverse runs have the same structure, so one batched resampling serves them."""
+    groups: dict[tuple, list[int]] = {}
+    for index, (runs, _) in enumerate(plans):
+        structure = tuple(
+            (run.value, run.shape, _lattice([steps[0] for steps in run.chain]),
+             tuple((tuple(s[0]["in_shape"]), tuple(s[0]["out_shape"]), "displacement" in s[0]) for s in run.chain))
+            for run in runs
+        )
+        groups.setdefault(structure, []).append(index)
+    return groups
+
+
+def _lattice(steps: list[dict]) -> bool:
+    """Whether a chain maps voxels to voxels (label maps are then sliced, not one-hot resampled)."""
+    if any("displacement" in s for s in steps):
+        return False
+    return is_lattice_map(np.linalg.multi_dot([np.eye(4), np.eye(4)] + [np.asarray(s["voxel_map"]) for s in steps]))
+
+
+def _resample_runs(data: torch.Tensor, runs: list[_Run], mode: str, kind: str) -> torch.Tensor:
+    """Resample a batch ``[B, C, D, H, W]`` through the runs, one resampling per run."""
+    restored = data.clone() if not runs else data  # never hand back the caller's tensor itself
     for chain, value, shape in runs:
         if mode == "onehot":
             restored = resample_steps(restored, chain, shape, "linear", label_mode="onehot", kind=LABEL)
         else:
             restored = resample_steps(restored, chain, shape, mode, kind=kind, padding_value=value or 0.0)
-    if runs:
-        restored = restored[0]
-    meta = {**get_meta(sample, key), "affine": torch.from_numpy(target_affine.copy())}
-    return {key: restored, meta_key(key): meta}
+    return restored
 
 
 def _padding_value(transform_class, config: Mapping) -> float | str | None:

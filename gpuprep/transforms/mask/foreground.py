@@ -36,8 +36,10 @@ class ForegroundMask(Transform):
 
     The mask is uint8 ``[1, D, H, W]`` (``[B, 1, D, H, W]`` for a batch) and gets a copy of the
     source's metadata under ``meta_key(mask_key)``. The threshold is not recorded (it would need a
-    host read); replay recomputes it. The morphology steps are iterative: each reads one boolean
-    back to the host per propagation round to test convergence (a handful of reads per call).
+    host read); replay recomputes it. Steps 2 and 4 give exactly scipy's result; they are flood
+    fills seeded on 2x2x2 blocks and finished on a graph of the voxels left
+    (:mod:`gpuprep.functional.flood`): about 0.3 s for a 1 mm brain on 2 CPU threads (scipy:
+    0.4 s), with a handful of host reads per call.
 
     Parameters
     ----------

@@ -12,29 +12,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai import transforms as monai_transforms
+from monai.data import MetaTensor
 
 import gpuprep as gp
 from gpuprep.errors import MissingKeyError, TransformError
 from tests.data.world_positions import (
     assert_same_world_values_exact,
     assert_same_world_values_interpolated,
-    geometry_files,
     las_affine,
-    real_files,
     write_volume,
 )
-
-monai_transforms = pytest.importorskip("monai.transforms")
-from monai.data import MetaTensor  # noqa: E402
-
-FILES = ["las", "lps", "oblique", *real_files()]
-
-
-@pytest.fixture(params=FILES)
-def source(request, tmp_path) -> Path:
-    """One input file: synthetic LAS/LPS/oblique written by nibabel, or a real scan."""
-    files = {**geometry_files(tmp_path), **real_files()}
-    return files[request.param]
 
 
 def _load(path: Path, **kwargs) -> dict:

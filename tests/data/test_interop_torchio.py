@@ -12,27 +12,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import torchio as tio
 
 import gpuprep as gp
 from gpuprep.errors import TransformError
 from tests.data.world_positions import (
     assert_same_world_values_exact,
     assert_same_world_values_interpolated,
-    geometry_files,
     las_affine,
-    real_files,
 )
-
-tio = pytest.importorskip("torchio")
-
-FILES = ["las", "lps", "oblique", *real_files()]
-
-
-@pytest.fixture(params=FILES)
-def source(request, tmp_path) -> Path:
-    """One input file: synthetic LAS/LPS/oblique written by nibabel, or a real scan."""
-    files = {**geometry_files(tmp_path), **real_files()}
-    return files[request.param]
 
 
 def _subject(path: Path):

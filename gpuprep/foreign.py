@@ -7,7 +7,9 @@ writers would then save the scan flipped or shifted. So every transform first **
 tensors (:func:`adopt_foreign`): the affine (converted to RAS+ when MONAI's ``space`` is LPS),
 the original affine and shape and the file name go into gpuprep metadata, and the value becomes a
 plain ``torch.Tensor``. Nothing downstream can then hold a stale affine. MONAI's separate
-``f"{key}_meta_dict"`` (``LoadImaged(image_only=False)``) is dropped for the same reason.
+``f"{key}_meta_dict"`` (``LoadImaged(image_only=False)``) is dropped for the same reason, and every
+transform writes it afresh from the new geometry for the keys that came from MONAI
+(:func:`sync_monai_meta_dicts`), so MONAI's ``SaveImaged`` writes what gpuprep computed.
 
 When gpuprep metadata already exists for a key whose value is a ``MetaTensor`` (a MONAI transform
 ran on a gpuprep sample), the two affines must agree to within :data:`AFFINE_TOLERANCE_MM` at the
@@ -35,6 +37,8 @@ AFFINE_TOLERANCE_MM = 1e-4
 MONAI_KIND_FIELD = "gpuprep_kind"
 #: MONAI's default postfix of the separate metadata dict of ``LoadImaged(image_only=False)``.
 MONAI_META_DICT_POSTFIX = "_meta_dict"
+#: The metadata field that marks a key adopted from a MetaTensor: its MONAI meta dict is kept in step.
+FROM_MONAI_FIELD = "from_monai"
 _LPS_TO_RAS = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
 
 
@@ -135,13 +139,13 @@ def metatensor_to_meta(value: Any, key: str, owner: str = "gpuprep") -> tuple[to
         _check_shapes(affine, original, shape, (4, 4), (3,), key, owner)
         meta = make_meta(affine, filename=_as_name(filename), original_affine=original,
                          original_shape=shape.tolist(), kind=kind)
-        return tensor, meta
+        return tensor, {**meta, FROM_MONAI_FIELD: True}
     size = tensor.shape[0]
     affine, original, shape = (_per_sample(x, size) for x in (affine, original, shape))
     _check_shapes(affine, original, shape, (size, 4, 4), (size, 3), key, owner)
     names = filename if isinstance(filename, (list, tuple)) else [filename] * size
     meta = {"affine": affine.clone(), "original_affine": original.clone(), "original_shape": shape.clone(),
-            "filename": [_as_name(n) for n in names]}
+            "filename": [_as_name(n) for n in names], FROM_MONAI_FIELD: [True] * size}
     if kind is not None:
         kinds = list(kind) if isinstance(kind, (list, tuple)) else [kind] * size
         meta["kind"] = [check_kind(k, f"{owner}: the kind of key {key!r}") for k in kinds]
@@ -202,3 +206,41 @@ def _check_shapes(affine, original, shape, affine_shape, shape_shape, key: str, 
 
 def _as_name(filename: Any) -> str | None:
     return None if filename is None else str(filename)
+
+
+def sync_monai_meta_dicts(data: Mapping) -> Mapping:
+    """Write MONAI's ``f"{key}_meta_dict"`` afresh for every key that came from a MONAI MetaTensor.
+
+    gpuprep returns plain tensors (a MetaTensor's ``.affine`` would go stale), but MONAI's
+    ``SaveImaged`` given a plain tensor reads the geometry from ``f"{key}_meta_dict"`` and, without
+    one, writes an identity affine. So every transform's output carries, for the keys adopted from
+    MONAI (marked ``"from_monai"`` in their metadata), a meta dict built from the current gpuprep
+    metadata: the RAS affine, the original affine, the spatial shape and the source file, with
+    ``space="RAS"``. ``data`` itself is returned when no key came from MONAI.
+
+    Example
+    -------
+    >>> from monai.data import MetaTensor
+    >>> mt = MetaTensor(torch.zeros(1, 2, 2, 2), affine=torch.diag(torch.tensor([2.0, 2, 2, 1])))
+    >>> out = sync_monai_meta_dicts(adopt_foreign({"image": mt}, ["image"]))
+    >>> out["image_meta_dict"]["affine"][0, 0].item(), out["image_meta_dict"]["space"]
+    (2.0, 'RAS')
+    """
+    keys = [k for k in image_keys(data) if _from_monai(data[meta_key(k)].get(FROM_MONAI_FIELD))]
+    if not keys:
+        return data
+    out = dict(data)
+    for key in keys:
+        meta = data[meta_key(key)]
+        shape = torch.as_tensor(data[key].shape[-3:], dtype=torch.int64)
+        entry = {"affine": meta["affine"].clone(), "original_affine": meta["original_affine"].clone(),
+                 "spatial_shape": shape if meta["affine"].ndim == 2 else shape.expand(len(data[key]), 3).clone(),
+                 "space": "RAS"}
+        if meta.get("filename") is not None:
+            entry["filename_or_obj"] = meta["filename"]
+        out[f"{key}{MONAI_META_DICT_POSTFIX}"] = entry
+    return out
+
+
+def _from_monai(flag: Any) -> bool:
+    return any(flag) if isinstance(flag, list) else bool(flag)

@@ -160,7 +160,7 @@ def make_sample(
         if unknown:
             raise TransformError(f"make_sample: labels {unknown} are not among the image keys {sorted(images)}")
     sample: dict = {}
-    from .foreign import check_affines_agree, is_metatensor, metatensor_to_meta
+    from .foreign import check_affines_agree, is_metatensor, metatensor_to_meta, sync_monai_meta_dicts
 
     for key, tensor in images.items():
         foreign = None
@@ -182,7 +182,7 @@ def make_sample(
             meta = {**foreign, "filename": filename or foreign["filename"], "kind": kind}
         sample[meta_key(key)] = meta
     sample[HISTORY_KEY] = []
-    return sample
+    return sync_monai_meta_dicts(sample)
 
 
 def image_keys(sample: Mapping) -> list[str]:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, MissingKeyError, TransformError, short_repr
+from ..foreign import sync_monai_meta_dicts
 from ..functional.grid import translation_map
 from ..random.seeding import PATCH_INDEX_KEY
 from ..sample import HISTORY_KEY, meta_key, select
@@ -168,7 +169,7 @@ class RandPatches(RandomTransform):
         if not keys:
             return dict(data)
         params = self.make_params(batch, keys)
-        return self._record(self.apply_params(batch, keys, params), keys, params)
+        return sync_monai_meta_dicts(self._record(self.apply_params(batch, keys, params), keys, params))
 
     def replay(self, data: Mapping, params: Sequence[dict], extras: Sequence[dict] | None = None) -> dict:
         """Cut the recorded patches again (for one sample, every record refers to it, whatever its ``source``)."""
@@ -180,7 +181,8 @@ class RandPatches(RandomTransform):
             if not 0 <= int(entry.get("source", -1)) < len(batch[keys[0]]):
                 raise TransformError(f"RandPatches.replay: source {entry.get('source')} is not a sample of a "
                                      f"batch of {len(batch[keys[0]])}")
-        return self._record(self.apply_params(batch, keys, params), keys, params, extras or [{} for _ in params])
+        out = self._record(self.apply_params(batch, keys, params), keys, params, extras or [{} for _ in params])
+        return sync_monai_meta_dicts(out)
 
     # -- the two steps ------------------------------------------------------------------------
 

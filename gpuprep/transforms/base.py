@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..errors import REPR_LIMIT, ConfigError, MissingKeyError, TransformError, short_repr
-from ..foreign import adopt_foreign
+from ..foreign import adopt_foreign, sync_monai_meta_dicts
 from ..io.sidecar import to_json
 from ..sample import HISTORY_KEY, IMAGE, collate, decollate, dtype_kind, get_kind, is_batch, meta_key
 
@@ -101,7 +101,7 @@ class Transform:
         params = self.make_params(batch, keys)
         out = self.apply_params(batch, keys, params)
         out = self._record(out, keys, params)
-        return decollate(out)[0] if single else out
+        return sync_monai_meta_dicts(decollate(out)[0] if single else out)
 
     def replay(self, data: Mapping, params: Sequence[dict], extras: Sequence[dict] | None = None) -> dict:
         """Apply recorded ``params`` (one dict per sample) instead of making new ones.
@@ -118,7 +118,7 @@ class Transform:
             )
         extras = [{} for _ in params] if extras is None else extras
         out = self._record(self.apply_params(batch, keys, params), keys, params, extras)
-        return decollate(out)[0] if single else out
+        return sync_monai_meta_dicts(decollate(out)[0] if single else out)
 
     def get_config(self) -> dict:
         """The constructor arguments, so that ``type(self)(**self.get_config())`` rebuilds it."""

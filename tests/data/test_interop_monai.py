@@ -49,12 +49,32 @@ def test_monai_loadimaged_then_gpuprep_orientation_then_saveimaged_keeps_world_p
         assert nib.aff2axcodes(saved.affine) == ("R", "A", "S")
 
 
+def test_issue_chain_loadimaged_make_sample_orientation_saveimaged_without_adapter(source, tmp_path):
+    """The issue's chain, with no gp.to_monai: MONAI's SaveImaged must write the reoriented geometry."""
+    mt = _load(source)["image"]
+    reoriented = gp.Orientation("image", "RAS")(gp.make_sample({"image": mt}, affine=mt.affine))
+    saved = nib.load(_save(reoriented, tmp_path / "out"))
+    assert_same_world_values_exact(np.asanyarray(saved.dataobj), saved.affine, source)
+    if source.name != "oblique.nii.gz" and "aniso" not in source.name:
+        assert nib.aff2axcodes(saved.affine) == ("R", "A", "S")
+
+
+def test_loadimaged_through_a_fused_gpuprep_chain_then_saveimaged_keeps_world_positions(source, tmp_path):
+    """LoadImaged output through a fused Compose (reorient, resample, crop) straight into SaveImaged."""
+    pipeline = gp.Compose([gp.Orientation("image", "LPS"), gp.Resample("image", 1.3),
+                           gp.CropOrPad("image", (6, 6, 6))])
+    saved = nib.load(_save(pipeline(_load(source)), tmp_path / "out"))
+    assert_same_world_values_interpolated(np.asanyarray(saved.dataobj), saved.affine, source)
+
+
 @pytest.mark.parametrize("image_only", [True, False])
 def test_gpuprep_transform_on_loadimaged_output_returns_plain_tensor_and_its_affine(source, image_only):
     loaded = _load(source, image_only=image_only)
     out = gp.Orientation("image", "RAS")(loaded)
     assert type(out["image"]) is torch.Tensor  # no MetaTensor left with a stale .affine
-    assert "image_meta_dict" not in out  # MONAI's copy of the old metadata would be stale too
+    # MONAI's meta dict is written afresh from the new geometry (the loaded one would be stale).
+    np.testing.assert_array_equal(out["image_meta_dict"]["affine"], gp.get_affine(out, "image"))
+    assert out["image_meta_dict"]["spatial_shape"].tolist() == list(out["image"].shape[1:])
     assert_same_world_values_exact(out["image"], gp.get_affine(out, "image"), source)
     assert gp.get_meta(out, "image")["filename"] == str(source)
     np.testing.assert_allclose(gp.get_meta(out, "image")["original_affine"], nib.load(source).affine, atol=1e-6)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ...errors import ConfigError, TransformError, short_repr
-from ...foreign import adopt_foreign
+from ...foreign import adopt_foreign, sync_monai_meta_dicts
 from ...functional.elastic import bspline_field
 from ...functional.grid import is_lattice_map
 from ...functional.resample import MODES, resample, resample_labels
@@ -292,7 +292,7 @@ def _apply_fused_run(
         if recorded is None and len(planned) > 1:
             extras = [{**extra, "fused": {"index": index, "count": len(planned)}} for extra in extras]
         batch = transform._record(batch, keys, params, extras)
-    return decollate(batch)[0] if single else batch
+    return sync_monai_meta_dicts(decollate(batch)[0] if single else batch)
 
 
 def _resample_chains(batch: dict, chains: dict) -> None:

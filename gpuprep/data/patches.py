@@ -44,6 +44,7 @@ import torch
 from ..errors import ConfigError, MissingKeyError, TransformError, short_repr
 from ..foreign import sync_monai_meta_dicts
 from ..functional.grid import translation_map
+from ..functional.patch_centers import label_centers, weighted_centers
 from ..random.seeding import PATCH_INDEX_KEY
 from ..sample import HISTORY_KEY, meta_key, select
 from ..transforms.random_base import RandomTransform
@@ -195,10 +196,10 @@ class RandPatches(RandomTransform):
         draws = torch.tensor([[[rng.random() for _ in range(2 if self.sampler == "label" else 1)]
                                for _ in range(self.num_patches)] for rng in streams], dtype=torch.float64)
         if self.sampler == "label":
-            found = _label_centers(batch[self.label_key], draws, self._ratios, self.class_ratios is None,
+            found = label_centers(batch[self.label_key], draws, self._ratios, self.class_ratios is None,
                                    self.size, self.label_key)
         else:
-            found = _weighted_centers(batch[self.weight_key], draws[..., 0], self.size, self.weight_key)
+            found = weighted_centers(batch[self.weight_key], draws[..., 0], self.size, self.weight_key)
         rows = found.cpu().tolist()  # the one device-to-host copy: [B, N, 8] integers
         params = []
         for source, sample_rows in enumerate(rows):
@@ -287,94 +288,6 @@ def _ratios(values, name: str, minimum: int, maximum: int | None = None) -> list
 
 def _padding(start, size, shape) -> list[list[int]]:
     return [[max(0, -c), max(0, c + s - n)] for c, s, n in zip(start, size, shape)]
-
-
-def _starts(centers: torch.Tensor, size, shape) -> torch.Tensor:
-    """Corners ``[..., 3]`` of patches centred (``centre - size // 2``) and clamped to fit; fixed where padded."""
-    columns = []
-    for axis, (s, n) in enumerate(zip(size, shape)):
-        if n >= s:
-            columns.append((centers[..., axis] - s // 2).clamp(0, n - s))
-        else:
-            columns.append(torch.full_like(centers[..., axis], -((s - n) // 2)))
-    return torch.stack(columns, -1)
-
-
-def _unravel(flat: torch.Tensor, shape) -> torch.Tensor:
-    _, h, w = shape
-    return torch.stack([flat // (h * w), (flat // w) % h, flat % w], -1)
-
-
-def _label_centers(label: torch.Tensor, draws: torch.Tensor, ratios: list[float], pos_neg: bool, size,
-                   name: str) -> torch.Tensor:
-    """``[B, N, 8]``: start, centre, class and a found flag of each patch, from a label map ``[B, C, ...]``.
-
-    ``draws[..., 0]`` picks the class (by cumulative ratio among the classes present),
-    ``draws[..., 1]`` the rank of the voxel among that class's voxels (C order).
-    """
-    shape = tuple(label.shape[-3:])
-    device = label.device
-    draws = draws.to(device)
-    classes = len(ratios)
-    if pos_neg:  # classes [background, foreground]: one cumulative count serves both
-        foreground = (label > 0).any(1).flatten(1).to(torch.int32).cumsum(1, dtype=torch.int32)
-        positions = torch.arange(1, foreground.shape[1] + 1, dtype=torch.int32, device=device)
-
-        def ranks(c):  # [B, V]: how many voxels of class c up to each voxel (C order)
-            return foreground if c == 1 else positions - foreground
-
-        counts = torch.cat([foreground.shape[1] - foreground[:, -1:], foreground[:, -1:]], 1).long()
-    else:
-        if label.shape[1] == 1:
-            def mask(c):
-                return label[:, 0].flatten(1) == c
-        elif label.shape[1] == classes:
-            def mask(c):
-                return label[:, c].flatten(1) > 0
-        else:
-            raise TransformError(f"RandPatches: label_key {name!r} has {label.shape[1]} channels; class_ratios "
-                                 f"give {classes} classes (use one channel of class indices, or one per class)")
-
-        def ranks(c):
-            return mask(c).to(torch.int32).cumsum(1, dtype=torch.int32)
-
-        counts = torch.stack([mask(c).sum(1) for c in range(classes)], 1)  # [B, K]
-    weights = torch.tensor(ratios, dtype=torch.float64, device=device)[None] * (counts > 0)
-    cumulative = weights.cumsum(1)
-    total = cumulative[:, -1:]
-    chosen = torch.searchsorted(cumulative, (draws[..., 0] * total).contiguous(), right=True).clamp_max(classes - 1)
-    flat = torch.zeros_like(chosen)
-    for c in range(classes):
-        cumulative_count = ranks(c)
-        count = counts[:, c:c + 1]
-        rank = torch.minimum((draws[..., 1] * count.to(torch.float64)).floor().long(), (count - 1).clamp_min(0))
-        index = torch.searchsorted(cumulative_count, (rank + 1).to(torch.int32).contiguous())
-        flat = torch.where(chosen == c, index.clamp_max(cumulative_count.shape[1] - 1), flat)
-    centers = _unravel(flat, shape)
-    found = (total > 0).expand_as(chosen)
-    return torch.cat([_starts(centers, size, shape), centers, chosen[..., None], found[..., None].long()], -1)
-
-
-def _weighted_centers(weight: torch.Tensor, draws: torch.Tensor, size, name: str) -> torch.Tensor:
-    """``[B, N, 8]``: start, centre (class 0, found 1) of each patch, drawn proportionally to ``weight``."""
-    if weight.shape[1] != 1:
-        raise TransformError(f"RandPatches: weight_key {name!r} must have one channel, got {weight.shape[1]}")
-    shape = tuple(weight.shape[-3:])
-    low = [s // 2 if n >= s else 0 for s, n in zip(size, shape)]
-    high = [n - s + s // 2 + 1 if n >= s else n for s, n in zip(size, shape)]
-    region = weight[:, 0, low[0]:high[0], low[1]:high[1], low[2]:high[2]]
-    values = torch.nan_to_num(region.to(torch.float64), nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0).flatten(1)
-    cumulative = values.cumsum(1)
-    total = cumulative[:, -1:]
-    draws = draws.to(weight.device)
-    count = values.shape[1]
-    weighted = torch.searchsorted(cumulative, (draws * total).contiguous(), right=True).clamp_max(count - 1)
-    uniform = (draws * count).floor().long().clamp_max(count - 1)
-    flat = torch.where(total > 0, weighted, uniform)
-    offset = torch.tensor(low, device=weight.device)
-    centers = _unravel(flat, region.shape[-3:]) + offset
-    zeros = torch.zeros_like(flat)[..., None]
-    return torch.cat([_starts(centers, size, shape), centers, zeros, zeros + 1], -1)
 
 
 def collate_patches(batches: Sequence[Mapping]) -> dict:

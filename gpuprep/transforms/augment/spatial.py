@@ -20,13 +20,8 @@ from ...functional.grid import flip_map, rot90_map
 from ...random.ranges import symmetric_range
 from ..base import spatial_axes
 from ..random_base import RandomTransform
-from ..spatial.base import (
-    SpatialTransform,
-    make_step,
-    validate_mode,
-    validate_padding_mode,
-    validate_padding_value,
-)
+from ..spatial.base import SpatialTransform, make_step, validate_mode
+from ..spatial.padding import validate_padding_mode, validate_padding_value
 
 
 class _RandomSpatial(SpatialTransform, RandomTransform, abstract=True):

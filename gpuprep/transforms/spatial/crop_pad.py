@@ -10,7 +10,8 @@ import torch
 from ...errors import ConfigError
 from ...functional.grid import translation_map
 from ...sample import meta_key
-from .base import SpatialTransform, current_grids, make_step, validate_padding_mode, validate_padding_value
+from .base import SpatialTransform, current_grids, make_step
+from .padding import validate_padding_mode, validate_padding_value
 from .resample import _target_shape
 
 

@@ -12,24 +12,14 @@ from gpuprep.functional import flood as F
 from gpuprep.functional import morphology as M
 from gpuprep.functional.threshold import otsu_threshold
 from gpuprep.models.mni import mni_t1
-
-
-def _blobs(shape, fraction, seed, sigma=1.2) -> np.ndarray:
-    noise = ndi.gaussian_filter(np.random.default_rng(seed).normal(size=shape), sigma)
-    return noise > np.quantile(noise, 1 - fraction)
-
-
-def _largest_reference(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndi.label(mask)
-    if count == 0:
-        return np.zeros_like(mask)
-    return labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
+from tests.functional.test_morphology import _blobs, _largest_reference
 
 
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75, 0.9])
 def test_seeded_fill_holes_and_largest_component_on_odd_shaped_masks_match_scipy(fraction, device):
     """Sides not multiples of 2 at any level; 0.25 has no component over half the mask (full labelling)."""
-    masks = np.stack([_blobs((37, 42, 33), fraction, seed) for seed in range(4)]).reshape(2, 2, 37, 42, 33)
+    masks = np.stack([_blobs((37, 42, 33), fraction, sigma=1.2, seed=seed) for seed in range(4)])
+    masks = masks.reshape(2, 2, 37, 42, 33)
     x = torch.from_numpy(masks).to(device)
     filled, largest = M.fill_holes(x).cpu().numpy(), M.largest_component(x).cpu().numpy()
     for b in range(2):
@@ -79,7 +69,7 @@ def test_foreground_mask_of_a_1mm_brain_matches_scipy_without_full_resolution_ro
 
 
 def test_block_all_and_upsample_on_odd_sides():
-    mask = torch.from_numpy(_blobs((9, 6, 7), 0.8, 0))
+    mask = torch.from_numpy(_blobs((9, 6, 7), 0.8, sigma=1.2, seed=0))
     blocks = F.block_all(mask, 2, outside=True)
     padded = np.pad(mask.numpy(), ((0, 1), (0, 0), (0, 1)), constant_values=True)
     reference = padded.reshape(5, 2, 3, 2, 4, 2).all(axis=(1, 3, 5))

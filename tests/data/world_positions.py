@@ -15,6 +15,7 @@ import torch
 from nibabel.affines import apply_affine
 from scipy.ndimage import map_coordinates
 
+import gpuprep as gp
 from tests.conftest import oblique_affine
 
 #: World positions must agree to this many millimetres.
@@ -114,3 +115,13 @@ def _as_array(volume) -> np.ndarray:
     array = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
     array = array.astype(np.float64)
     return array[0] if array.ndim == 4 else array
+
+
+def assert_same_voxels_and_grids(converted, sample, keys) -> None:
+    """A sample converted there and back has the same voxels, affines and original grids as ``sample``."""
+    for key in keys:
+        assert torch.equal(converted[key], sample[key])
+        ours, theirs = gp.get_meta(sample, key), gp.get_meta(converted, key)
+        torch.testing.assert_close(theirs["affine"], ours["affine"])
+        torch.testing.assert_close(theirs["original_affine"], ours["original_affine"])
+        assert torch.equal(theirs["original_shape"], ours["original_shape"])

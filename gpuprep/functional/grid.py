@@ -33,6 +33,25 @@ def spacing_of(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
+def corner_distance(affine_a, affine_b, shape: Sequence[int]) -> np.ndarray:
+    """The largest distance (mm) between where two affines put the 8 corners of a grid of ``shape``.
+
+    ``affine_a`` and ``affine_b`` are ``[4, 4]`` or ``[B, 4, 4]``; the result has one distance per
+    sample (``[B]``, or ``[1]`` for single affines). Two grids of the same shape agree when it is small.
+
+    Example
+    -------
+    >>> shifted = np.eye(4); shifted[0, 3] = 0.5
+    >>> corner_distance(np.eye(4), shifted, (4, 4, 4)).tolist()
+    [0.5]
+    """
+    a = np.asarray(affine_a, dtype=np.float64).reshape(-1, 4, 4)
+    b = np.asarray(affine_b, dtype=np.float64).reshape(-1, 4, 4)
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)]).T  # [4, 8]
+    return np.linalg.norm((a - b)[:, :3] @ corners, axis=1).max(axis=1)
+
+
 def world_preserving_map(affine_in: np.ndarray, affine_out: np.ndarray) -> np.ndarray:
     """The voxel map that reads an input grid at the world points of an output grid."""
     return np.linalg.solve(np.asarray(affine_in, dtype=np.float64), np.asarray(affine_out, dtype=np.float64))

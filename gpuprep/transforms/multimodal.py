@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, TransformError
+from ..functional.grid import corner_distance
 from ..sample import IMAGE, copy_meta, get_kind, get_meta, meta_key
 from .base import Transform
 
@@ -147,9 +148,7 @@ def check_same_grid(batch: dict, first: str, second: str, tolerance: float, owne
         )
     affine_a = np.asarray(get_meta(batch, first)["affine"], dtype=np.float64).reshape(-1, 4, 4)
     affine_b = np.asarray(get_meta(batch, second)["affine"], dtype=np.float64).reshape(-1, 4, 4)
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape_a[0] - 1) for j in (0, shape_a[1] - 1)
-                        for k in (0, shape_a[2] - 1)]).T  # [4, 8]
-    distance = np.linalg.norm((affine_a - affine_b)[:, :3] @ corners, axis=1).max(axis=1)  # [B] mm
+    distance = corner_distance(affine_a, affine_b, shape_a)  # [B] mm
     voxel = np.linalg.norm(affine_a[:, :3, :3], axis=1).min(axis=1)  # smallest column norm per sample
     worst = int(np.argmax(distance / voxel))
     if distance[worst] > tolerance * voxel[worst]:

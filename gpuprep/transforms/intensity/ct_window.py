@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from ...errors import ConfigError
-from ...functional.intensity import scale_intensity_range
-from ...sample import is_label
-from ..base import Transform
+from ...functional.intensity import clip_intensity, scale_intensity_range
+from ..base import Transform, float_intensity_keys
 from ._masking import check_number
 
 #: Window presets as ``(level, width)`` in HU. Values from Radiopaedia, "Windowing (CT)"
@@ -119,13 +116,9 @@ class CTWindow(Transform):
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         low, high = self.bounds
-        for key in keys:
-            if is_label(batch, key):
-                continue
-            x = batch[key]
+        for key in float_intensity_keys(batch, keys):  # label maps are left alone; an int16 CT becomes float32
             if self.output == "unit":
-                batch[key] = scale_intensity_range(x, low, high, 0.0, 1.0, clip=True)
+                batch[key] = scale_intensity_range(batch[key], low, high, 0.0, 1.0, clip=True)
             else:
-                values = x if x.is_floating_point() else x.to(torch.float32)
-                batch[key] = values.clamp(low, high)
+                batch[key] = clip_intensity(batch[key], low, high)
         return batch

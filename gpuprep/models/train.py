@@ -15,16 +15,23 @@ Run (``--checkpoint-every N`` also writes the model so far, to evaluate a long r
 
     python -m gpuprep.models.train --task brain-tissue --steps 4200 --output brain-tissue.pt
     python -m gpuprep.models.train --task brain-mask --steps 3000 --output brain-mask.pt
+
+The brain-mask task also takes whole-head label maps made from real head scans
+(``--real-heads DIR``, written by ``scripts/make_training_heads.py``; see
+:mod:`gpuprep.models.head_labels`): their face, neck, orbits and skull base are what the synthetic
+shells lack. Each of them is then also cut to a random field of view (:func:`random_field_of_view`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._version import __version__
@@ -32,10 +39,12 @@ from ..data.loader import resolve_device
 from ..data.patches import RandPatches
 from ..data.sample_data import sample_brain
 from ..errors import ConfigError
+from ..io.reader import read_image
 from ..sample import collate, make_sample
 from ..transforms import (
     Compose,
     RandAffine,
+    RandAnisotropy,
     RandBiasField,
     RandBlur,
     RandElastic,
@@ -62,11 +71,62 @@ DEFAULT_CHANNELS = {"brain-tissue": (16, 32, 64, 128, 128), "brain-mask": (16, 3
 # Smallest difference between two labels' mean intensities (on the 0..1 scale before the bias
 # field and gamma): a draw where two tissues get the same intensity has no visible boundary, so it
 # only teaches the network to guess. Every ordering of the tissues is still drawn.
-MIN_SEPARATION = {"brain-tissue": 0.15, "brain-mask": 0.08}
+MIN_SEPARATION = {"brain-tissue": 0.15, "brain-mask": 0.05}
 # Patch centres: brain voxels vs the rest, per task. Tissue patches sit mostly on the brain (the
 # classes to learn). A skull stripper sees whole heads at inference, so half its patches are
 # centred off the brain (scalp, skull and background far from the head).
 POS_NEG_RATIO = {"brain-tissue": (9, 1), "brain-mask": (1, 1)}
+# Real-head label maps appear this many times as often as one synthetic head in the training
+# list (with 3 real heads and 8 synthetic ones: 15 of 23 draws are real heads).
+REAL_HEAD_WEIGHT = 5
+# Probability that a real head is cut to a random field of view, and the smallest kept fraction
+# of each axis: scans that stop at the chin, cut the top of the head, or show the whole neck.
+FIELD_OF_VIEW_P = 0.5
+FIELD_OF_VIEW_MIN = 0.55
+
+
+def real_head_label_maps(folder: str | Path, spacing: float) -> tuple[list[torch.Tensor], list, list[torch.Tensor]]:
+    """The whole-head label maps ``NAME_labels.nii.gz`` of ``folder`` at ``spacing`` mm (nearest).
+
+    Returns label maps, affines and targets (brain = labels 1-3), in name order.
+    """
+    files = sorted(Path(folder).glob("*_labels.nii.gz"))
+    if not files:
+        raise ConfigError(f"train: --real-heads {folder} holds no *_labels.nii.gz file "
+                          "(make them with scripts/make_training_heads.py)")
+    maps, affines, targets = [], [], []
+    for path in files:
+        data, meta = read_image(path, dtype=torch.uint8)
+        fine = make_sample({"label": data}, affine=meta["affine"])
+        coarse = Resample("label", spacing, label_mode="nearest")(fine)
+        maps.append(coarse["label"])
+        affines.append(coarse["label_meta"]["affine"].numpy())
+        targets.append(((coarse["label"] >= 1) & (coarse["label"] <= 3)).to(torch.uint8))
+    return maps, affines, targets
+
+
+def random_field_of_view(tensors: list[torch.Tensor], generator: torch.Generator,
+                         min_fraction: float = FIELD_OF_VIEW_MIN) -> list[torch.Tensor]:
+    """Cut volumes ``[C, D, H, W]`` (all the same shape) to one random box and pad back by replication.
+
+    Each axis keeps a random fraction in ``[min_fraction, 1]`` at a random offset; the removed
+    part is refilled by repeating the box's edge, as inference pads a scan (``padding_mode =
+    "replicate"``), so the network learns what a scan that ends mid-neck or mid-head looks like
+    at its border. The shape is unchanged, so the volumes still collate into a batch.
+    """
+    shape = tensors[0].shape[1:]
+    pads, box = [], []
+    for n in shape:
+        keep = max(1, math.ceil(n * (min_fraction + (1 - min_fraction) * torch.rand((), generator=generator).item())))
+        start = int(torch.randint(0, n - keep + 1, (), generator=generator))
+        box.append(slice(start, start + keep))
+        pads.append((start, n - keep - start))
+    flat = [p for before_after in reversed(pads) for p in before_after]
+    out = []
+    for tensor in tensors:
+        cut = tensor[(slice(None), *box)].float()[None]
+        out.append(torch.nn.functional.pad(cut, flat, mode="replicate")[0].to(tensor.dtype))
+    return out
 
 
 def label_maps(task: str, seed: int, num_heads: int = NUM_HEADS,
@@ -92,16 +152,37 @@ def label_maps(task: str, seed: int, num_heads: int = NUM_HEADS,
     return maps, [a for _, a in heads], [((m >= 1) & (m <= 3)).to(torch.uint8) for m in maps]
 
 
+def pad_to_common_shape(maps: list[torch.Tensor], affines: list, targets: list[torch.Tensor]):
+    """Zero-pad every label map and target ``[1, D, H, W]`` to the largest shape among them, centred.
+
+    The affines are shifted so that every voxel keeps its world position; the volumes then
+    collate into one batch whichever of them a step draws.
+    """
+    common = [max(m.shape[axis] for m in maps) for axis in (1, 2, 3)]
+    out_maps, out_affines, out_targets = [], [], []
+    for labels, affine, target in zip(maps, affines, targets):
+        before = [(c - n) // 2 for c, n in zip(common, labels.shape[1:])]
+        flat = [p for b, n, c in reversed(list(zip(before, labels.shape[1:], common))) for p in (b, c - n - b)]
+        out_maps.append(torch.nn.functional.pad(labels, flat))
+        out_targets.append(torch.nn.functional.pad(target, flat))
+        shifted = affine.copy()
+        shifted[:3, 3] = affine[:3, :3] @ -np.asarray(before, dtype=np.float64) + affine[:3, 3]
+        out_affines.append(shifted)
+    return out_maps, out_affines, out_targets
+
+
 def generator(task: str, patch: int, num_patches: int, num_labels: int, seed: int) -> Compose:
     """The batched image generator: deformation, random contrast, artefacts, normalisation, patches."""
     keys = ["label", "target"]
+    whole_head = task == "brain-mask"
     return Compose([
-        RandAffine(keys, rotate=20, scale=0.15, shear=0.05, translate=6),
+        RandAffine(keys, rotate=20, scale=0.15, shear=0.05, translate=20 if whole_head else 6),
         RandElastic(keys, num_control_points=7, max_displacement=4.0),
         RandLabelsToImage(label_key="label", image_key="image", num_labels=num_labels, mean=(0.0, 1.0),
                           std=(0.0, 0.08), zero_background=0.7 if task == "brain-tissue" else 0.2,
                           min_separation=MIN_SEPARATION[task]),
         RandBlur("image", std=(0.3, 1.0), p=0.8),  # partial volume: real images are never piecewise constant
+        *([RandAnisotropy("image", downsampling=(1.5, 4.0), p=0.3)] if whole_head else []),
         RandBiasField("image", coefficients=0.5, order=3, p=0.8),
         RandGamma("image", log_gamma=(-0.4, 0.4)),
         RandNoise("image", std=(0.0, 0.05)),
@@ -115,14 +196,18 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
           channels: Sequence[int] | None = None, lr: float = 2e-3, device: str = "auto", seed: int = 0,
           progress: bool = True, num_heads: int = NUM_HEADS,
           spacing: float | None = None, init: str | Path | None = None,
-          checkpoint: str | Path | None = None, checkpoint_every: int = 0) -> tuple[torch.nn.Module, dict]:
+          checkpoint: str | Path | None = None, checkpoint_every: int = 0,
+          real_heads: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
     """Train one task and return the model (eval mode) and its spec (see ``gpuprep/models/weights``).
 
     ``channels`` defaults to :data:`DEFAULT_CHANNELS` of the task. ``init`` continues from a
     checkpoint of the same task and architecture; its training record is kept under
     ``spec["training"]["previous"]``. With ``checkpoint`` and ``checkpoint_every = n > 0`` the
     model so far is written there (atomically) every ``n`` steps, so a long run can be evaluated
-    while it goes on; the spec's ``training.steps_done`` says how far it got.
+    while it goes on; the spec's ``training.steps_done`` says how far it got. ``real_heads``
+    (brain-mask only) adds the whole-head label maps of that folder
+    (:func:`real_head_label_maps`), each :data:`REAL_HEAD_WEIGHT` times, cut to a random field of
+    view with probability :data:`FIELD_OF_VIEW_P`.
     """
     from monai.losses import DiceCELoss
     from tqdm import tqdm
@@ -134,7 +219,18 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
     spacing = DEFAULT_SPACING[task] if spacing is None else float(spacing)
     channels = DEFAULT_CHANNELS[task] if channels is None else channels
     maps, affines, targets = label_maps(task, seed, num_heads, spacing)
-    num_labels = 4 if task == "brain-tissue" else len(HEAD_LABELS)
+    is_real = [False] * len(maps)
+    real_names = []
+    if real_heads is not None:
+        if task != "brain-mask":
+            raise ConfigError(f"train: --real-heads is for the brain-mask task, not {task}")
+        real = real_head_label_maps(real_heads, spacing)
+        real_names = [p.name for p in sorted(Path(real_heads).glob("*_labels.nii.gz"))]
+        for _ in range(REAL_HEAD_WEIGHT):
+            maps, affines, targets = maps + real[0], affines + real[1], targets + real[2]
+            is_real += [True] * len(real[0])
+        maps, affines, targets = pad_to_common_shape(maps, affines, targets)
+    num_labels = 4 if task == "brain-tissue" else max(len(HEAD_LABELS), max(int(m.max()) for m in maps) + 1)
     labels = TASK_LABELS[task]
     architecture = {"spatial_dims": 3, "in_channels": 1, "out_channels": len(labels),
                     "channels": list(channels), "strides": [2] * (len(channels) - 1), "num_res_units": 1}
@@ -167,6 +263,8 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
             "training": {
                 "steps": steps, "steps_done": len(history), "batch_size": batch_size, "num_patches": num_patches,
                 "patch": patch, "lr": lr, "seed": seed, "num_heads": num_heads if task == "brain-mask" else None,
+                "real_heads": real_names, "real_head_weight": REAL_HEAD_WEIGHT if real_names else None,
+                "field_of_view": {"p": FIELD_OF_VIEW_P, "min_fraction": FIELD_OF_VIEW_MIN} if real_names else None,
                 "device": str(run_device), "seconds": round(time.perf_counter() - start, 1),
                 "final_loss": round(sum(history[-100:]) / len(history[-100:]), 4),
                 "generator": make_batch.get_config()["transforms"],
@@ -175,10 +273,18 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
         }
 
     bar = tqdm(range(steps), desc=f"train {task}", unit="step", disable=not progress)
+    view_generator = torch.Generator().manual_seed(seed + 7919)
     model.train()
     for step in bar:
         picks = [(step * batch_size + i) for i in range(batch_size)]
-        batch = collate([{**samples[index % len(samples)], "sample_index": index} for index in picks])
+        drawn = []
+        for index in picks:
+            sample = {**samples[index % len(samples)], "sample_index": index}
+            if is_real[index % len(samples)] and torch.rand((), generator=view_generator) < FIELD_OF_VIEW_P:
+                sample["label"], sample["target"] = random_field_of_view([sample["label"], sample["target"]],
+                                                                         view_generator)
+            drawn.append(sample)
+        batch = collate(drawn)
         batch = make_batch(batch)
         loss = loss_function(model(batch["image"]), batch["target"].long())
         optimiser.zero_grad(set_to_none=True)
@@ -210,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heads", type=int, default=NUM_HEADS, help="synthetic heads (brain-mask)")
+    parser.add_argument("--real-heads", type=Path, default=None,
+                        help="brain-mask: folder of whole-head label maps NAME_labels.nii.gz "
+                             "(scripts/make_training_heads.py)")
     parser.add_argument("--spacing", type=float, default=None,
                         help=f"training (and inference) spacing in mm; default {DEFAULT_SPACING}")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -224,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, spec = train(args.task, args.steps, args.batch_size, args.num_patches, args.patch, args.channels,
                         args.lr, args.device, args.seed, progress=not args.no_progress, num_heads=args.heads,
                         spacing=args.spacing, init=args.init, checkpoint=args.output,
-                        checkpoint_every=args.checkpoint_every)
+                        checkpoint_every=args.checkpoint_every, real_heads=args.real_heads)
     save_checkpoint(args.output, model, spec)
     print(json.dumps(spec["training"] | {"generator": "..."}, indent=1))
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.2f} MB)")

@@ -62,3 +62,89 @@ def test_tissue_label_maps_are_the_templates_partial_volumes():
     assert ((fractions > 0.2) & (fractions < 0.8)).any(0).float().mean() > 0.05
     assert (fractions.argmax(0, keepdim=True).to(torch.uint8) == target).float().mean() > 0.98
     assert set(torch.unique(target).tolist()) == {0, 1, 2, 3}
+
+
+def _write_labels(folder, name, labels, affine):
+    import nibabel as nib
+
+    folder.mkdir(exist_ok=True)
+    nib.save(nib.Nifti1Image(labels.astype(np.uint8), affine), folder / f"{name}_labels.nii.gz")
+
+
+def test_real_head_label_maps_are_read_at_the_training_spacing(tmp_path):
+    from gpuprep.models.train import real_head_label_maps
+
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    labels[4:16, 4:16, 4:16] = 7
+    labels[8:12, 8:12, 8:12] = 2
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    _write_labels(tmp_path / "heads", "a", labels, affine)
+    maps, affines, targets = real_head_label_maps(tmp_path / "heads", spacing=2.0)
+    assert maps[0].shape == (1, 10, 10, 10) and np.allclose(np.diag(affines[0])[:3], 2.0)
+    assert set(maps[0].unique().tolist()) == {0, 2, 7}
+    assert torch.equal(targets[0], (maps[0] == 2).to(torch.uint8))
+
+
+def test_an_empty_real_heads_folder_is_an_error(tmp_path):
+    import pytest
+
+    from gpuprep.errors import ConfigError
+    from gpuprep.models.train import real_head_label_maps
+
+    with pytest.raises(ConfigError, match="no \\*_labels.nii.gz"):
+        real_head_label_maps(tmp_path, spacing=2.0)
+
+
+def test_random_field_of_view_cuts_one_box_and_replicates_its_edges():
+    from gpuprep.models.train import random_field_of_view
+
+    volume = torch.arange(12 * 10 * 8, dtype=torch.float32).reshape(1, 12, 10, 8)
+    labels = (volume.long() % 5).to(torch.uint8)
+    cut_volume, cut_labels = random_field_of_view([volume, labels], torch.Generator().manual_seed(4), 0.5)
+    again = random_field_of_view([volume, labels], torch.Generator().manual_seed(4), 0.5)
+    assert torch.equal(cut_volume, again[0]) and torch.equal(cut_labels, again[1])
+    assert cut_volume.shape == volume.shape and cut_labels.dtype == torch.uint8
+    # Every output voxel holds the input value of its nearest voxel inside one box (NumPy reference).
+    # The box is where the output's values change along each axis (the input's values all differ).
+    out = cut_volume[0].numpy()
+    box = []
+    for axis in range(3):
+        values = np.moveaxis(out, axis, 0).reshape(out.shape[axis], -1)[:, 0]
+        distinct = np.flatnonzero(np.diff(values) != 0)
+        box.append((distinct[0], distinct[-1] + 2) if len(distinct) else (0, 1))
+    inner = volume[0].numpy()
+    index = np.ix_(*[np.clip(np.arange(n), lo, hi - 1) for n, (lo, hi) in zip(out.shape, box)])
+    np.testing.assert_array_equal(out, inner[index])
+    np.testing.assert_array_equal(cut_labels[0].numpy(), labels[0].numpy()[index])
+    assert all(hi - lo >= 0.5 * n for (lo, hi), n in zip(box, out.shape))
+
+
+def test_padding_to_a_common_shape_keeps_world_positions():
+    from gpuprep.models.train import pad_to_common_shape
+
+    small, large = torch.ones(1, 4, 6, 8, dtype=torch.uint8), torch.zeros(1, 8, 6, 10, dtype=torch.uint8)
+    affine = np.array([[2.0, 0, 0, 10], [0, 2, 0, -4], [0, 0, 2, 3], [0, 0, 0, 1]])
+    maps, affines, targets = pad_to_common_shape([small, large], [affine, affine], [small, large])
+    assert [tuple(m.shape) for m in maps] == [(1, 8, 6, 10)] * 2 and torch.equal(maps[0], targets[0])
+    # The first voxel of the small map is now at index (2, 0, 1) and keeps its world position.
+    assert maps[0][0, 2, 0, 1] == 1 and maps[0][0, 1, 0, 1] == 0
+    np.testing.assert_allclose(affines[0] @ [2, 0, 1, 1], affine @ [0, 0, 0, 1])
+
+
+def test_training_with_real_heads_records_them(tmp_path):
+    from gpuprep.data.sample_data import sample_brain
+    from gpuprep.models.head_labels import whole_head_labels
+    from gpuprep.models.synth import synthetic_head
+
+    brain = sample_brain()
+    head, head_affine = synthetic_head(brain["label"], brain["label_meta"]["affine"].numpy(), seed=1)
+    image = torch.tensor([0.0, 0.3, 0.6, 0.9, 0.1, 0.05, 0.7])[head.long()]
+    labels = whole_head_labels(image, (head >= 1) & (head <= 3), spacing=(2, 2, 2), intensity_classes=3)
+    _write_labels(tmp_path / "heads", "synthetic", labels[0].numpy(), head_affine)
+    options = {"steps": 2, "batch_size": 2, "num_patches": 1, "patch": 32, "channels": (4, 8), "progress": False,
+               "num_heads": 1, "seed": 2}
+    model, spec = train("brain-mask", real_heads=tmp_path / "heads", **options)
+    again, _ = train("brain-mask", real_heads=tmp_path / "heads", **options)
+    assert torch.equal(_weights(model), _weights(again))
+    assert spec["training"]["real_heads"] == ["synthetic_labels.nii.gz"]
+    assert spec["training"]["field_of_view"]["p"] > 0

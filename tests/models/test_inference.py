@@ -311,7 +311,7 @@ def test_mask_key_segments_inside_the_mask_on_the_right_voxels(grid):
     windows = {}
     for key in (None, "brain"):
         out = SegmentBrain("image", output_key="seg", model=TissueThresholdNet(), refine=False, mask_key=key,
-                           progress=lambda done, total, key=key: windows.__setitem__(key, total))(
+                           mask_margin_mm=3.0, progress=lambda done, total, key=key: windows.__setitem__(key, total))(
             _sample(image, affine, brain=mask))
         predicted = out["seg"][0].numpy()
         expected = np.where(image > 50, 2, 0) * (inside if key else 1)
@@ -379,6 +379,8 @@ def test_mask_key_with_refine_and_errors(tissue_checkpoint):
         SegmentBrain(model=tissue_checkpoint, device="cpu", mask_key="brain")(other)
     with pytest.raises(ConfigError, match="mask_key must be None or a non-empty string"):
         SegmentBrain(model=tissue_checkpoint, mask_key="tissue")
+    with pytest.raises(ConfigError, match="mask_margin_mm must be a non-negative number, got -1"):
+        SegmentBrain(model=tissue_checkpoint, mask_key="brain", mask_margin_mm=-1)
     with pytest.raises(ConfigError, match="timer must be a callable"):
         SkullStrip(model=ThresholdNet(), timer=3)
 

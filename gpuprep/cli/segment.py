@@ -20,7 +20,7 @@ and grey matter); its brain mask is its voxels above the background value (``For
 holes filled). Which applies: ``--skull-stripped`` / ``--no-skull-stripped`` say it; by default
 the input counts as skull-stripped when at least 25 % of its voxels hold exactly its minimum
 (a constant background) and the other voxels fill at most 3000 mL (a brain with its CSF is
-1100-2500 mL, also in MNI-sized spaces; an adult head with scalp 3500 mL or more). The decision
+1100-2500 mL, also in MNI-sized spaces; the adult heads tried fill 4100 mL or more). The decision
 and its reason are printed and written to the JSON.
 
 The input is only read. Every output path is checked (an image extension for OUTPUT, not a
@@ -30,8 +30,8 @@ are replaced, except a JSON file that gpuprep did not write (e.g. a BIDS sidecar
 runs a checkpoint file of your own instead of the bundled weights (its spec names the task).
 While the network runs, a bar on stderr counts the sliding windows done (``--progress``;
 by default only when stderr is a terminal). The time of every stage is printed (load, skull
-strip, tissue network, refinement, write, QC): about 11 s in all for a 1 mm 256^3 head on 2 CPU
-threads (see the brain-tissue model card).
+strip, tissue network, refinement, write, QC): about 15 s in all for a 1 mm 256^3 head on one
+thread of a 2-core CPU (see the brain-tissue model card).
 """
 
 from __future__ import annotations

@@ -9,7 +9,19 @@ Reads any NIfTI (or other supported image: any orientation, spacing and size), r
   orientation letters (L/R, A/P, S/I; the patient's left on the left) and a legend of the labels;
 - a JSON file (default: OUTPUT with ``.json``): per label name the voxel count and volume in mL
   (voxel volume = |det(affine[:3, :3])| mm^3), plus the task, model file, weights SHA-256,
-  device, per-step timings and the history.
+  device, per-stage timings, the skull-stripping decision and the history.
+
+brain-tissue on a whole head: the tissue network expects a skull-stripped brain, so the head is
+skull-stripped first with the bundled brain-mask model (``SkullStrip``: largest component, holes
+filled, the image set to 0 outside), and ``SegmentBrain`` then works on the mask's bounding box
+only; every label outside the brain mask is 0. The history shows SkullStrip, then SegmentBrain.
+An input that is already skull-stripped is not stripped again (that would shave off surface CSF
+and grey matter); its brain mask is its voxels above the background value (``ForegroundMask``,
+holes filled). Which applies: ``--skull-stripped`` / ``--no-skull-stripped`` say it; by default
+the input counts as skull-stripped when at least 25 % of its voxels hold exactly its minimum
+(a constant background) and the other voxels fill at most 3000 mL (a brain with its CSF is
+1100-2500 mL, also in MNI-sized spaces; the adult heads tried fill 4100 mL or more). The decision
+and its reason are printed and written to the JSON.
 
 The input is only read. Every output path is checked (an image extension for OUTPUT, not a
 folder, a writable folder) before the model runs; missing output folders are created only to
@@ -17,7 +29,9 @@ write the outputs, and a failed run removes the files and folders it created. Ex
 are replaced, except a JSON file that gpuprep did not write (e.g. a BIDS sidecar). ``--weights``
 runs a checkpoint file of your own instead of the bundled weights (its spec names the task).
 While the network runs, a bar on stderr counts the sliding windows done (``--progress``;
-by default only when stderr is a terminal).
+by default only when stderr is a terminal). The time of every stage is printed (load, skull
+strip, tissue network, refinement, write, QC): about 15 s in all for a 1 mm 256^3 head on one
+thread of a 2-core CPU (see the brain-tissue model card).
 """
 
 from __future__ import annotations
@@ -41,6 +55,12 @@ if TYPE_CHECKING:
 # (``gpuprep --help``) must stay fast.
 
 LABEL_KEY = "labels"
+MASK_KEY = "brain_mask"
+#: The automatic skull-stripped rule (see the module docstring): at least this share of the voxels
+#: at exactly the image's minimum ...
+STRIPPED_MIN_BACKGROUND = 0.25
+#: ... and at most this volume (mL) above it.
+STRIPPED_MAX_FOREGROUND_ML = 3000.0
 #: The tasks of the bundled models (:data:`gpuprep.models.pretrained.TASKS`, which imports torch).
 TASKS = ("brain-tissue", "brain-mask")
 
@@ -56,7 +76,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("input", type=Path, metavar="INPUT", help="image file (NIfTI, MGH, ...)")
     parser.add_argument("output", type=Path, metavar="OUTPUT", help="label map to write (.nii.gz, .nii, .mgz)")
     parser.add_argument("--task", choices=TASKS, default=None,
-                        help="brain-tissue (CSF/GM/WM of a skull-stripped brain) or brain-mask (whole head); "
+                        help="brain-tissue (CSF/GM/WM; a whole head is skull-stripped first) or brain-mask "
+                             "(of a whole head); "
                              "default: the checkpoint's task with --weights, else brain-tissue")
     parser.add_argument("--weights", type=Path, metavar="PATH",
                         help="checkpoint file to use instead of the bundled one")
@@ -65,6 +86,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=None,
                         help="average the prediction with that of the left-right mirrored image (twice the "
                              "network time; default: on for brain-tissue, off for brain-mask)")
+    parser.add_argument("--skull-stripped", action=argparse.BooleanOptionalAction, default=None,
+                        help="brain-tissue: the input is already skull-stripped (no SkullStrip; the brain mask is "
+                             "its voxels above the background) / is a whole head (SkullStrip first); default: "
+                             "decided from the image (at least 25%% of the voxels at its minimum and at most "
+                             "3000 mL above it: skull-stripped)")
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="brain-tissue: sharpen the tissue probabilities with the image's own intensities "
                              "(a Gaussian per tissue fitted to this scan; default: on)")
@@ -91,6 +117,7 @@ def default_paths(output: Path) -> tuple[Path, Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Segment one image and write the label map, the QC PNG and the volumes JSON."""
+    import numpy as np
     import torch
 
     from ..io.atomic import atomic_write_bytes
@@ -101,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.pretrained import load_pretrained, resolve_device
     from ..sample import get_affine, get_history, get_meta
     from ..transforms.io import LoadImage
+    from ..transforms.mask.foreground import ForegroundMask
 
     device = resolve_device(args.device, "--device")
     qc_path, volumes_path = default_paths(args.output)
@@ -108,14 +136,18 @@ def run(args: argparse.Namespace) -> int:
     outputs = {"OUTPUT": args.output, "--qc": qc_path, "--volumes": volumes_path}
     _check_paths(args.input, outputs)
     timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def record(name: str, seconds: float) -> None:
+        timings[name] = timings.get(name, 0.0) + seconds
+        print(f"  {name:<16s} {seconds * 1000:9.1f} ms", flush=True)
 
     def timed(name, function, *arguments, **options):
         start = time.perf_counter()
         result = function(*arguments, **options)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        timings[name] = time.perf_counter() - start
-        print(f"  {name:<16s} {timings[name] * 1000:9.1f} ms", flush=True)
+        record(name, time.perf_counter() - start)
         return result
 
     print(f"gpuprep segment: {args.input} -> {args.output} (device {device})")
@@ -125,14 +157,41 @@ def run(args: argparse.Namespace) -> int:
     if args.task is not None and task != args.task:
         raise ConfigError(f"--task {args.task} was asked for, but the checkpoint {args.weights} is for {task!r}")
     flip = {} if args.flip_average is None else {"flip_average": args.flip_average}
+    sample = {**sample, "image": sample["image"].to(device)}
+    image = sample["image"]  # the input as read: the QC shows the labels on it
+    skull_strip = None
     with window_progress(args.progress) as progress:
         if task == "brain-mask":
             transform = SkullStrip("image", mask_key=LABEL_KEY, model=model, apply=False, device=device,
                                    progress=progress, **flip)
+            sample = timed("skull strip", transform, sample)
         else:
+            stripped, reason = skull_stripped(image, get_affine(sample, "image"), args.skull_stripped)
+            if stripped:
+                print(f"  input is skull-stripped ({reason}): no SkullStrip; brain mask = voxels above "
+                      f"the background (--no-skull-stripped to skull-strip it)", flush=True)
+                background = float(image.min())
+                mask_step = ForegroundMask("image", mask_key=MASK_KEY, method=background, largest_component=False,
+                                           fill_holes=True)
+                sample = timed("foreground mask", mask_step, sample)
+            else:
+                print(f"  input is a whole head ({reason}): SkullStrip first (--skull-stripped to skip it)",
+                      flush=True)
+                # By name, so that the history can be replayed: the bundled brain-mask weights.
+                mask_step = timed("load mask model", SkullStrip, "image", mask_key=MASK_KEY, model="brain-mask",
+                                  apply=True, device=device, progress=progress)
+                sample = timed("skull strip", mask_step, sample)
+            stages = {"network": "tissue network", "refine": "refinement"}
             transform = SegmentBrain("image", output_key=LABEL_KEY, model=model, device=device, refine=args.refine,
-                                     progress=progress, **flip)
-        sample = timed("segment", transform, {**sample, "image": sample["image"].to(device)})
+                                     mask_key=MASK_KEY, progress=progress,
+                                     timer=lambda stage, seconds: record(stages[stage], seconds), **flip)
+            sample = transform(sample)
+            voxel_mm3 = abs(float(np.linalg.det(get_affine(sample, MASK_KEY).numpy()[:3, :3])))
+            skull_strip = {"skull_stripped_input": stripped, "reason": reason, "ran": not stripped,
+                           "mask_step": type(mask_step).__name__,
+                           "brain_mask_ml": int(sample[MASK_KEY].count_nonzero()) * voxel_mm3 / 1000.0}
+            if not stripped:
+                skull_strip.update(model=mask_step.model_name, weights_sha256=mask_step.weights_sha256)
     labels = sample[LABEL_KEY].cpu()
     affine = get_affine(sample, LABEL_KEY)
     meta = get_meta(sample, "image")
@@ -141,20 +200,53 @@ def run(args: argparse.Namespace) -> int:
     with _all_or_nothing(outputs.values()):
         timed("write NIfTI", write_image, args.output, labels, affine, sidecar=False, qform_code=qform,
               sform_code=meta.get("sform_code") or qform or None)
-        timed("QC PNG", save_overlay, qc_path, sample["image"], labels, affine, names=model.spec["labels"],
-              title=task)
+        timed("QC PNG", save_overlay, qc_path, image, labels, affine, names=model.spec["labels"], title=task)
+        timings["total"] = time.perf_counter() - started
         summary = {
             "input": str(args.input), "output": str(args.output), "qc": str(qc_path), "task": task,
             "model": transform.model_name, "weights_sha256": transform.weights_sha256, "device": str(device),
             "shape": list(labels.shape[1:]), "affine": affine, **report,
+            **({"skull_strip": skull_strip} if skull_strip is not None else {}),
             "timings_s": {name: round(seconds, 4) for name, seconds in timings.items()},
             "gpuprep_version": __version__, "history": get_history(sample),
         }
         atomic_write_bytes(volumes_path, (json.dumps(to_json(summary), indent=2) + "\n").encode())
+    print(f"  {'total':<16s} {timings['total'] * 1000:9.1f} ms")
     for name, entry in report["labels"].items():
         print(f"  {name:<16s} {entry['voxels']:9d} voxels {entry['volume_ml']:10.2f} mL")
     print(f"done: {args.output}, {qc_path}, {volumes_path}")
     return 0
+
+
+def skull_stripped(image: torch.Tensor, affine: torch.Tensor, told: bool | None) -> tuple[bool, str]:
+    """Whether ``image`` ``[C, D, H, W]`` is to be taken as skull-stripped, and why.
+
+    ``told`` (``--skull-stripped`` / ``--no-skull-stripped``) decides when given. Otherwise the
+    image counts as skull-stripped when at least :data:`STRIPPED_MIN_BACKGROUND` of its voxels
+    hold exactly its minimum (a constant background, as brain extraction leaves) and the voxels
+    above it fill at most :data:`STRIPPED_MAX_FOREGROUND_ML` (a brain; a head is larger). Heads
+    whose air is exactly 0 (common after conforming or defacing) fail the second test.
+
+    Example
+    -------
+    >>> import torch
+    >>> brain = torch.zeros(1, 200, 200, 200); brain[:, 50:150, 40:160, 60:140] = 1.0  # 960 mL, 1 mm
+    >>> skull_stripped(brain, torch.eye(4), None)
+    (True, '88 % of the voxels at the minimum 0, 960 mL above it')
+    >>> skull_stripped(brain + torch.rand(brain.shape), torch.eye(4), None)[0]
+    False
+    """
+    import numpy as np
+
+    if told is not None:
+        return told, "as told (--skull-stripped)" if told else "as told (--no-skull-stripped)"
+    background = image.min()
+    above = (image > background).any(dim=0)
+    share = 1.0 - float(above.float().mean())
+    voxel_mm3 = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+    foreground_ml = int(above.count_nonzero()) * voxel_mm3 / 1000.0
+    reason = f"{share * 100:.0f} % of the voxels at the minimum {float(background):g}, {foreground_ml:.0f} mL above it"
+    return share >= STRIPPED_MIN_BACKGROUND and foreground_ml <= STRIPPED_MAX_FOREGROUND_ML, reason
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ Connectivity is 6 (faces), matching the default structures of :func:`scipy.ndima
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -41,6 +42,7 @@ __all__ = [
     "binary_closing",
     "binary_dilation",
     "binary_erosion",
+    "bounding_box",
     "component_labels",
     "fill_holes",
     "largest_component",
@@ -223,6 +225,36 @@ def _border(domain: torch.Tensor) -> torch.Tensor:
         for index in {0, n - 1}:
             reached.narrow(axis, index, 1).copy_(domain.narrow(axis, index, 1))
     return reached
+
+
+def bounding_box(mask: torch.Tensor, margin: int | Sequence[int] = 0) -> tuple[slice, slice, slice] | None:
+    """The bounding box of the nonzero voxels of one volume ``[D, H, W]``, as slices; ``None`` if there are none.
+
+    ``margin`` voxels (one number, or one per axis) are added on every side, clipped to the
+    volume. Three small host reads (one per axis).
+
+    Example
+    -------
+    >>> m = torch.zeros(6, 6, 6, dtype=torch.bool)
+    >>> m[2:4, 1, 3:5] = True
+    >>> bounding_box(m, margin=1)
+    (slice(1, 5, None), slice(0, 3, None), slice(2, 6, None))
+    """
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 3:
+        raise ValueError(f"bounding_box: expected one volume [D, H, W], got {getattr(mask, 'shape', mask)!r}")
+    margins = (margin,) * 3 if isinstance(margin, int) else tuple(margin)
+    if len(margins) != 3 or any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in margins):
+        raise ValueError(f"bounding_box: margin must be a non-negative int or three of them, got {margin!r}")
+    nonzero = _as_mask(mask)
+    box = []
+    for axis, extra in enumerate(margins):
+        others = [a for a in range(3) if a != axis]
+        index = torch.nonzero(nonzero.any(dim=others[1]).any(dim=others[0])).flatten()
+        if index.numel() == 0:
+            return None
+        low, high = int(index[0]), int(index[-1]) + 1
+        box.append(slice(max(0, low - extra), min(mask.shape[axis], high + extra)))
+    return tuple(box)
 
 
 def component_labels(mask: torch.Tensor) -> torch.Tensor:

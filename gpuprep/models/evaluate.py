@@ -26,6 +26,7 @@ import torch
 from ..sample import make_sample
 from ..transforms import Compose, RandAffine, RandBiasField, RandNoise
 from ..transforms.augment.synth import RandLabelsToImage
+from ..transforms.mask.foreground import ForegroundMask
 from .inference import SegmentBrain, SkullStrip
 from .mni import mni_t1, mni_tissue_fractions
 from .pretrained import load_pretrained
@@ -55,7 +56,7 @@ def dice(prediction: torch.Tensor, truth: torch.Tensor, value: int) -> float:
 
 
 def evaluate_tissue(model: torch.nn.Module, resolution: int = 1, perturb_seeds: Sequence[int] = (0, 1, 2),
-                    flip_average: bool = True, refine: bool = True) -> dict:
+                    flip_average: bool = True, refine: bool = True, masked: bool = False) -> dict:
     """Dice per tissue on the MNI T1, as it is and under random rotation (<= 20°), bias field and noise.
 
     The truth of a perturbed copy is defined as the clean one: the argmax of the template's
@@ -63,26 +64,63 @@ def evaluate_tissue(model: torch.nn.Module, resolution: int = 1, perturb_seeds: 
     map itself by nearest neighbour would alias the one-voxel CSF: that truth agrees with this one
     only to a CSF Dice of 0.85, so it would charge a perfect segmenter a 0.15 drop.
     ``flip_average`` and ``refine`` are passed to :class:`~gpuprep.models.inference.SegmentBrain`
-    (on by default, as there).
+    (on by default, as there). ``masked``: ``SegmentBrain`` gets a brain mask (``mask_key``), the
+    T1's voxels above 0 with holes filled (what ``gpuprep segment`` uses for a skull-stripped
+    input), moved with the image (nearest neighbour) for the perturbed copies.
     """
     image, truth, affine = mni_tissue(resolution)
     fractions = mni_tissue_fractions(resolution)[0]
-    segment = SegmentBrain("image", output_key="tissue", model=model, flip_average=flip_average, refine=refine)
-    clean = segment(make_sample({"image": image}, affine=affine))
+    segment = SegmentBrain("image", output_key="tissue", model=model, flip_average=flip_average, refine=refine,
+                           mask_key="brain" if masked else None)
+    start = make_sample({"image": image}, affine=affine)
+    if masked:
+        start = ForegroundMask("image", mask_key="brain", method=0.0, largest_component=False)(start)
+    clean = segment(dict(start))
     result = {"clean": {name: dice(clean["tissue"], truth, v) for v, name in TISSUE_NAMES.items()},
-              "flip_average": flip_average, "refine": refine}
+              "flip_average": flip_average, "refine": refine, "masked": masked}
     perturbed = []
     for seed in perturb_seeds:
-        sample = make_sample({"image": image, "fractions": fractions}, affine=affine)
+        sample = make_sample({"image": image, "fractions": fractions, **({"brain": start["brain"]} if masked else {})},
+                             affine=affine)
         sample["sample_index"] = seed
-        moved = Compose([RandAffine(["image", "fractions"], rotate=20), RandBiasField("image", coefficients=0.3),
-                         RandNoise("image", std=0.03)], seed=seed)(sample)
+        moved = Compose([RandAffine(["image", "fractions", *(["brain"] if masked else [])], rotate=20),
+                         RandBiasField("image", coefficients=0.3), RandNoise("image", std=0.03)], seed=seed)(sample)
         moved_truth = moved.pop("fractions").argmax(0, keepdim=True)
         out = segment(moved)
         perturbed.append({name: dice(out["tissue"], moved_truth, v) for v, name in TISSUE_NAMES.items()})
     result["perturbed"] = {name: float(np.mean([p[name] for p in perturbed])) for name in TISSUE_NAMES.values()}
     result["perturbed_each"] = perturbed
     return result
+
+
+def evaluate_tissue_in_heads(model: torch.nn.Module, mask_model: torch.nn.Module | str = "brain-mask",
+                             seeds: Sequence[int] = HELD_OUT_HEAD_SEEDS[:3], resolution: int = 1,
+                             flip_average: bool = True, refine: bool = True) -> dict:
+    """Dice per tissue on the MNI T1 inside synthetic heads, skull-stripped first (as ``gpuprep segment``).
+
+    Each head is :func:`t1_in_synthetic_head` (held-out seeds); the pipeline is
+    ``SkullStrip(mask_key="brain_mask")`` with ``mask_model``, then ``SegmentBrain(mask_key=
+    "brain_mask")``; the truth is the template's tissue labels placed in the head (0 outside the
+    brain). The skull stripping's own Dice is reported too: tissue it cuts off is lost.
+    """
+    image, truth, affine = mni_tissue(resolution)
+    pipeline = Compose([
+        SkullStrip("image", mask_key="brain_mask", model=mask_model),
+        SegmentBrain("image", output_key="tissue", model=model, flip_average=flip_average, refine=refine,
+                     mask_key="brain_mask"),
+    ])
+    each = []
+    for seed in seeds:
+        head, brain, head_affine = t1_in_synthetic_head(image, truth, affine, seed)
+        labels, _ = synthetic_head(truth, affine, seed=seed)
+        head_truth = torch.where(brain.bool(), labels, torch.zeros((), dtype=labels.dtype))
+        out = pipeline(make_sample({"image": head}, affine=head_affine))
+        scores = {name: dice(out["tissue"], head_truth, v) for v, name in TISSUE_NAMES.items()}
+        scores["brain_mask"] = dice(out["brain_mask"], brain, 1)
+        each.append(scores)
+    names = [*TISSUE_NAMES.values(), "brain_mask"]
+    return {"heads": {name: float(np.mean([e[name] for e in each])) for name in names}, "heads_each": each,
+            "seeds": list(seeds), "flip_average": flip_average, "refine": refine}
 
 
 def evaluate_mask(model: torch.nn.Module, seeds: Sequence[int] = HELD_OUT_HEAD_SEEDS, resolution: int = 1,
@@ -157,10 +195,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heads", nargs="+", default=None, help="names of the real heads (default: all)")
     parser.add_argument("--qc", type=Path, default=None, help="write a montage of the worst real head here")
     parser.add_argument("--no-synthetic", action="store_true", help="brain-mask: only the real heads")
+    parser.add_argument("--input", choices=["brain", "masked", "head"], default="brain",
+                        help="brain-tissue: the skull-stripped T1 as it is (default), with its nonzero voxels as "
+                             "SegmentBrain's brain mask (masked), or inside synthetic heads 10001-10003, "
+                             "skull-stripped first (head)")
     args = parser.parse_args(argv)
     model = load_pretrained(args.weights or args.task, device=args.device)
-    if args.task == "brain-tissue":
-        metrics = evaluate_tissue(model, flip_average=args.flip_average, refine=args.refine)
+    if args.task == "brain-tissue" and args.input == "head":
+        metrics = evaluate_tissue_in_heads(model, load_pretrained("brain-mask", device=args.device),
+                                           flip_average=args.flip_average, refine=args.refine)
+    elif args.task == "brain-tissue":
+        metrics = evaluate_tissue(model, flip_average=args.flip_average, refine=args.refine,
+                                  masked=args.input == "masked")
     else:
         metrics = {} if args.no_synthetic else evaluate_mask(model, args.seeds)
         if args.real_heads is not None:

@@ -10,22 +10,40 @@ segmentation, FSL FAST and ANTs Atropos with prior maps work this way). The inte
 fitted per image, so the step is as contrast-agnostic as the network. Background is left alone:
 its intensities (air, skull, scalp, or zeros after skull stripping) are no one Gaussian, so its
 probability is kept and only the tissue share ``1 - p(background)`` is redistributed.
+
+Cost: all work is restricted to the bounding box of the voxels with a tissue probability above
+zero (exact: the other voxels weigh nothing and keep their probabilities), every tissue is
+handled in one stacked operation, in float32, and the local means (a Gaussian of about 10 mm)
+are smoothed on a grid :data:`COARSE_SIGMA_VOXELS` times coarser than the sigma, then
+trilinearly upsampled. On a 1 mm brain mask (about 4 M voxels in its box) this takes well under
+a second on 2 CPU threads, where the full-resolution float64 version took half a minute.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..functional.filters import gaussian_filter
+from ..functional.morphology import bounding_box
 
-__all__ = ["refine_tissue_probabilities"]
+__all__ = ["COARSE_SIGMA_VOXELS", "refine_tissue_probabilities"]
+
+#: The local means are smoothed on a grid coarsened by ``floor(sigma / COARSE_SIGMA_VOXELS)``
+#: per axis, so that their Gaussian still spans this many coarse voxels (sigma 10 voxels:
+#: a 4x coarser grid, 64 times fewer voxels); 1 (no coarsening) below twice this sigma.
+COARSE_SIGMA_VOXELS = 2.5
+# A voxel's local mean leans on the tissue's global one until the smoothed weight reaches about 5 %.
+_LOCAL_PRIOR = 0.05
 
 
 def refine_tissue_probabilities(probabilities: torch.Tensor, image: torch.Tensor,
-                                tissue_classes: Sequence[int], local_sigma: Sequence[float] | None = None
-                                ) -> torch.Tensor:
+                                tissue_classes: Sequence[int], local_sigma: Sequence[float] | None = None,
+                                downsample: int | Sequence[int] | None = None) -> torch.Tensor:
     """Posterior tissue probabilities from network priors and a Gaussian intensity model per tissue.
 
     For each tissue ``k`` in ``tissue_classes`` the mean and variance of every image channel are
@@ -33,7 +51,8 @@ def refine_tissue_probabilities(probabilities: torch.Tensor, image: torch.Tensor
     with ``local_sigma``; the variance over the whole image); each voxel's tissue share is
     then split in proportion to ``p_k * N(x; mean_k, var_k)`` (channels independent). The other
     classes (background) keep their probabilities, so the result still sums to 1 wherever the
-    input did.
+    input did. Voxels whose tissue probabilities are all 0 (e.g. outside a brain mask) weigh
+    nothing and are returned unchanged.
 
     Parameters
     ----------
@@ -48,6 +67,12 @@ def refine_tissue_probabilities(probabilities: torch.Tensor, image: torch.Tensor
         ``None``: one mean per tissue for the whole image. Otherwise the Gaussian width in voxels
         ``(sD, sH, sW)`` of a local mean per voxel (the probability-weighted intensities and the
         weights are each smoothed, then divided), which follows a smooth bias field.
+    downsample:
+        Coarsening of the grid the local means are smoothed on: an int or one per axis (each
+        axis is averaged over blocks of that many voxels, smoothed with the equivalent
+        sigma, and the means are upsampled trilinearly). ``None`` (default): ``floor(sigma /``
+        :data:`COARSE_SIGMA_VOXELS` ``)`` per axis, at least 1; ``1``: the exact full-resolution
+        smoothing. A 10-voxel sigma changes by less than 1 % of the tissues' contrast this way.
 
     Returns
     -------
@@ -75,36 +100,75 @@ def refine_tissue_probabilities(probabilities: torch.Tensor, image: torch.Tensor
             f"refine_tissue_probabilities: tissue_classes must index the {probabilities.shape[0]} classes, "
             f"got {classes!r}"
         )
+    sigma = None if local_sigma is None else _three(local_sigma, "local_sigma", float, 0.0)
+    factors = None
+    if sigma is not None:
+        factors = (tuple(max(1, int(s // COARSE_SIGMA_VOXELS)) for s in sigma) if downsample is None
+                   else _three(downsample, "downsample", int, 1))
     p = probabilities.float()
     x = image.to(p.device, torch.float32)
-    # Sums in float64: millions of voxels, and the variance is a difference of large terms.
-    x64 = x.double()
-    # A floor for the variance, relative to the image's own spread: a tissue the network puts on
-    # constant voxels (zeros outside a stripped brain) must not become an infinitely sharp spike.
-    floor = (x64.flatten(1).var(dim=1) * 1e-4).clamp_min(1e-12)
-    log_posterior = []
-    for k in classes:
-        weight = p[k].double()
-        total = weight.sum().clamp_min(1e-12)
-        mean = ((weight * x64).flatten(1).sum(1) / total).view(-1, 1, 1, 1)
-        if local_sigma is not None:
-            mean = _local_mean(p[k], x, mean.float(), local_sigma).double()
-        var = torch.maximum((weight * (x64 - mean) ** 2).flatten(1).sum(1) / total, floor)
-        log_likelihood = (-0.5 * (x - mean.float()) ** 2 / var.view(-1, 1, 1, 1).float()
-                          - 0.5 * torch.log(var).view(-1, 1, 1, 1).float()).sum(0)
-        log_posterior.append(torch.log(p[k].clamp_min(1e-30)) + log_likelihood)
-    posterior = torch.softmax(torch.stack(log_posterior), dim=0)
-    tissue_share = p[classes].sum(0, keepdim=True)
+    # A floor for the variance, relative to the image's own spread (over the whole image, so that
+    # it does not depend on the box below): a tissue the network puts on constant voxels (zeros
+    # outside a stripped brain) must not become an infinitely sharp spike.
+    floor = (x.flatten(1).var(dim=1) * 1e-4).clamp_min(1e-12)  # [C]
     refined = p.clone()
-    refined[classes] = posterior * tissue_share
+    share = p[classes].sum(0)
+    box = bounding_box(share)
+    if box is None:  # no tissue anywhere: nothing to refine
+        return refined
+    p_box, x_box = p[(slice(None), *box)], x[(slice(None), *box)]
+    weight = p_box[classes]  # [T, d, h, w]
+    w = weight.unsqueeze(1)  # [T, 1, d, h, w]
+    total = weight.sum((1, 2, 3)).clamp_min(1e-12).view(-1, 1, 1, 1, 1)  # [T, 1, 1, 1, 1]
+    mean = (w * x_box).sum((2, 3, 4), keepdim=True) / total  # [T, C, 1, 1, 1]
+    if sigma is not None:
+        mean = _local_means(weight, x_box, mean, sigma, factors)  # [T, C, d, h, w]
+    squared = (x_box - mean).square_()  # [T, C, d, h, w]
+    var = torch.maximum((w * squared).sum((2, 3, 4), keepdim=True) / total, floor.view(1, -1, 1, 1, 1))
+    log_likelihood = (squared.div_(var).add_(torch.log(var))).sum(1).mul_(-0.5)  # [T, d, h, w]
+    log_posterior = log_likelihood.add_(torch.log(weight.clamp_min(1e-30)))
+    posterior = torch.softmax(log_posterior, dim=0)
+    refined[(classes, *box)] = posterior * share[box]
     return refined
 
 
-def _local_mean(weight: torch.Tensor, x: torch.Tensor, global_mean: torch.Tensor,
-                sigma: Sequence[float]) -> torch.Tensor:
-    """Weighted mean of ``x`` around every voxel; where the tissue is (almost) absent, its global mean."""
-    weights = gaussian_filter(weight[None, None], tuple(sigma), mode="constant")[0]
-    weighted = gaussian_filter((weight * x)[:, None], tuple(sigma), mode="constant")[:, 0]
-    # A voxel's local mean leans on the global one until the smoothed weight reaches about 5 %.
-    prior = 0.05
-    return (weighted + prior * global_mean) / (weights + prior)
+def _local_means(weight: torch.Tensor, x: torch.Tensor, global_mean: torch.Tensor, sigma: Sequence[float],
+                 factors: Sequence[int]) -> torch.Tensor:
+    """Weighted means ``[T, C, d, h, w]`` of ``x`` around every voxel, each tissue's weights ``weight[t]``.
+
+    ``G(w x) / G(w)`` with a Gaussian ``G`` of ``sigma`` voxels and zeros beyond the volume,
+    leaning on the global mean where the tissue is (almost) absent. With ``factors > 1`` the
+    weights and weighted intensities are averaged over blocks of ``factors`` voxels, smoothed
+    there with ``sqrt(sigma^2 - (f^2 - 1) / 12) / f`` (the block average is itself a blur of
+    variance ``(f^2 - 1) / 12``), divided, and the means upsampled trilinearly (voxel centres
+    aligned, as ``align_corners=False``).
+    """
+    tissues, channels = weight.shape[0], x.shape[0]
+    shape = tuple(x.shape[1:])
+    stack = torch.cat([weight.unsqueeze(1), weight.unsqueeze(1) * x], dim=1)  # [T, 1 + C, d, h, w]
+    stack = stack.reshape(1, tissues * (1 + channels), *shape)
+    coarse = any(f > 1 for f in factors)
+    if coarse:
+        padding = []
+        for n, f in zip(reversed(shape), reversed(factors)):
+            padding += [0, -n % f]  # zeros beyond the volume, as the smoothing's constant mode
+        stack = F.avg_pool3d(F.pad(stack, padding), kernel_size=tuple(factors), stride=tuple(factors))
+        sigma = [math.sqrt(max(s * s - (f * f - 1) / 12, 0.0)) / f for s, f in zip(sigma, factors)]
+    smoothed = gaussian_filter(stack, tuple(sigma), mode="constant")
+    smoothed = smoothed.view(tissues, 1 + channels, *smoothed.shape[2:])
+    means = (smoothed[:, 1:] + _LOCAL_PRIOR * global_mean) / (smoothed[:, :1] + _LOCAL_PRIOR)
+    if coarse:
+        padded = tuple(n + (-n % f) for n, f in zip(shape, factors))
+        means = F.interpolate(means.reshape(1, tissues * channels, *means.shape[2:]), size=padded,
+                              mode="trilinear", align_corners=False)
+        means = means[..., : shape[0], : shape[1], : shape[2]].reshape(tissues, channels, *shape)
+    return means
+
+
+def _three(value, name: str, kind: type, minimum: float) -> tuple:
+    values = (value,) * 3 if isinstance(value, numbers.Real) else tuple(value)
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Real) or v < minimum
+                               or (kind is int and int(v) != v) for v in values):
+        raise ValueError(f"refine_tissue_probabilities: {name} must be one number or three, each at least "
+                         f"{minimum:g}{' (integers)' if kind is int else ''}, got {value!r}")
+    return tuple(kind(v) for v in values)

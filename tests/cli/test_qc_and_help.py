@@ -82,7 +82,9 @@ def test_segment_task_choices_are_the_models_tasks():
 def small_head(tmp_path):
     shape = (30, 28, 20)
     index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
-    data = (100 * (np.linalg.norm(index - np.array(shape) / 2, axis=-1) < 9) + 20).astype(np.int16)
+    # Constant background: taken as skull-stripped. The blob spans more than one 16^3 window of the
+    # tiny model's 2 mm grid (SegmentBrain's windows cover only the blob's bounding box).
+    data = (100 * (np.linalg.norm(index - np.array(shape) / 2, axis=-1) < 12) + 20).astype(np.int16)
     path = tmp_path / "head.nii.gz"
     nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 1.5, 1.0])), path)
     return path

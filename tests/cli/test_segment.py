@@ -7,8 +7,10 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from gpuprep.cli import segment
 from gpuprep.cli.main import main
 from gpuprep.models import pretrained
 from tests.conftest import file_digest, oblique_affine
@@ -36,7 +38,7 @@ def test_segment_writes_labels_qc_and_volumes(head, tmp_path, task, capsys):
     output.parent.mkdir()
     assert main(["segment", str(head), str(output), "--weights", str(weights), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "segment" in printed and " ms" in printed and "mL" in printed
+    assert "skull strip" in printed and " ms" in printed and "mL" in printed and "total" in printed
     assert file_digest(head) == digest  # the input is never modified
     source, written = nib.load(head), nib.load(output)
     assert written.shape == source.shape
@@ -50,7 +52,11 @@ def test_segment_writes_labels_qc_and_volumes(head, tmp_path, task, capsys):
     report = json.loads((tmp_path / "out" / "head_seg.json").read_text())
     assert report["task"] == task and report["device"] == "cpu"
     assert report["weights_sha256"] == file_digest(weights)
-    assert set(report["timings_s"]) >= {"load image", "load model", "segment", "write NIfTI", "QC PNG"}
+    stages = {"load image", "load model", "skull strip", "write NIfTI", "QC PNG", "total"}
+    if task == "brain-tissue":  # the fixture is a head (no constant background): skull-stripped first
+        stages |= {"load mask model", "tissue network", "refinement"}
+        assert report["skull_strip"]["ran"] is True
+    assert set(report["timings_s"]) == stages
     voxel_mm3 = abs(np.linalg.det(source.affine[:3, :3]))
     assert report["voxel_volume_mm3"] == pytest.approx(voxel_mm3, rel=1e-9)
     assert set(report["labels"]) == set(names.values())
@@ -112,3 +118,101 @@ def test_missing_output_folders_are_created(tmp_path):
     assert main(["segment", str(source), str(output), "--weights", str(tiny_checkpoint(tmp_path, "brain-tissue")),
                  "--device", "cpu"]) == 0
     assert output.is_file() and output.with_suffix("").with_suffix(".json").is_file()
+
+
+@pytest.fixture
+def phantom_head(tmp_path):
+    """A head at 2 mm the bundled brain-mask model reads: brain, CSF, dark skull and bright scalp shells.
+
+    The air holds a little noise (as scanners write), so the input does not look skull-stripped.
+    """
+    rng = np.random.default_rng(3)
+    shape = (64, 72, 64)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    radius = np.linalg.norm((index - (np.array(shape) - 1) / 2) / np.array([26.0, 31.0, 25.0]), axis=-1)
+    image = np.select([radius < 0.8, radius < 0.86, radius < 0.93, radius < 1.0], [800, 300, 50, 700], 0)
+    image = image + rng.integers(0, 15, shape)
+    path = tmp_path / "phantom_head.nii.gz"
+    nib.save(nib.Nifti1Image(image.astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    return path, radius < 0.8
+
+
+def test_brain_tissue_on_a_head_skull_strips_first_and_labels_only_the_brain(phantom_head, tmp_path, capsys):
+    import gpuprep as gp
+
+    path, brain = phantom_head
+    weights = tiny_checkpoint(tmp_path, "brain-tissue", roi_size=(32, 32, 32))
+    output = tmp_path / "seg.nii.gz"
+    assert main(["segment", str(path), str(output), "--weights", str(weights), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "input is a whole head" in printed and "SkullStrip first" in printed
+    order = [line[2:18].strip() for line in printed.splitlines() if line.endswith(" ms")]  # the stages, in order
+    assert order == ["load image", "load model", "load mask model", "skull strip", "tissue network",
+                     "refinement", "write NIfTI", "QC PNG", "total"]
+    report = json.loads(output.with_suffix("").with_suffix(".json").read_text())
+    history = report["history"]
+    assert [record["name"] for record in history] == ["LoadImage", "SkullStrip", "SegmentBrain"]
+    strip, segment = history[1], history[2]
+    bundled = pretrained.load_pretrained("brain-mask", device="cpu")
+    assert strip["params"]["task"] == "brain-mask" and strip["params"]["weights_sha256"] == bundled.weights_sha256
+    assert strip["config"]["model"] == "brain-mask" and strip["config"]["mask_key"] == "brain_mask"
+    assert strip["config"]["apply"] is True
+    assert strip["config"]["largest_component"] is True and strip["config"]["fill_holes"] is True
+    assert segment["config"]["mask_key"] == "brain_mask" and segment["params"]["refine"] is True
+    assert report["skull_strip"]["ran"] is True and report["skull_strip"]["skull_stripped_input"] is False
+    assert report["skull_strip"]["weights_sha256"] == bundled.weights_sha256
+    # The brain mask of the run, replayed from its history: no label outside it.
+    replayed = gp.replay({"image": str(path)}, history[:2])
+    mask = replayed["brain_mask"][0].numpy().astype(bool)
+    assert 2 * (mask & brain).sum() / (mask.sum() + brain.sum()) > 0.9  # the mask is the phantom's brain
+    assert report["skull_strip"]["brain_mask_ml"] == pytest.approx(mask.sum() * 8 / 1000)
+    labels = np.asarray(nib.load(output).dataobj)
+    assert labels[mask].any() and not labels[~mask].any()
+
+
+def test_skull_stripped_flag_skips_skull_strip(phantom_head, tmp_path, capsys):
+    path, _ = phantom_head
+    weights = tiny_checkpoint(tmp_path, "brain-tissue", roi_size=(32, 32, 32))  # fewer windows: all the head
+    volumes = tmp_path / "v.json"
+    args = ["segment", str(path), str(tmp_path / "t.nii.gz"), "--weights", str(weights), "--device", "cpu",
+            "--volumes", str(volumes)]
+    assert main([*args, "--skull-stripped"]) == 0
+    assert "input is skull-stripped (as told (--skull-stripped))" in capsys.readouterr().out
+    report = json.loads(volumes.read_text())
+    assert [record["name"] for record in report["history"]] == ["LoadImage", "ForegroundMask", "SegmentBrain"]
+    assert report["history"][1]["config"]["mask_key"] == "brain_mask"
+    assert report["skull_strip"]["ran"] is False and "skull strip" not in report["timings_s"]
+    assert set(report["timings_s"]) >= {"foreground mask", "tissue network", "refinement"}
+
+
+def test_a_constant_background_and_a_brain_sized_foreground_count_as_skull_stripped(tmp_path, capsys):
+    """The automatic rule, both ways, and --no-skull-stripped overriding it."""
+    shape = (48, 56, 48)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    inside = np.linalg.norm((index - (np.array(shape) - 1) / 2) / np.array([20.0, 24.0, 20.0]), axis=-1) < 1
+    brain = torch.from_numpy(800.0 * inside)[None]
+    rule = segment.skull_stripped
+    # 2 mm voxels: 321 mL above a background of exact zeros (69 % of the voxels); 4 mm: 2570 mL, still a
+    # brain's volume; 5 mm: 5020 mL, a head. Air noise (no constant background): a head whatever its size.
+    assert rule(brain, np.diag([2.0, 2.0, 2.0, 1.0]), None) == (True, "69 % of the voxels at the minimum 0, "
+                                                                       "321 mL above it")
+    assert rule(brain, np.diag([4.0, 4.0, 4.0, 1.0]), None)[0] is True
+    assert rule(brain, np.diag([5.0, 5.0, 5.0, 1.0]), None)[0] is False
+    noisy = brain + torch.rand(brain.shape)
+    assert rule(noisy, np.diag([2.0, 2.0, 2.0, 1.0]), None)[0] is False
+    assert rule(noisy, np.eye(4), True) == (True, "as told (--skull-stripped)")
+    assert rule(brain, np.eye(4), False) == (False, "as told (--no-skull-stripped)")
+    # The command line applies it: ForegroundMask for the brain, or SkullStrip when told so.
+    weights = tiny_checkpoint(tmp_path, "brain-tissue", roi_size=(32, 32, 32))
+    path = tmp_path / "brain.nii.gz"
+    nib.save(nib.Nifti1Image((800 * inside).astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0])), path)
+    for extra, first_step in (([], "ForegroundMask"), (["--no-skull-stripped"], "SkullStrip")):
+        volumes = tmp_path / f"v{len(extra)}.json"
+        assert main(["segment", str(path), str(tmp_path / f"s{len(extra)}.nii.gz"), "--weights", str(weights),
+                     "--device", "cpu", "--volumes", str(volumes), *extra]) == 0
+        report = json.loads(volumes.read_text())
+        assert report["history"][1]["name"] == first_step
+        assert report["skull_strip"]["ran"] is bool(extra)
+    printed = capsys.readouterr().out
+    assert "input is skull-stripped (69 % of the voxels at the minimum 0, 321 mL above it)" in printed
+    assert "input is a whole head (as told (--no-skull-stripped))" in printed

@@ -155,3 +155,20 @@ def test_bad_arguments():
         M.ball(1.5)
     with pytest.raises(ValueError, match="D, H, W"):
         M.fill_holes(torch.zeros(4, 4, dtype=torch.bool))
+
+
+def test_bounding_box_with_margin_clipped_to_the_volume():
+    bounding_box = M.bounding_box
+    mask = torch.zeros(10, 12, 8, dtype=torch.uint8)
+    assert bounding_box(mask) is None
+    mask[2:5, 0, 6] = 3
+    mask[7, 4, 5] = 1
+    assert bounding_box(mask) == (slice(2, 8), slice(0, 5), slice(5, 7))
+    assert bounding_box(mask, margin=(1, 2, 3)) == (slice(1, 9), slice(0, 7), slice(2, 8))
+    expected = np.argwhere(mask.numpy())
+    box = bounding_box(mask.bool())
+    assert [(b.start, b.stop) for b in box] == list(zip(expected.min(0).tolist(), (expected.max(0) + 1).tolist()))
+    with pytest.raises(ValueError, match="margin must be a non-negative int"):
+        bounding_box(mask, margin=-1)
+    with pytest.raises(ValueError, match=r"one volume \[D, H, W\]"):
+        bounding_box(mask[None])

@@ -48,3 +48,20 @@ def test_command_line_prints_the_metrics_of_a_checkpoint(task, tmp_path, capsys)
         assert len(metrics["perturbed_each"]) == 3 and metrics["flip_average"] is metrics["refine"] is False
         scores = [*metrics["clean"].values(), *metrics["perturbed"].values()]
     assert all(0.0 <= score <= 1.0 for score in scores)
+
+
+def test_tissue_in_heads_and_masked_run_the_pipelines_of_gpuprep_segment():
+    from gpuprep.models.evaluate import evaluate_tissue, evaluate_tissue_in_heads
+
+    tissue, spec = train("brain-tissue", steps=1, batch_size=1, num_patches=1, patch=32, channels=(4, 8),
+                         progress=False, spacing=3.0, num_heads=1)
+    tissue.spec = spec
+    mask, mask_spec = train("brain-mask", steps=1, batch_size=1, num_patches=1, patch=32, channels=(4, 8),
+                            progress=False, spacing=3.0, num_heads=1)
+    mask.spec = mask_spec
+    heads = evaluate_tissue_in_heads(tissue, mask, seeds=(10001,), resolution=2, flip_average=False)
+    assert len(heads["heads_each"]) == 1 and set(heads["heads"]) == {"CSF", "GM", "WM", "brain_mask"}
+    assert all(0.0 <= score <= 1.0 for score in heads["heads"].values())
+    masked = evaluate_tissue(tissue, resolution=2, perturb_seeds=(0,), flip_average=False, masked=True)
+    assert masked["masked"] is True and len(masked["perturbed_each"]) == 1
+    assert all(0.0 <= score <= 1.0 for score in [*masked["clean"].values(), *masked["perturbed"].values()])

@@ -235,8 +235,10 @@ def test_replay_with_other_weights_is_refused(tmp_path):
 def test_batch_equals_singles(tissue_checkpoint):
     shape = (20, 22, 12)
     affines = [oblique_affine(), oblique_affine(angles=(-0.4, 0.1, 0.2), spacing=(1.0, 1.3, 2.0))]
-    samples = [_sample(ball_image(a, shape, radius=7.0), a) for a in affines]
+    masks = [box_mask(shape, (3, 4, 2), (15, 18, 10)), box_mask(shape, (6, 2, 1), (20, 14, 12))]
+    samples = [_sample(ball_image(a, shape, radius=7.0), a, brain=m) for a, m in zip(affines, masks)]
     for transform in (SegmentBrain(model=tissue_checkpoint, device="cpu"),
+                      SegmentBrain(model=tissue_checkpoint, device="cpu", mask_key="brain"),
                       SkullStrip(model=tiny_checkpoint(tissue_checkpoint.parent, "brain-mask"), device="cpu")):
         batch = transform(gp.collate(samples))
         for index, sample in enumerate(samples):
@@ -279,3 +281,130 @@ def test_configuration_and_data_errors(tissue_checkpoint):
     other_grid = gp.make_sample({"image": torch.rand(1, 8, 8, 8), "label": torch.zeros(1, 8, 8, 9, dtype=torch.uint8)})
     with pytest.raises(TransformError, match="'label' is not on the grid of 'image'"):
         SkullStrip(["image", "label"], model=ThresholdNet())(other_grid)
+
+
+class TissueThresholdNet(ThresholdNet):
+    """A 'tissue network' whose segmentation is known: background below 0.5 (rescaled input), else GM."""
+
+    def __init__(self):
+        super().__init__()
+        self.spec = tiny_spec("brain-tissue")
+
+    def forward(self, x):
+        low = torch.full_like(x, -1.0)
+        return torch.cat([0.5 - x, low, x - 0.5, low], dim=1) * self.gain
+
+
+def box_mask(shape, low, high) -> torch.Tensor:
+    mask = torch.zeros((1, *shape), dtype=torch.uint8)
+    mask[(slice(None), *(slice(a, b) for a, b in zip(low, high)))] = 1
+    return mask
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_mask_key_segments_inside_the_mask_on_the_right_voxels(grid):
+    """With a brain mask the network only sees the mask's box, and the labels land where the structure is."""
+    affine, shape = GRIDS[grid]
+    image = ellipsoid_image(affine, shape) - 20.0  # background 0: the same rescaling with and without the mask
+    mask = box_mask(shape, [n // 4 for n in shape], [n - n // 5 for n in shape])
+    inside = mask[0].numpy().astype(bool)
+    windows = {}
+    for key in (None, "brain"):
+        out = SegmentBrain("image", output_key="seg", model=TissueThresholdNet(), refine=False, mask_key=key,
+                           mask_margin_mm=3.0, progress=lambda done, total, key=key: windows.__setitem__(key, total))(
+            _sample(image, affine, brain=mask))
+        predicted = out["seg"][0].numpy()
+        expected = np.where(image > 50, 2, 0) * (inside if key else 1)
+        assert set(np.unique(predicted)) <= {0, 2}
+        assert dice(predicted == 2, expected == 2) >= 0.95
+        np.testing.assert_allclose(world_centroid(predicted == 2, affine), world_centroid(expected == 2, affine),
+                                   atol=0.5)
+        if key:
+            assert not predicted[~inside].any()  # nothing outside the mask
+    assert windows["brain"] < windows[None]  # only the windows over the mask's box ran
+
+
+def test_mask_key_crops_to_the_box_and_zeroes_the_image_outside_the_mask(monkeypatch):
+    """What goes into the network's preprocessing: the mask's box plus the margin, 0 outside the mask."""
+    import gpuprep.models.inference as inference
+
+    affine, shape = GRIDS["lps"]
+    image = ball_image(affine, shape, radius=12.0)
+    low, high = (5, 6, 4), (15, 20, 12)
+    mask = box_mask(shape, low, high)
+    mask[0, 5, 6, 4] = 0  # a voxel of the box outside the mask
+    seen = []
+    original = inference.make_sample
+
+    def spy(tensors, affine):
+        seen.append((tensors["image"].clone(), torch.as_tensor(affine).clone()))
+        return original(tensors, affine=affine)
+
+    monkeypatch.setattr(inference, "make_sample", spy)
+    SegmentBrain(model=TissueThresholdNet(), refine=False, mask_key="brain")(_sample(image, affine, brain=mask))
+    ((cropped, cropped_affine),) = seen
+    margin = [int(np.ceil(inference.MASK_MARGIN_MM / s)) for s in np.linalg.norm(affine[:3, :3], axis=0)]
+    start = [max(0, a - m) for a, m in zip(low, margin)]
+    stop = [min(n, b + m) for b, m, n in zip(high, margin, shape)]
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    assert tuple(cropped.shape[1:]) == tuple(b - a for a, b in zip(start, stop))
+    source = torch.as_tensor(image, dtype=torch.float32)[None]
+    torch.testing.assert_close(cropped, torch.where(mask.bool(), source, torch.zeros(()))[(slice(None), *box)])
+    np.testing.assert_allclose(cropped_affine.numpy(), _translated(affine, start), atol=1e-9)
+
+
+def _translated(affine: np.ndarray, start) -> np.ndarray:
+    """The affine of the sub-grid whose first voxel is voxel ``start`` of ``affine``'s grid."""
+    moved = affine.copy()
+    moved[:3, 3] = affine[:3, :3] @ np.asarray(start, dtype=float) + affine[:3, 3]
+    return moved
+
+
+def test_mask_key_with_refine_and_errors(tissue_checkpoint):
+    affine, shape = GRIDS["oblique"]
+    image = ball_image(affine, shape)
+    mask = box_mask(shape, (4, 4, 2), (28, 30, 14))
+    out = SegmentBrain(model=tissue_checkpoint, device="cpu", mask_key="brain")(_sample(image, affine, brain=mask))
+    assert out["tissue"].shape == (1, *shape) and out["tissue"].dtype == torch.uint8
+    assert not out["tissue"][mask == 0].any()
+    (record,) = gp.get_history(out)
+    assert record["config"]["mask_key"] == "brain" and "timer" not in record["config"]
+    empty = SegmentBrain(model=tissue_checkpoint, device="cpu", mask_key="brain")(
+        _sample(image, affine, brain=torch.zeros_like(mask)))
+    assert not empty["tissue"].any()
+    with pytest.raises(TransformError, match="the brain mask 'brain' is not in the sample"):
+        SegmentBrain(model=tissue_checkpoint, device="cpu", mask_key="brain")(_sample(image, affine))
+    other = gp.make_sample({"image": torch.rand(1, 8, 8, 8), "brain": torch.ones(1, 8, 8, 9, dtype=torch.uint8)})
+    with pytest.raises(TransformError, match="'brain' is not on the grid of 'image'"):
+        SegmentBrain(model=tissue_checkpoint, device="cpu", mask_key="brain")(other)
+    with pytest.raises(ConfigError, match="mask_key must be None or a non-empty string"):
+        SegmentBrain(model=tissue_checkpoint, mask_key="tissue")
+    with pytest.raises(ConfigError, match="mask_margin_mm must be a non-negative number, got -1"):
+        SegmentBrain(model=tissue_checkpoint, mask_key="brain", mask_margin_mm=-1)
+    with pytest.raises(ConfigError, match="timer must be a callable"):
+        SkullStrip(model=ThresholdNet(), timer=3)
+
+
+def test_timer_is_told_each_stage():
+    affine, shape = GRIDS["lps"]
+    seen = []
+    for transform, stages in ((SegmentBrain, ["network", "refine"]), (SkullStrip, ["network", "clean-up"])):
+        seen.clear()
+        model = TissueThresholdNet() if transform is SegmentBrain else ThresholdNet()
+        out = transform(model=model, timer=lambda stage, seconds: seen.append((stage, seconds)))(
+            _sample(ball_image(affine, shape), affine))
+        assert [stage for stage, _ in seen] == stages
+        assert all(seconds >= 0 for _, seconds in seen)
+        assert "timer" not in gp.get_history(out)[0]["config"]
+
+
+def test_skull_strip_then_segment_brain_in_one_pipeline(tissue_checkpoint):
+    """The documented recipe for a whole head: the mask from SkullStrip restricts SegmentBrain."""
+    affine, shape = GRIDS["lps"]
+    head = ball_image(affine, shape, radius=10.0, hole=3.0)
+    pipeline = gp.Compose([SkullStrip("image", mask_key="brain_mask", model=ThresholdNet()),
+                           SegmentBrain("image", mask_key="brain_mask", model=tissue_checkpoint, device="cpu")])
+    out = pipeline(_sample(head, affine))
+    assert [record["name"] for record in gp.get_history(out)] == ["SkullStrip", "SegmentBrain"]
+    assert not out["tissue"][out["brain_mask"] == 0].any()
+    assert out["brain_mask"].sum() > 100

@@ -37,7 +37,8 @@ def _phantom():
     brain[:, 16:32, 16:32, 8:16] = True
     generator = torch.Generator().manual_seed(1)
     tissue = torch.randint(0, 3, image.shape, generator=generator)
-    image[brain] = (torch.tensor([0.8, 0.9, 1.0])[tissue] + 0.005 * torch.randn(image.shape, generator=generator))[brain]
+    noise = 0.005 * torch.randn(image.shape, generator=generator)
+    image[brain] = (torch.tensor([0.8, 0.9, 1.0])[tissue] + noise)[brain]
     return image, brain, tissue
 
 

@@ -91,7 +91,7 @@ def test_an_empty_real_heads_folder_is_an_error(tmp_path):
     from gpuprep.errors import ConfigError
     from gpuprep.models.train import real_head_label_maps
 
-    with pytest.raises(ConfigError, match="no \\*_labels.nii.gz"):
+    with pytest.raises(ConfigError, match=r"no \*_labels\.nii\.gz"):
         real_head_label_maps(tmp_path, spacing=2.0)
 
 

@@ -3,9 +3,12 @@
 - :func:`load_pretrained` (``"brain-tissue"``, ``"brain-mask"``) returns a ready model;
 - :class:`SegmentBrain` and :class:`SkullStrip` use them inside any pipeline;
 - :mod:`gpuprep.models.train` trains them from label maps alone (``python -m gpuprep.models.train``);
-- :func:`synthetic_head` builds head label maps (scalp, skull, CSF shells) around a brain.
+- :func:`synthetic_head` builds head label maps (scalp, skull, CSF shells) around a brain;
+- :func:`whole_head_labels` builds them from a real head scan and its brain mask (SynthStrip-style);
+- :mod:`gpuprep.models.evaluate` and :mod:`gpuprep.models.evaluate_real` measure the models.
 """
 
+from .head_labels import whole_head_labels
 from .inference import SegmentBrain, SkullStrip
 from .pretrained import TASKS, WeightsNotBundledError, load_pretrained, weights_path
 from .synth import HEAD_LABELS, brain_mask_of, distance_to_mask, synthetic_head
@@ -26,4 +29,5 @@ __all__ = [
     "save_checkpoint",
     "synthetic_head",
     "weights_path",
+    "whole_head_labels",
 ]

@@ -84,10 +84,14 @@ def test_command_line_reports_real_heads(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_shipped_brain_mask_on_a_real_head_it_never_saw():
-    """Colin27 (a single subject with skull and face, held out) against the peers' majority."""
+    """Colin27 (a single subject with skull and face, held out) against the peers' majority.
+
+    Measured when the weights were made: Dice 0.947, +9.6 % volume (the file before: 0.840, +32 %).
+    """
     image, meta = read_image(HEADS / "colin27_2mm.nii.gz", dtype="float32")
     truth, _ = read_image(HEADS / "colin27_2mm_majority.nii.gz")
     out = gp.SkullStrip("image", mask_key="brain_mask", apply=False, device="cpu")(
         gp.make_sample({"image": image}, affine=meta["affine"]))
     agreement = mask_agreement(out["brain_mask"], truth, voxel_ml=0.008)
-    assert agreement["dice"] > 0.0, agreement  # floor set below, from the measured number
+    assert agreement["dice"] > 0.94, agreement
+    assert agreement["extra_volume_percent"] < 12, agreement

@@ -29,13 +29,15 @@ def test_weights_are_bundled_small_and_have_a_model_card(task):
 
 @pytest.mark.slow
 def test_skull_strip_on_the_sample_brain_inside_a_synthetic_head():
-    """Measured 0.984 and 0.985 for these two unseen heads when the weights were made."""
+    """Measured 0.973 and 0.970 for these two unseen heads when the weights were made (the file
+    before scored 0.984 and 0.985 against this template mask; the present one follows the peers'
+    tighter brain definition of real heads)."""
     brain = gp.data.sample_brain()
     for seed in (20001, 20002):
         head, truth, affine = t1_in_synthetic_head(brain["image"], brain["label"],
                                                    brain["image_meta"]["affine"].numpy(), seed)
         out = gp.SkullStrip("image", device="cpu")(gp.make_sample({"image": head}, affine=affine))
-        assert dice(out["brain_mask"], truth, 1) > 0.97, seed
+        assert dice(out["brain_mask"], truth, 1) > 0.965, seed
         assert torch.all(out["image"][out["brain_mask"] == 0] == 0)
 
 

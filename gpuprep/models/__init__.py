@@ -9,8 +9,9 @@
 """
 
 from .head_labels import whole_head_labels
-from .inference import SegmentBrain, SkullStrip
+from .inference import SegmentBrain
 from .pretrained import TASKS, WeightsNotBundledError, load_pretrained, weights_path
+from .skull_strip import SkullStrip
 from .synth import HEAD_LABELS, brain_mask_of, distance_to_mask, synthetic_head
 from .unet import CheckpointError, build_unet, load_checkpoint, save_checkpoint
 

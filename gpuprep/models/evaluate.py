@@ -27,9 +27,10 @@ from ..sample import make_sample
 from ..transforms import Compose, RandAffine, RandBiasField, RandNoise
 from ..transforms.augment.synth import RandLabelsToImage
 from ..transforms.mask.foreground import ForegroundMask
-from .inference import SegmentBrain, SkullStrip
+from .inference import SegmentBrain
 from .mni import mni_t1, mni_tissue_fractions
 from .pretrained import load_pretrained
+from .skull_strip import SkullStrip
 from .synth import HEAD_LABELS, brain_mask_of, synthetic_head
 
 TISSUE_NAMES = {1: "CSF", 2: "GM", 3: "WM"}

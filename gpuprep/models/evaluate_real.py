@@ -23,7 +23,8 @@ import torch
 
 from ..io.reader import read_image
 from ..sample import make_sample
-from .inference import SegmentBrain, SkullStrip
+from .inference import SegmentBrain
+from .skull_strip import SkullStrip
 
 __all__ = ["ASEG_TISSUES", "aseg_tissues", "evaluate_mask_on_heads", "evaluate_tissue_on_head", "mask_agreement"]
 
@@ -124,7 +125,7 @@ def evaluate_tissue_on_head(model: torch.nn.Module, head: Path, mask: Path, aseg
                             atropos: Path | None = None) -> dict:
     """Tissue Dice of the model on a real head, skull-stripped with ``mask`` (for example the peers' majority).
 
-    The image is multiplied by the mask (as :class:`~gpuprep.models.inference.SkullStrip` does)
+    The image is multiplied by the mask (as :class:`~gpuprep.models.skull_strip.SkullStrip` does)
     and segmented by :class:`~gpuprep.models.inference.SegmentBrain` with its defaults; labels
     outside the mask are 0. It is compared with ``aseg`` (:func:`aseg_tissues`: Dice of CSF, GM
     and WM, CSF being ventricles only there) and with an Atropos map inside the same mask

@@ -25,7 +25,7 @@ from gpuprep.data import cache_key
 from gpuprep.data.cache import CacheDataset
 from gpuprep.data.dataset import Dataset
 from gpuprep.errors import ConfigError
-from gpuprep.models.inference import SkullStrip
+from gpuprep.models.skull_strip import SkullStrip
 from gpuprep.models.unet import build_unet, save_checkpoint
 from tests.data.test_cache import assert_same
 from tests.models.test_inference import ThresholdNet

@@ -12,7 +12,8 @@ import torch
 
 import gpuprep as gp
 from gpuprep.errors import ConfigError, TransformError
-from gpuprep.models.inference import SegmentBrain, SkullStrip
+from gpuprep.models.inference import SegmentBrain
+from gpuprep.models.skull_strip import SkullStrip
 from gpuprep.sample import image_keys
 from tests.conftest import oblique_affine
 from tests.models.test_pretrained import LABELS, tiny_checkpoint, tiny_spec

@@ -1,7 +1,8 @@
-"""Segmentation with the bundled U-Nets as dictionary transforms: brain tissue, and what skull stripping shares.
+"""Brain-tissue segmentation with the bundled U-Net as a dictionary transform, and what skull stripping shares.
 
 :class:`SegmentBrain` and :class:`~gpuprep.models.skull_strip.SkullStrip` (in its own module) take
-an image on whatever grid it is on now (the file's, or after any preprocessing), run the network's own preprocessing on a private copy
+an image on whatever grid it is on now (the file's, or after any preprocessing), run the network's
+own preprocessing on a private copy
 (``Orientation("RAS")``, ``Resample`` to the spec's spacing, ``RescaleIntensity`` with the spec's
 percentiles to [0, 1], ``PadToMultiple`` of the U-Net's total stride), predict by sliding windows
 (optionally averaged with the prediction of each window's left-right mirror) and map the class

@@ -23,6 +23,7 @@ import torch
 
 from ..io.reader import read_image
 from ..sample import make_sample
+from .evaluate import dice
 from .inference import SegmentBrain
 from .skull_strip import SkullStrip
 
@@ -117,8 +118,7 @@ def evaluate_mask_on_heads(model: torch.nn.Module, heads: Path, peer_masks: Path
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor, value: int) -> float:
-    x, y = a == value, b == value
-    return round(float(2 * (x & y).sum() / max(int(x.sum() + y.sum()), 1)), 4)
+    return round(dice(a, b, value), 4)
 
 
 def evaluate_tissue_on_head(model: torch.nn.Module, head: Path, mask: Path, aseg: Path | None = None,

@@ -18,7 +18,7 @@ from ..data.sliding_window import ProgressCallback
 from ..errors import ConfigError, TransformError
 from ..functional.morphology import bounding_box, fill_holes, largest_component
 from ..sample import LABEL, copy_meta, meta_key
-from .inference import StageTimer, _check_same_grid, _SegmentationTransform
+from .segmentation_base import StageTimer, _check_same_grid, _SegmentationTransform
 
 __all__ = ["SkullStrip"]
 

@@ -167,7 +167,7 @@ def test_flip_average_makes_the_segmentation_mirror_with_the_image():
 
 def test_refine_sharpens_the_probabilities_on_the_image_grid(tissue_checkpoint, monkeypatch):
     """The refinement gets the probabilities and the image on the input's own grid, in mm-scaled widths."""
-    import gpuprep.models.inference as inference
+    import gpuprep.models.segmentation_base as inference  # where the shared inference code lives
 
     affine, shape = GRIDS["oblique"]
     image = ball_image(affine, shape)
@@ -327,7 +327,8 @@ def test_mask_key_segments_inside_the_mask_on_the_right_voxels(grid):
 
 def test_mask_key_crops_to_the_box_and_zeroes_the_image_outside_the_mask(monkeypatch):
     """What goes into the network's preprocessing: the mask's box plus the margin, 0 outside the mask."""
-    import gpuprep.models.inference as inference
+    import gpuprep.models.segmentation_base as inference  # where the shared inference code lives
+    from gpuprep.models.inference import MASK_MARGIN_MM
 
     affine, shape = GRIDS["lps"]
     image = ball_image(affine, shape, radius=12.0)
@@ -344,7 +345,7 @@ def test_mask_key_crops_to_the_box_and_zeroes_the_image_outside_the_mask(monkeyp
     monkeypatch.setattr(inference, "make_sample", spy)
     SegmentBrain(model=TissueThresholdNet(), refine=False, mask_key="brain")(_sample(image, affine, brain=mask))
     ((cropped, cropped_affine),) = seen
-    margin = [int(np.ceil(inference.MASK_MARGIN_MM / s)) for s in np.linalg.norm(affine[:3, :3], axis=0)]
+    margin = [int(np.ceil(MASK_MARGIN_MM / s)) for s in np.linalg.norm(affine[:3, :3], axis=0)]
     start = [max(0, a - m) for a, m in zip(low, margin)]
     stop = [min(n, b + m) for b, m, n in zip(high, margin, shape)]
     box = tuple(slice(a, b) for a, b in zip(start, stop))

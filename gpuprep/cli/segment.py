@@ -122,11 +122,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.atomic import atomic_write_bytes
     from ..io.overlay import save_overlay
-    from ..io.sidecar import to_json
     from ..io.writer import write_image
     from ..models.inference import SegmentBrain
     from ..models.pretrained import load_pretrained, resolve_device
     from ..models.skull_strip import SkullStrip
+    from ..records import to_json
     from ..sample import get_affine, get_history, get_meta
     from ..transforms.io import LoadImage
     from ..transforms.mask.foreground import ForegroundMask

@@ -46,9 +46,9 @@ from ..foreign import sync_monai_meta_dicts
 from ..functional.grid import translation_map
 from ..functional.patch_centers import label_centers, weighted_centers
 from ..random.seeding import PATCH_INDEX_KEY
+from ..records import make_step
 from ..sample import HISTORY_KEY, meta_key, select
 from ..transforms.random_base import RandomTransform
-from ..transforms.spatial.base import make_step
 from .grid_patches import extract_patches
 
 __all__ = ["PATCH_INDEX_KEY", "SAMPLERS", "RandPatches", "collate_patches"]

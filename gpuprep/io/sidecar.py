@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import platform
 from collections.abc import Mapping, Sequence
@@ -41,6 +40,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import ConfigError, ImageReadError
+from ..records import to_json
 from .atomic import atomic_write_bytes
 
 SIDECAR_FORMAT = 2
@@ -234,27 +234,3 @@ def package_versions() -> dict[str, str]:
     except ImportError:
         pass
     return versions
-
-
-def to_json(value: Any) -> Any:
-    """Convert tensors, NumPy values, paths and tuples to JSON types; non-finite floats to None.
-
-    Example
-    -------
-    >>> import numpy as np
-    >>> to_json({"a": (np.float32(1.5), float("nan")), "b": np.arange(2)})
-    {'a': [1.5, None], 'b': [0, 1]}
-    """
-    if isinstance(value, Mapping):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_json(v) for v in value]
-    if isinstance(value, (str, bool, int)) or value is None:
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "tolist"):  # tensors and NumPy arrays/scalars
-        return to_json(value.tolist())
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return str(value)  # e.g. a torch.dtype

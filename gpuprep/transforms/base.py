@@ -15,7 +15,7 @@ copy) in two steps, as in Kornia and TorchIO 2:
 The base class then appends one record per sample to the history:
 ``{"name": class name, "keys": [...], "config": constructor arguments, "params": {...}}``.
 Because the record holds both the configuration and the parameters, :func:`replay` can repeat
-the exact operation later, and invertible transforms can undo themselves from it.
+the exact operation later, and :func:`invert` can undo the invertible ones from it.
 
 Subclasses register themselves by class name, so a pipeline saved as YAML can be rebuilt.
 """
@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from ..errors import REPR_LIMIT, ConfigError, MissingKeyError, TransformError, short_repr
 from ..foreign import adopt_foreign, sync_monai_meta_dicts
-from ..io.sidecar import to_json
+from ..records import to_json
 from ..sample import HISTORY_KEY, IMAGE, collate, decollate, dtype_kind, get_kind, is_batch, meta_key
 
 #: Every concrete transform class, by name (filled in by ``Transform.__init_subclass__``).
@@ -57,7 +57,8 @@ class Transform:
                 return {**batch, **{k: -batch[k] for k in keys}}
     """
 
-    #: Whether :meth:`invert_params` is implemented.
+    #: Whether :func:`gpuprep.invert` can undo the transform from its records (the contract test
+    #: checks it for every transform that claims it); only spatial transforms need undoing.
     invertible: ClassVar[bool] = False
     #: Whether the transform changes the voxel grid (and so the affine).
     spatial: ClassVar[bool] = False
@@ -86,10 +87,6 @@ class Transform:
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         """Apply ``params`` to ``batch`` (a shallow copy the method may assign into) and return it."""
         raise NotImplementedError(f"{type(self).__name__} does not implement apply_params")
-
-    def invert_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        """Undo :meth:`apply_params` with the same ``params`` (only for invertible transforms)."""
-        raise TransformError(f"{type(self).__name__} is not invertible")
 
     # -- calling ---------------------------------------------------------------------------
 

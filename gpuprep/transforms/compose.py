@@ -9,24 +9,10 @@ from typing import Any
 from .._version import __version__
 from ..errors import ConfigError, short_repr
 from ..io.safe_yaml import dump_yaml, load_yaml
-from ..io.sidecar import to_json
+from ..records import to_json
 from .base import Transform, build_transform
+from .fusion import apply_fused, fusion_runs
 from .random_base import seed_random_transforms
-from .spatial.base import SpatialTransform, apply_fused
-
-
-def _fusable(transform: Transform) -> bool:
-    return isinstance(transform, SpatialTransform) and transform.fusable
-
-def _conflict(transform: SpatialTransform, run: list[SpatialTransform]) -> bool:
-    """One resampling applies at most one displacement field, and a field only with linear interpolation."""
-    def cubic(t):
-        return t.mode == "cubic"
-
-    if transform.warps:
-        return any(t.warps or cubic(t) for t in run)
-    return cubic(transform) and any(t.warps for t in run)
-
 
 PIPELINE_FORMAT = 1
 
@@ -92,17 +78,11 @@ class Compose:
         return dict(data)
 
     def _runs(self) -> list[list[Transform]]:
-        """Group consecutive fusable spatial transforms (when fusing); every other one stands alone."""
-        runs: list[list[Transform]] = []
-        for transform in self.transforms:
-            joins = self.fuse and _fusable(transform) and runs and _fusable(runs[-1][-1])
-            if joins and _conflict(transform, runs[-1]):
-                joins = False
-            if joins:
-                runs[-1].append(transform)
-            else:
-                runs.append([transform])
-        return runs
+        """The transforms grouped as they are applied: runs of fused spatial steps, every other one alone.
+
+        See :func:`~gpuprep.transforms.fusion.fusion_runs`; without fusion, every transform stands alone.
+        """
+        return fusion_runs(self.transforms) if self.fuse else [[t] for t in self.transforms]
 
     def __len__(self) -> int:
         return len(self.transforms)

@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ..errors import TransformError
-from ..io.sidecar import to_json
+from ..records import to_json
 from ..sample import HISTORY_KEY
 from .base import build_transform
-from .spatial.base import apply_fused
+from .fusion import apply_fused
 
 #: The fields every record has; any other field (``"stream"``, ``"fused"``) is copied on replay.
 RECORD_FIELDS = ("name", "keys", "config", "params")
@@ -20,7 +20,7 @@ def replay(data: Mapping, history: Sequence) -> dict:
     """Apply the transforms of a recorded ``history`` to ``data`` with the recorded parameters.
 
     Random transforms repeat exactly the parameters they drew, and records that were resampled
-    together (marked ``"fused"`` by :func:`~gpuprep.transforms.spatial.base.apply_fused`) are
+    together (marked ``"fused"`` by :func:`~gpuprep.transforms.fusion.apply_fused`) are
     resampled together again, so replaying the history of a preprocessed sample on its input gives
     the same output, bit for bit on the same device, fused or not. The records ``data`` already
     carries (its own history is a prefix of ``history``, e.g. the ``LoadImage`` record of a loaded

@@ -10,9 +10,10 @@ import torch
 
 from ..errors import TransformError
 from ..functional.grid import is_lattice_map
+from ..records import inverse_step, is_skipped, warp_entry
 from ..sample import LABEL, check_kind, collate, decollate, dtype_kind, get_history, get_kind, get_meta, meta_key
 from .base import registered_transform
-from .spatial.base import inverse_step, resample_steps
+from .fusion import Resampling, composed_maps, resample_steps
 
 
 class _Run(NamedTuple):
@@ -141,7 +142,7 @@ def _plan(sample: Mapping, key: str, kind: str) -> tuple[list[_Run], np.ndarray]
         transform_class = registered_transform(record["name"])
         if key not in record.get("keys", []) or transform_class is None or not transform_class.spatial:
             continue
-        if record["params"].get("apply") is False:  # a random step that skipped this sample
+        if is_skipped(record["params"]):  # a random step that skipped this sample
             continue
         if not transform_class.invertible:
             raise TransformError(f"invert: {record['name']} cannot be inverted, so {key!r} cannot be mapped back")
@@ -163,7 +164,7 @@ def _groups(plans: list[tuple[list[_Run], np.ndarray]]) -> dict[tuple, list[int]
     for index, (runs, _) in enumerate(plans):
         structure = tuple(
             (run.value, run.shape, _lattice([steps[0] for steps in run.chain]),
-             tuple((tuple(s[0]["in_shape"]), tuple(s[0]["out_shape"]), "displacement" in s[0]) for s in run.chain))
+             tuple((tuple(s[0]["in_shape"]), tuple(s[0]["out_shape"]), warp_entry(s[0])) for s in run.chain))
             for run in runs
         )
         groups.setdefault(structure, []).append(index)
@@ -172,9 +173,9 @@ def _groups(plans: list[tuple[list[_Run], np.ndarray]]) -> dict[tuple, list[int]
 
 def _lattice(steps: list[dict]) -> bool:
     """Whether a chain maps voxels to voxels (label maps are then sliced, not one-hot resampled)."""
-    if any("displacement" in s for s in steps):
+    if any(warp_entry(s) for s in steps):
         return False
-    return is_lattice_map(np.linalg.multi_dot([np.eye(4), np.eye(4)] + [np.asarray(s["voxel_map"]) for s in steps]))
+    return is_lattice_map(composed_maps([[s] for s in steps], 1)[0])
 
 
 def _resample_runs(data: torch.Tensor, runs: list[_Run], mode: str, kind: str) -> torch.Tensor:
@@ -182,9 +183,11 @@ def _resample_runs(data: torch.Tensor, runs: list[_Run], mode: str, kind: str) -
     restored = data.clone() if not runs else data  # never hand back the caller's tensor itself
     for chain, value, shape in runs:
         if mode == "onehot":
-            restored = resample_steps(restored, chain, shape, "linear", label_mode="onehot", kind=LABEL)
+            how = Resampling(mode="linear", label_mode="onehot")
+            restored = resample_steps(restored, chain, shape, how=how, kind=LABEL)
         else:
-            restored = resample_steps(restored, chain, shape, mode, kind=kind, padding_value=value or 0.0)
+            restored = resample_steps(restored, chain, shape, how=Resampling(mode=mode, padding_value=value or 0.0),
+                                      kind=kind)
     return restored
 
 

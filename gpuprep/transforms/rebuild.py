@@ -19,8 +19,9 @@ import torch
 
 from .._version import __version__
 from ..errors import ConfigError, TransformError
-from ..io.sidecar import SIDECAR_FORMAT, read_sidecar, sidecar_path, to_json
+from ..io.sidecar import SIDECAR_FORMAT, read_sidecar, sidecar_path
 from ..random.seeding import PATCH_INDEX_KEY, SAMPLE_INDEX_KEY
+from ..records import to_json
 from ..sample import get_history, image_keys
 from .compose import Compose
 from .io import LoadImage, SaveImage

@@ -13,7 +13,7 @@ import torch
 import gpuprep as gp
 import gpuprep.io as gio
 from gpuprep.errors import ConfigError, ImageReadError
-from gpuprep.io.sidecar import to_json
+from gpuprep.records import to_json
 
 
 @pytest.mark.parametrize(

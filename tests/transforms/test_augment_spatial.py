@@ -79,7 +79,7 @@ def test_same_on_batch():
 
 
 def test_fused_with_deterministic_steps_resamples_once(monkeypatch):
-    import gpuprep.transforms.spatial.base as spatial_base
+    import gpuprep.transforms.fusion as fusion
 
     keys = ["image", "label"]
     steps = [gp.Resample(keys, 2.0), gp.RandAffine(keys, rotate=10, scale=0.1, seed=3),
@@ -87,8 +87,8 @@ def test_fused_with_deterministic_steps_resamples_once(monkeypatch):
     sample = _phantom()
     unfused = gp.Compose(steps, fuse=False)(sample)
     calls = []
-    original = spatial_base.resample
-    monkeypatch.setattr(spatial_base, "resample", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fusion.resample
+    monkeypatch.setattr(fusion, "resample", lambda *a, **k: calls.append(1) or original(*a, **k))
     fused = gp.Compose(steps)(sample)
     assert len(calls) == 2  # one per key
     # The same records; the fused ones also say that they were resampled together (for gp.replay).

@@ -200,6 +200,12 @@ def test_random_p0_is_identity_and_seed_matters(name):
     assert len(draws) > 1  # parameters really are random
 
 
+def test_only_spatial_transforms_claim_to_be_invertible():
+    """``invertible`` means "undone by gp.invert", which undoes spatial records and skips the others."""
+    claims = [name for name, cls in REGISTRY.items() if cls.invertible and not cls.spatial]
+    assert not claims, f"{claims} claim invertible but gp.invert skips non-spatial records"
+
+
 @pytest.mark.parametrize("name", [n for n in _transforms() if REGISTRY[n].invertible])
 def test_invert_recovers_the_input(name):
     transform = EXAMPLES[name]()

@@ -260,10 +260,10 @@ def test_fused_equals_unfused_and_resamples_once(monkeypatch):
     sample = _sample(image, _lps(oblique_affine(spacing=(1.1, 0.9, 1.3))), labels)
     unfused = gp.Compose(PIPELINE, fuse=False)(sample)
     calls = []
-    import gpuprep.transforms.spatial.base as spatial_base
+    import gpuprep.transforms.fusion as fusion
 
-    original = spatial_base.resample
-    monkeypatch.setattr(spatial_base, "resample", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fusion.resample
+    monkeypatch.setattr(fusion, "resample", lambda *a, **k: calls.append(1) or original(*a, **k))
     fused = gp.Compose(PIPELINE)(sample)
     assert len(calls) == 2  # one resampling per key for the whole chain
     torch.testing.assert_close(fused["image"], unfused["image"], rtol=0, atol=1e-5)

@@ -6,8 +6,8 @@ import random
 from collections.abc import Mapping, Sequence
 
 from ...errors import ConfigError, short_repr
-from ...io.sidecar import to_json
 from ...random.seeding import sample_seed
+from ...records import to_json
 from ...sample import decollate, merge, select
 from ..base import Transform, build_transform
 from ..random_base import RandomTransform, seed_random_transforms

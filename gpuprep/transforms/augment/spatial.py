@@ -18,9 +18,10 @@ from ...errors import ConfigError
 from ...functional.affine import grid_center, rotation_matrix, shear_matrix, world_transform
 from ...functional.grid import flip_map, rot90_map
 from ...random.ranges import symmetric_range
+from ...records import make_step
 from ..base import spatial_axes
 from ..random_base import RandomTransform
-from ..spatial.base import SpatialTransform, make_step, validate_mode
+from ..spatial.base import SpatialTransform, validate_mode
 from ..spatial.padding import validate_padding_mode, validate_padding_value
 
 

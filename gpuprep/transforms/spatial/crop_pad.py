@@ -9,8 +9,10 @@ import torch
 
 from ...errors import ConfigError
 from ...functional.grid import translation_map
+from ...records import make_step
 from ...sample import meta_key
-from .base import SpatialTransform, current_grids, make_step
+from ..fusion import current_grids
+from .base import SpatialTransform
 from .padding import validate_padding_mode, validate_padding_value
 from .resample import _target_shape
 

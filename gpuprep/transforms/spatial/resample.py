@@ -8,7 +8,9 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...functional.grid import scaling_map, spacing_of, world_preserving_map
-from .base import Grid, SpatialTransform, make_step, validate_mode
+from ...records import make_step
+from ..fusion import Grid
+from .base import SpatialTransform, validate_mode
 from .padding import validate_padding_mode, validate_padding_value
 
 

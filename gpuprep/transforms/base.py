@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from ..errors import REPR_LIMIT, ConfigError, MissingKeyError, TransformError, short_repr
 from ..foreign import adopt_foreign, sync_monai_meta_dicts
-from ..records import to_json
+from ..records import make_record, to_json
 from ..sample import HISTORY_KEY, IMAGE, collate, decollate, dtype_kind, get_kind, is_batch, meta_key
 
 #: Every concrete transform class, by name (filled in by ``Transform.__init_subclass__``).
@@ -180,7 +180,7 @@ class Transform:
         extras = self.record_extras(len(params)) if extras is None else list(extras)
         histories = batch.get(HISTORY_KEY) or [[] for _ in params]
         batch[HISTORY_KEY] = [
-            [*history, {"name": type(self).__name__, "keys": list(keys), "config": config, "params": p, **extra}]
+            [*history, make_record(type(self).__name__, keys, config, p, **extra)]
             for history, p, extra in zip(histories, params, extras)
         ]
         return batch

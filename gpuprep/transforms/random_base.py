@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import ConfigError
 from ..random.seeding import PATCH_INDEX_KEY, SAMPLE_INDEX_KEY, sample_rng, sample_seed
+from ..records import random_params
 from .base import Transform
 
 
@@ -83,7 +84,7 @@ class RandomTransform(Transform, abstract=True):
         for rng in self._streams(batch, keys):
             apply = rng.random() < self.p
             drawn = self.draw(rng)  # drawn even when skipped, so the stream stays aligned
-            params.append({"apply": True, **drawn} if apply else {"apply": False})
+            params.append(random_params(apply, drawn))
         return params
 
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -208,6 +208,10 @@ def _as_name(filename: Any) -> str | None:
     return None if filename is None else str(filename)
 
 
+@overload
+def sync_monai_meta_dicts(data: dict) -> dict: ...
+@overload
+def sync_monai_meta_dicts(data: Mapping) -> Mapping: ...
 def sync_monai_meta_dicts(data: Mapping) -> Mapping:
     """Write MONAI's ``f"{key}_meta_dict"`` afresh for every key that came from a MONAI MetaTensor.
 

@@ -189,15 +189,17 @@ def make_record(name: str, keys: Sequence[str], config: dict, params: dict, **ex
     return record  # type: ignore[return-value]  # extras are Record's optional fields
 
 
-def random_params(apply: bool, drawn: Mapping) -> RandomParams:
+def random_params(apply: bool, drawn: Mapping) -> dict[str, Any]:
     """A random transform's parameters for one sample: ``{"apply": True, **drawn}`` or ``{"apply": False}``.
+
+    The layout of :class:`RandomParams`, as a plain dict (its drawn numbers are the transform's own).
 
     Example
     -------
     >>> random_params(True, {"gamma": 1.5}), random_params(False, {"gamma": 1.5})
     ({'apply': True, 'gamma': 1.5}, {'apply': False})
     """
-    return {"apply": True, **drawn} if apply else {"apply": False}  # type: ignore[typeddict-item]
+    return {"apply": True, **drawn} if apply else {"apply": False}
 
 
 def is_skipped(params: Mapping) -> bool:

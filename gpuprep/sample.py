@@ -228,9 +228,9 @@ def copy_meta(meta: Any, kind: str | None = None) -> Any:
         copied = {k: copy_meta(v) for k, v in meta.items()}
         if kind is not None:
             affine = copied.get("affine")
+            checked = check_kind(kind, "copy_meta: kind")
             batched = isinstance(affine, torch.Tensor) and affine.ndim == 3
-            copied["kind"] = [check_kind(kind, "copy_meta: kind")] * len(affine) if batched else check_kind(
-                kind, "copy_meta: kind")
+            copied["kind"] = [checked] * len(affine) if isinstance(affine, torch.Tensor) and batched else checked
         return copied
     if isinstance(meta, torch.Tensor):
         return meta.clone()

@@ -62,6 +62,8 @@ class Transform:
     invertible: ClassVar[bool] = False
     #: Whether the transform changes the voxel grid (and so the affine).
     spatial: ClassVar[bool] = False
+    #: The constructor arguments of the outermost ``__init__`` call (see :meth:`get_config`).
+    _init_args: dict[str, Any]
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -69,7 +71,7 @@ class Transform:
             REGISTRY[cls.__name__] = cls
         init = cls.__dict__.get("__init__")
         if init is not None:
-            cls.__init__ = _recording_init(init)
+            cls.__init__ = _recording_init(init)  # type: ignore[method-assign]  # records the arguments
 
     def __init__(self, keys: str | Sequence[str], allow_missing_keys: bool = False) -> None:
         self.keys = _validate_keys(keys, type(self).__name__)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -113,9 +113,7 @@ def current_grids(batch: Mapping, keys: Sequence[str]) -> dict[str, Grid]:
     return {k: (tuple(int(s) for s in batch[k].shape[-3:]), get_meta(batch, k)["affine"].numpy()) for k in keys}
 
 
-def apply_fused(
-    transforms: Sequence[SpatialTransform], data: Mapping, recorded: Sequence[tuple] | None = None
-) -> dict:
+def apply_fused(transforms: Sequence[Transform], data: Mapping, recorded: Sequence[tuple] | None = None) -> dict:
     """Apply consecutive spatial transforms with a single resampling per key.
 
     Each transform plans its step on the grid the previous one would have produced; the maps
@@ -129,7 +127,8 @@ def apply_fused(
     Parameters
     ----------
     transforms:
-        The spatial transforms of the run, in order.
+        The spatial transforms of the run, in order (each a
+        :class:`~gpuprep.transforms.spatial.base.SpatialTransform`).
     data:
         A sample or a batch.
     recorded:
@@ -146,7 +145,7 @@ def apply_fused(
     [{'index': 0, 'count': 2}, {'index': 1, 'count': 2}]
     """
     if recorded is None:
-        runs = fusable_runs(transforms)
+        runs = fusable_runs(cast("Sequence[SpatialTransform]", transforms))  # a run holds spatial transforms
         if len(runs) > 1:
             for run in runs:
                 data = _apply_fused_run(run, data) if len(run) > 1 else run[0](data)
@@ -154,9 +153,7 @@ def apply_fused(
     return _apply_fused_run(transforms, data, recorded)
 
 
-def _apply_fused_run(
-    transforms: Sequence[SpatialTransform], data: Mapping, recorded: Sequence[tuple] | None = None
-) -> dict:
+def _apply_fused_run(transforms: Sequence[Any], data: Mapping, recorded: Sequence[tuple] | None = None) -> dict:
     if recorded is not None and len(recorded) != len(transforms):
         raise TransformError(f"apply_fused: got {len(recorded)} recorded steps for {len(transforms)} transforms")
     if recorded is None:
@@ -243,8 +240,8 @@ class Resampling:
         ask for it, one-hot labels if any asks for them.
         """
         modes = [t.mode or "nearest" for t, steps in chain if not _is_exact(steps)]
-        wishes = [padding_wish(t) for t, _ in chain if padding_wish(t) is not None]
-        values = [w for w in wishes if w != "border"]
+        wishes = [wish for wish in (padding_wish(t) for t, _ in chain) if wish is not None]
+        values = [wish for wish in wishes if wish != "border"]
         return cls(
             mode=max(modes, key=_MODE_ORDER.__getitem__) if modes else "nearest",
             anti_aliasing=any(t.anti_aliasing for t, _ in chain),
@@ -370,7 +367,7 @@ class ChainGeometry:
     def sample(self, volume: torch.Tensor, out_shape: Sequence[int], *, mode: str, padding_mode: str,
                fill: float | torch.Tensor = 0.0, anti_aliasing: bool = False) -> torch.Tensor:
         """Sample ``volume`` ``[B, C, D, H, W]`` at the chain's points; ``fill`` outside under ``"zeros"``."""
-        if self.field is None:
+        if self.field is None or self.after is None:
             return resample(volume, self.maps, out_shape, mode, anti_aliasing, padding_mode, fill)
         if anti_aliasing:
             volume = antialias(volume, self.maps)

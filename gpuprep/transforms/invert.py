@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 
 from ..errors import TransformError
 from ..functional.grid import is_lattice_map
-from ..records import inverse_step, is_skipped, warp_entry
+from ..records import Step, inverse_step, is_skipped, warp_entry
 from ..sample import LABEL, check_kind, collate, decollate, dtype_kind, get_history, get_kind, get_meta, meta_key
 from .base import registered_transform
 from .fusion import Resampling, composed_maps, resample_steps
@@ -19,7 +19,7 @@ from .fusion import Resampling, composed_maps, resample_steps
 class _Run(NamedTuple):
     """Inverse steps resampled together: one list of per-sample steps per position, their padding, their grid."""
 
-    chain: list[list[dict]]
+    chain: list[list[Step]]
     value: float | str | None
     shape: tuple[int, ...]
 
@@ -114,7 +114,7 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
                      run.value, run.shape) for r, run in enumerate(plans[indices[0]][0])]
         for position, volume in zip(indices, _resample_runs(part, runs, mode, kind)):
             restored[position] = volume
-    outputs = [
+    outputs: list[dict] = [
         {key: volume, meta_key(key): {**get_meta(one, key), "affine": torch.from_numpy(affine.copy())}}
         for volume, one, (_, affine) in zip(restored, samples, plans)
     ]
@@ -171,7 +171,7 @@ def _groups(plans: list[tuple[list[_Run], np.ndarray]]) -> dict[tuple, list[int]
     return groups
 
 
-def _lattice(steps: list[dict]) -> bool:
+def _lattice(steps: Sequence[Mapping]) -> bool:
     """Whether a chain maps voxels to voxels (label maps are then sliced, not one-hot resampled)."""
     if any(warp_entry(s) for s in steps):
         return False

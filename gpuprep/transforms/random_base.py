@@ -80,7 +80,7 @@ class RandomTransform(Transform, abstract=True):
 
     def draw_params(self, batch: Mapping, keys: list[str]) -> list[dict]:
         """Per-sample ``{"apply": bool, **draw(rng)}`` (just ``{"apply": False}`` when skipped)."""
-        params = []
+        params: list[dict] = []
         for rng in self._streams(batch, keys):
             apply = rng.random() < self.p
             drawn = self.draw(rng)  # drawn even when skipped, so the stream stays aligned

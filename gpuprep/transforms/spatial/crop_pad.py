@@ -185,7 +185,7 @@ def _bounding_boxes(batch, source_key: str, threshold: float) -> list[tuple]:
     foreground = (batch[source_key] > threshold).any(dim=1)  # [B, D, H, W]
     # Three small per-axis profiles come to the host, not the volume.
     profiles = [foreground.any(dim=d).cpu() for d in ((2, 3), (1, 3), (1, 2))]
-    boxes = []
+    boxes: list[tuple[list[int], list[int]] | tuple[None, None]] = []
     for index in range(foreground.shape[0]):
         hits = [torch.nonzero(p[index]).flatten() for p in profiles]
         if any(h.numel() == 0 for h in hits):

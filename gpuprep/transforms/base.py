@@ -294,20 +294,6 @@ def _recording_init(init):
 Transform.__init__ = _recording_init(Transform.__dict__["__init__"])
 
 
-def spatial_axes(axes: int | Sequence[int], owner: str) -> tuple[int, ...]:
-    """Check a spatial axis (0, 1, 2 = D, H, W) or a non-empty sequence of them; return a tuple.
-
-    Example
-    -------
-    >>> spatial_axes(1, "Flip")
-    (1,)
-    """
-    values = (axes,) if isinstance(axes, int) else tuple(axes) if isinstance(axes, Sequence) else ()
-    if not values or any(isinstance(a, bool) or a not in (0, 1, 2) for a in values):
-        raise ConfigError(f"{owner}: axes must be spatial axes among 0, 1, 2, got {short_repr(axes)}")
-    return values
-
-
 def _validate_keys(keys: str | Sequence[str], owner: str) -> list[str]:
     if isinstance(keys, str):
         keys = [keys]

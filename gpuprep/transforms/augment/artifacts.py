@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from ...errors import ConfigError
 from ...functional.kspace import ghosting, gibbs_lowpass, spike
 from ...random.ranges import symmetric_range, uniform_range
-from ..base import spatial_axes
+from ...validation import spatial_axes
 from .intensity import _RandomIntensity
 
 __all__ = ["RandGhosting", "RandGibbs", "RandSpike"]

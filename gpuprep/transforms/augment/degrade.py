@@ -10,7 +10,7 @@ import torch
 
 from ...functional.axis_operators import apply_axis_operator, axis_operator, chain_operators
 from ...random.ranges import uniform_range
-from ..base import spatial_axes
+from ...validation import spatial_axes
 from .intensity import _RandomIntensity
 
 

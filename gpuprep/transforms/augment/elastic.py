@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...errors import ConfigError
-from ..spatial.base import validate_mode
+from ...validation import validate_mode
 from ..spatial.padding import validate_padding_mode, validate_padding_value
 from .spatial import _RandomSpatial
 

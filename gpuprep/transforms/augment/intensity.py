@@ -17,10 +17,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ...errors import ConfigError, short_repr
+from ...errors import ConfigError
 from ...functional.augment_intensity import adjust_contrast, bias_field, bias_field_terms, signed_power
 from ...functional.filters import gaussian_filter
 from ...random.ranges import symmetric_range, uniform_range
+from ...validation import check_bool, check_int
 from ..base import float_intensity_keys
 from ..random_base import RandomTransform
 
@@ -51,18 +52,6 @@ class _RandomIntensity(RandomTransform, abstract=True):
     def augment(self, x: torch.Tensor, params: list[dict], position: int) -> torch.Tensor:
         """Transform ``x`` ``[b, C, D, H, W]`` (the chosen samples) with their ``params``."""
         raise NotImplementedError
-
-
-def _check_int(owner: str, name: str, value, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {short_repr(value)}")
-    return value
-
-
-def _check_bool(owner: str, name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{owner}: {name} must be True or False, got {short_repr(value)}")
-    return value
 
 
 class RandGamma(_RandomIntensity):
@@ -161,7 +150,7 @@ class RandBiasField(_RandomIntensity):
     ):
         super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
         self.coefficients = symmetric_range(coefficients, "coefficients", "RandBiasField", axes=1)[0]
-        self.order = _check_int("RandBiasField", "order", order, 0)
+        self.order = check_int("RandBiasField", "order", order, minimum=0)
         if self.order > 8:
             raise ConfigError(f"RandBiasField: order must be at most 8, got {order!r}")
         self.n_terms = len(bias_field_terms(self.order))
@@ -216,7 +205,7 @@ class RandContrast(_RandomIntensity):
     ):
         super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
         self.factor = uniform_range(factor, "factor", "RandContrast", minimum=0.0)
-        self.preserve_range = _check_bool("RandContrast", "preserve_range", preserve_range)
+        self.preserve_range = check_bool("RandContrast", "preserve_range", preserve_range)
 
     def draw(self, rng: random.Random) -> dict:
         return {"factor": rng.uniform(*self.factor)}

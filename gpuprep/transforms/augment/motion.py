@@ -20,8 +20,9 @@ import torch
 from ...functional.affine import grid_center, rotation_matrix, world_transform
 from ...functional.resample import resample
 from ...random.ranges import symmetric_range
+from ...validation import check_int
 from ..base import float_intensity_keys
-from .intensity import _check_int, _RandomIntensity
+from .intensity import _RandomIntensity
 
 __all__ = ["RandMotion"]
 
@@ -157,7 +158,7 @@ class RandMotion(_RandomIntensity):
         super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
         self.degrees = symmetric_range(degrees, "degrees", "RandMotion", axes=1)[0]
         self.translation = symmetric_range(translation, "translation", "RandMotion", axes=1)[0]
-        self.num_transforms = _check_int("RandMotion", "num_transforms", num_transforms, 1)
+        self.num_transforms = check_int("RandMotion", "num_transforms", num_transforms, minimum=1)
 
     def draw(self, rng: random.Random) -> dict:
         n = self.num_transforms

@@ -18,9 +18,9 @@ from ...errors import ConfigError
 from ...functional.affine import grid_center, rotation_matrix, shear_matrix, world_transform
 from ...functional.grid import flip_map, rot90_map
 from ...random.ranges import symmetric_range
-from ..base import spatial_axes
+from ...validation import spatial_axes, validate_mode
 from ..random_base import RandomTransform
-from ..spatial.base import SpatialTransform, make_step, validate_mode
+from ..spatial.base import SpatialTransform, make_step
 from ..spatial.padding import validate_padding_mode, validate_padding_value
 
 

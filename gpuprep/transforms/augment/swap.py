@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ...errors import ConfigError
+from ...validation import check_int, check_int_or_three
 from .intensity import _RandomIntensity
 
 
@@ -55,13 +56,8 @@ class RandSwap(_RandomIntensity):
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
-        sizes = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(patch_size)
-        if len(sizes) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-            raise ConfigError(f"RandSwap: patch_size must be a positive int or three of them, got {patch_size!r}")
-        if not isinstance(num_iterations, int) or isinstance(num_iterations, bool) or num_iterations < 0:
-            raise ConfigError(f"RandSwap: num_iterations must be an integer >= 0, got {num_iterations!r}")
-        self.patch_size = sizes
-        self.num_iterations = num_iterations
+        self.patch_size = check_int_or_three("RandSwap", "patch_size", patch_size, minimum=1)
+        self.num_iterations = check_int("RandSwap", "num_iterations", num_iterations, minimum=0)
         self._shape: tuple[int, ...] | None = None
 
     def draw_params(self, batch, keys):

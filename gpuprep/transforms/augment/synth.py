@@ -23,6 +23,7 @@ from ...errors import ConfigError, TransformError
 from ...functional.augment_intensity import draw_noise
 from ...random.ranges import uniform_range
 from ...sample import IMAGE, copy_meta, is_label, meta_key
+from ...validation import check_probability
 from ..random_base import RandomTransform
 
 __all__ = ["RandLabelsToImage"]
@@ -140,15 +141,12 @@ class RandLabelsToImage(RandomTransform):
         if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool)
                                        or num_labels < 1):
             raise ConfigError(f"RandLabelsToImage: num_labels must be None or an integer >= 1, got {num_labels!r}")
-        if not (isinstance(zero_background, (int, float)) and not isinstance(zero_background, bool)
-                and 0.0 <= zero_background <= 1.0):
-            raise ConfigError(f"RandLabelsToImage: zero_background must be a probability in [0, 1], "
-                              f"got {zero_background!r}")
+        zero_background = check_probability("RandLabelsToImage", "zero_background", zero_background)
         self.label_key, self.image_key = label_key, image_key
         self.num_labels = num_labels
         self.mean = uniform_range(mean, "mean", "RandLabelsToImage")
         self.std = uniform_range(std, "std", "RandLabelsToImage", minimum=0.0)
-        self.zero_background = float(zero_background)
+        self.zero_background = zero_background
         if isinstance(min_separation, bool) or not isinstance(min_separation, (int, float)) or not min_separation >= 0:
             raise ConfigError(f"RandLabelsToImage: min_separation must be a number >= 0, got {min_separation!r}")
         self.min_separation = float(min_separation)

@@ -8,7 +8,8 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...functional.grid import scaling_map, spacing_of, world_preserving_map
-from .base import Grid, SpatialTransform, make_step, validate_mode
+from ...validation import validate_mode
+from .base import Grid, SpatialTransform, make_step
 from .padding import validate_padding_mode, validate_padding_value
 
 

@@ -22,10 +22,43 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
 from ..random.seeding import PATCH_INDEX_KEY, SAMPLE_INDEX_KEY, sample_rng, sample_seed
 from ..validation import check_bool, check_probability, check_seed
 from .base import Transform
+
+
+class RandomOptionsBesidesP(TypedDict, total=False):
+    """The options of :class:`RandomTransform` but ``p``: for subclasses that name ``p`` themselves.
+
+    :class:`~gpuprep.RandFlip` does, for its own default (0.5) and meaning (per axis).
+    """
+
+    same_on_batch: bool
+    seed: int | None
+    allow_missing_keys: bool
+
+
+class RandomOptions(RandomOptionsBesidesP, total=False):
+    """The options every random transform takes and forwards to :class:`RandomTransform` as ``**options``.
+
+    Typing a subclass's ``**options: Unpack[RandomOptions]`` lets type checkers check them; the
+    recorded configuration lists them after the subclass's own arguments, in the order and with
+    the defaults of :meth:`RandomTransform.__init__` (see
+    :func:`gpuprep.transforms.base._recording_init`).
+
+    Example
+    -------
+    A subclass names its own arguments and forwards these options::
+
+        class RandScale(RandomTransform):
+            def __init__(self, keys, factor=(0.9, 1.1), **options: Unpack[RandomOptions]):
+                super().__init__(keys, **options)
+                self.factor = factor
+    """
+
+    p: float
 
 
 class RandomTransform(Transform, abstract=True):

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
 from ...functional.kspace import ghosting, gibbs_lowpass, spike
 from ...random.ranges import symmetric_range, uniform_range
 from ...validation import spatial_axes
+from ..random_base import RandomOptions
 from .intensity import _RandomIntensity
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 __all__ = ["RandGhosting", "RandGibbs", "RandSpike"]
 
@@ -89,12 +94,9 @@ class RandGhosting(_RandomIntensity):
         axes: int | Sequence[int] = (0, 1, 2),
         intensity: float | Sequence[float] = (0.5, 1.0),
         restore: float | Sequence[float] | None = 0.02,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.num_ghosts = _count_range("RandGhosting", "num_ghosts", num_ghosts)
         self.axes = [int(a) for a in spatial_axes(axes, "RandGhosting")]
         self.intensity = uniform_range(intensity, "intensity", "RandGhosting", minimum=0.0)
@@ -162,12 +164,9 @@ class RandSpike(_RandomIntensity):
         keys: str | Sequence[str],
         num_spikes: int | Sequence[int] = 1,
         intensity: float | Sequence[float] = (1.0, 3.0),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.num_spikes = _count_range("RandSpike", "num_spikes", num_spikes)
         self.intensity = symmetric_range(intensity, "intensity", "RandSpike", axes=1)[0]
 
@@ -218,12 +217,9 @@ class RandGibbs(_RandomIntensity):
         self,
         keys: str | Sequence[str],
         alpha: float | Sequence[float] = (0.0, 1.0),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.alpha = uniform_range(alpha, "alpha", "RandGibbs", minimum=0.0)
         if self.alpha[1] > 1.0:
             raise ConfigError(f"RandGibbs: alpha must lie within [0, 1], got {alpha!r}")

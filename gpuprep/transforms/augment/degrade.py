@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,7 +12,11 @@ import torch
 from ...functional.axis_operators import apply_axis_operator, axis_operator, chain_operators
 from ...random.ranges import uniform_range
 from ...validation import spatial_axes
+from ..random_base import RandomOptions
 from .intensity import _RandomIntensity
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 
 class RandAnisotropy(_RandomIntensity):
@@ -47,12 +52,9 @@ class RandAnisotropy(_RandomIntensity):
         keys: str | Sequence[str],
         axes: int | Sequence[int] = (0, 1, 2),
         downsampling: float | Sequence[float] = (1.5, 5.0),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         axes_tuple = spatial_axes(axes, "RandAnisotropy")
         low, high = uniform_range((1.0, downsampling) if isinstance(downsampling, (int, float)) else downsampling,
                                   "downsampling", "RandAnisotropy", minimum=1.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,16 +24,16 @@ from ...functional.filters import gaussian_filter
 from ...random.ranges import symmetric_range, uniform_range
 from ...validation import check_bool, check_int
 from ..base import float_intensity_keys
-from ..random_base import RandomTransform
+from ..random_base import RandomOptions, RandomTransform
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 __all__ = ["RandBiasField", "RandBlur", "RandBrightness", "RandContrast", "RandGamma"]
 
 
 class _RandomIntensity(RandomTransform, abstract=True):
     """Applies :meth:`augment` to the samples whose ``apply`` is True, for each float key."""
-
-    def __init__(self, keys, p=1.0, same_on_batch=False, seed=None, allow_missing_keys=False):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         chosen = [index for index, p in enumerate(params) if p.get("apply")]
@@ -87,12 +88,9 @@ class RandGamma(_RandomIntensity):
         self,
         keys: str | Sequence[str],
         log_gamma: float | Sequence[float] = (-0.3, 0.3),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.log_gamma = symmetric_range(log_gamma, "log_gamma", "RandGamma", axes=1)[0]
 
     def draw(self, rng: random.Random) -> dict:
@@ -143,12 +141,9 @@ class RandBiasField(_RandomIntensity):
         keys: str | Sequence[str],
         coefficients: float | Sequence[float] = 0.5,
         order: int = 3,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.coefficients = symmetric_range(coefficients, "coefficients", "RandBiasField", axes=1)[0]
         self.order = check_int("RandBiasField", "order", order, minimum=0)
         if self.order > 8:
@@ -198,12 +193,9 @@ class RandContrast(_RandomIntensity):
         keys: str | Sequence[str],
         factor: float | Sequence[float] = (0.75, 1.25),
         preserve_range: bool = False,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.factor = uniform_range(factor, "factor", "RandContrast", minimum=0.0)
         self.preserve_range = check_bool("RandContrast", "preserve_range", preserve_range)
 
@@ -243,12 +235,9 @@ class RandBrightness(_RandomIntensity):
         self,
         keys: str | Sequence[str],
         shift: float | Sequence[float] = (-0.1, 0.1),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.shift = symmetric_range(shift, "shift", "RandBrightness", axes=1)[0]
 
     def draw(self, rng: random.Random) -> dict:
@@ -292,12 +281,9 @@ class RandBlur(_RandomIntensity):
         self,
         keys: str | Sequence[str],
         std: float | Sequence[float] = (0.0, 2.0),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.std = uniform_range(std, "std", "RandBlur", minimum=0.0)
 
     def draw(self, rng: random.Random) -> dict:

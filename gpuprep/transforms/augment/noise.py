@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
 from ...functional.augment_intensity import apply_noise, draw_noise
 from ...random.ranges import uniform_range
+from ..random_base import RandomOptions
 from .intensity import _RandomIntensity
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 __all__ = ["RandNoise"]
 
@@ -61,12 +66,9 @@ class RandNoise(_RandomIntensity):
         std: float | Sequence[float] = (0.0, 0.1),
         mean: float = 0.0,
         kind: str = "gaussian",
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.std = uniform_range(std, "std", "RandNoise", minimum=0.0)
         if not isinstance(mean, (int, float)) or isinstance(mean, bool) or mean != mean or abs(mean) == float("inf"):
             raise ConfigError(f"RandNoise: mean must be a finite number, got {mean!r}")

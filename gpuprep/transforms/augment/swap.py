@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import ConfigError
 from ...validation import check_int, check_int_or_three
+from ..random_base import RandomOptions
 from .intensity import _RandomIntensity
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 
 class RandSwap(_RandomIntensity):
@@ -50,12 +55,9 @@ class RandSwap(_RandomIntensity):
         keys: str | Sequence[str],
         patch_size: int | Sequence[int] = 15,
         num_iterations: int = 100,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.patch_size = check_int_or_three("RandSwap", "patch_size", patch_size, minimum=1)
         self.num_iterations = check_int("RandSwap", "num_iterations", num_iterations, minimum=0)
         self._shape: tuple[int, ...] | None = None

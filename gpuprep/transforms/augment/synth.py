@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,7 +25,10 @@ from ...functional.augment_intensity import draw_noise
 from ...random.ranges import uniform_range
 from ...sample import IMAGE, copy_meta, is_label, meta_key
 from ...validation import check_probability
-from ..random_base import RandomTransform
+from ..random_base import RandomOptions, RandomTransform
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 __all__ = ["RandLabelsToImage"]
 
@@ -127,17 +131,14 @@ class RandLabelsToImage(RandomTransform):
         std: float | Sequence[float] = (0.0, 0.1),
         zero_background: float = 0.0,
         min_separation: float = 0.0,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
         for name, value in (("label_key", label_key), ("image_key", image_key)):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"RandLabelsToImage: {name} must be a non-empty string, got {value!r}")
         if image_key == label_key:
             raise ConfigError(f"RandLabelsToImage: image_key must differ from label_key, both are {label_key!r}")
-        super().__init__(label_key, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(label_key, **options)
         if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool)
                                        or num_labels < 1):
             raise ConfigError(f"RandLabelsToImage: num_labels must be None or an integer >= 1, got {num_labels!r}")

@@ -115,7 +115,7 @@ class RandGhosting(_RandomIntensity):
             "restore": None if self.restore is None else rng.uniform(*self.restore),
         }
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return ghosting(
             x,
             [p["num_ghosts"] for p in params],
@@ -177,7 +177,7 @@ class RandSpike(_RandomIntensity):
             "intensity": rng.uniform(*self.intensity),
         }
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return spike(x, [p["positions"] for p in params], [p["intensity"] for p in params])
 
 
@@ -227,5 +227,5 @@ class RandGibbs(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"alpha": rng.uniform(*self.alpha)}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return gibbs_lowpass(x, [p["alpha"] for p in params])

@@ -64,7 +64,7 @@ class RandAnisotropy(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"axis": rng.choice(self.axes), "factor": rng.uniform(*self.downsampling)}
 
-    def augment(self, x: torch.Tensor, params: list[dict], position: int) -> torch.Tensor:
+    def augment(self, x: torch.Tensor, params: list[dict]) -> torch.Tensor:
         out = torch.empty_like(x)
         groups: dict[tuple[int, float], list[int]] = {}
         for index, drawn in enumerate(params):

@@ -42,15 +42,18 @@ class _RandomIntensity(RandomTransform, abstract=True):
         drawn = [params[index] for index in chosen]
         for key in float_intensity_keys(batch, keys):
             x = batch[key]
-            position = self.keys.index(key)
             if len(chosen) == len(params):
-                batch[key] = self.augment(x, drawn, position)
+                batch[key] = self.augment_key(key, x, drawn)
                 continue
             index = torch.tensor(chosen, device=x.device)
-            batch[key] = x.index_copy(0, index, self.augment(x.index_select(0, index), drawn, position))
+            batch[key] = x.index_copy(0, index, self.augment_key(key, x.index_select(0, index), drawn))
         return batch
 
-    def augment(self, x: torch.Tensor, params: list[dict], position: int) -> torch.Tensor:
+    def augment_key(self, key: str, x: torch.Tensor, params: list[dict]) -> torch.Tensor:
+        """Transform ``x``, the chosen samples of ``batch[key]``: :meth:`augment`, the same for every key."""
+        return self.augment(x, params)
+
+    def augment(self, x: torch.Tensor, params: list[dict]) -> torch.Tensor:
         """Transform ``x`` ``[b, C, D, H, W]`` (the chosen samples) with their ``params``."""
         raise NotImplementedError
 
@@ -96,7 +99,7 @@ class RandGamma(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"gamma": math.exp(rng.uniform(*self.log_gamma))}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return signed_power(x, [p["gamma"] for p in params])
 
 
@@ -153,7 +156,7 @@ class RandBiasField(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"coefficients": [rng.uniform(*self.coefficients) for _ in range(self.n_terms)]}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         coefficients = torch.tensor([p["coefficients"] for p in params], dtype=dtype).to(x.device)
         field = bias_field(x.shape[2:], coefficients, self.order, dtype)
@@ -202,7 +205,7 @@ class RandContrast(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"factor": rng.uniform(*self.factor)}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return adjust_contrast(x, [p["factor"] for p in params], self.preserve_range)
 
 
@@ -243,7 +246,7 @@ class RandBrightness(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"shift": rng.uniform(*self.shift)}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         shift = torch.tensor([p["shift"] for p in params], dtype=x.dtype).to(x.device)
         return x + shift.reshape(-1, 1, 1, 1, 1)
 
@@ -289,7 +292,7 @@ class RandBlur(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"sigma": [rng.uniform(*self.std) for _ in range(3)]}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         sigma = torch.tensor([p["sigma"] for p in params], dtype=torch.float64)  # CPU metadata
         if x.dtype in (torch.float32, torch.float64):
             return gaussian_filter(x, sigma)

@@ -80,7 +80,8 @@ class RandNoise(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"std": rng.uniform(*self.std), "noise_seed": rng.getrandbits(63)}
 
-    def augment(self, x, params, position):
+    def augment_key(self, key, x, params):
+        position = self.keys.index(key)  # each key its own noise
         seeds = [(p["noise_seed"] + position) % 2**63 for p in params]
         noise = draw_noise(x, seeds, count=2 if self.kind == "rician" else 1)
         means = [self.mean] * len(params)

@@ -80,7 +80,7 @@ class RandSwap(_RandomIntensity):
             swaps.append([first, second])
         return {"swaps": swaps}
 
-    def augment(self, x: torch.Tensor, params: list[dict], position: int) -> torch.Tensor:
+    def augment(self, x: torch.Tensor, params: list[dict]) -> torch.Tensor:
         out = x.clone()
         size = self.patch_size
         for index, drawn in enumerate(params):  # swaps are sequential by definition

@@ -69,8 +69,9 @@ class RandGhosting(_RandomIntensity):
     restore:
         Fraction of the k-space centre (along the axis) kept unchanged: a number ``r`` means
         ``(0, r)``, or a pair within ``[0, 1]``; None keeps the central plane only.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -142,8 +143,9 @@ class RandSpike(_RandomIntensity):
         Number of spikes: an integer ``n`` (exactly ``n``) or a pair ``(low, high)`` (uniform integer).
     intensity:
         Range of the spike-to-maximum ratio: a number ``r`` means ``(-r, r)``, or a pair.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -195,8 +197,9 @@ class RandGibbs(_RandomIntensity):
         Image keys; label maps (by kind, see gp.get_kind) are left alone.
     alpha:
         Range of ``alpha`` within ``[0, 1]``: a number ``a`` means ``(0, a)``, or a pair.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------

@@ -35,8 +35,9 @@ class RandAnisotropy(_RandomIntensity):
         Spatial axes one of which is drawn per sample.
     downsampling:
         Range of the factor: a number ``f`` means ``(1, f)``; a pair ``(low, high)`` with ``low >= 1``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------

@@ -52,8 +52,9 @@ class RandElastic(_RandomSpatial):
     padding_value:
         The constant of ``"zeros"`` for intensity images: a number (default 0) or ``"minimum"``;
         label maps get 0.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------

@@ -71,8 +71,9 @@ class RandGamma(_RandomIntensity):
         Image keys; label maps (by kind, see gp.get_kind) are left alone.
     log_gamma:
         Range of ``log(gamma)``: a number ``d`` means ``(-d, d)``, or a pair ``(low, high)``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -120,8 +121,9 @@ class RandBiasField(_RandomIntensity):
         Coefficient range: a number ``c`` means ``(-c, c)``, or a pair ``(low, high)``.
     order:
         Maximum total degree of the polynomial (0 to 8).
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -180,8 +182,9 @@ class RandContrast(_RandomIntensity):
         Range ``(low, high)`` of the factor, ``low >= 0``; a number ``f`` means ``(0, f)``.
     preserve_range:
         Clamp each channel to its own original minimum and maximum (nnU-Net does).
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------
@@ -219,8 +222,9 @@ class RandBrightness(_RandomIntensity):
     shift:
         Offset range: a number ``d`` means ``(-d, d)``, or a pair ``(low, high)``, in the image's
         intensity units.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -264,8 +268,9 @@ class RandBlur(_RandomIntensity):
         Image keys; label maps (by kind, see gp.get_kind) are left alone.
     std:
         Range of the standard deviation in voxels: a number ``s`` means ``(0, s)``, or a pair.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------

@@ -129,8 +129,9 @@ class RandMotion(_RandomIntensity):
         Translation range in mm: a number ``t`` means ``(-t, t)``, or a pair.
     num_transforms:
         Number of movements, an integer ``>= 1``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------

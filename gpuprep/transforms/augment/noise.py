@@ -42,8 +42,9 @@ class RandNoise(_RandomIntensity):
         Mean of the noise (a fixed number).
     kind:
         ``"gaussian"`` or ``"rician"``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------

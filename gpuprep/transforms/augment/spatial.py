@@ -65,8 +65,9 @@ class RandFlip(_RandomSpatial):
         Spatial axes (0, 1, 2 = D, H, W) that may be flipped, each independently.
     p:
         Probability of flipping each axis.
-    same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------
@@ -166,8 +167,9 @@ class RandAffine(_RandomSpatial):
     padding_value:
         The constant intensity images get outside: a number (default 0) or ``"minimum"`` (each
         sample's and channel's minimum; for a CT in HU use -1000 or ``"minimum"``).
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------

@@ -33,8 +33,9 @@ class RandSwap(_RandomIntensity):
         Side of the cubic patches in voxels, or three sides.
     num_iterations:
         Number of swaps per sample.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------

@@ -98,8 +98,9 @@ class RandLabelsToImage(RandomTransform):
         Smallest difference between the means of any two labels (0: independent draws). It needs
         ``(num_labels - 1) * min_separation <= high - low`` of ``mean``, and ``low >= 0`` when
         ``zero_background > 0``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`; ``allow_missing_keys``
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`; ``allow_missing_keys``
         applies to ``label_key``.
 
     Reference

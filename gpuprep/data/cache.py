@@ -57,6 +57,7 @@ from ..random.seeding import SAMPLE_INDEX_KEY
 from ..transforms.base import Transform
 from ..transforms.compose import Compose
 from ..transforms.random_base import RandomTransform
+from ..validation import check_int
 from .cache_key import CACHE_KEY_MODES, record_identity
 from .dataset import Dataset
 
@@ -184,8 +185,7 @@ class CacheDataset(Dataset):
             raise ConfigError(
                 f"{name}: transform must be a gpuprep Compose or a list of transforms, got {type(transform).__name__}"
             )
-        if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
-            raise ConfigError(f"{name}: num_workers must be an integer >= 0, got {num_workers!r}")
+        check_int(name, "num_workers", num_workers, minimum=0)
         if not isinstance(cache, (str, os.PathLike)) or str(cache) == "":
             raise ConfigError(f"{name}: cache must be 'memory' or a folder path, got {short_repr(cache)}")
         if cache_key not in CACHE_KEY_MODES:

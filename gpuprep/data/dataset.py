@@ -40,6 +40,7 @@ from ..io.itk_guard import check_itk_header
 from ..io.limits import check_declared_bytes, checked_shape
 from ..random.seeding import SAMPLE_INDEX_KEY
 from ..sample import collate
+from ..validation import check_bool
 from .records import DatasetError, as_records, check_on_error, is_image_path
 
 #: Errors that mean "this sample's data are bad" (skipped under on_error="skip"); anything else, and
@@ -94,8 +95,7 @@ class Dataset(torch.utils.data.Dataset):
         self.on_error = check_on_error(on_error, name)
         if transform is not None and not callable(transform):
             raise ConfigError(f"{name}: transform must be callable or None, got {type(transform).__name__}")
-        if not isinstance(check_files, bool):
-            raise ConfigError(f"{name}: check_files must be True or False, got {check_files!r}")
+        check_bool(name, "check_files", check_files)
         self.transform = transform
         self.report: list[dict] = []
         records = as_records(records, f"{name}: records")

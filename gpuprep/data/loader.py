@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, TransformError
+from ..validation import check_bool
 
 __all__ = ["DeviceLoader"]
 
@@ -115,9 +116,8 @@ class DeviceLoader:
             raise ConfigError(f"DeviceLoader: transform must be callable or None, got {type(transform).__name__}")
         if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
             raise ConfigError(f"DeviceLoader: prefetch must be a non-negative integer, got {prefetch!r}")
-        for name, flag in (("non_blocking", non_blocking), ("channels_last", channels_last)):
-            if not isinstance(flag, bool):
-                raise ConfigError(f"DeviceLoader: {name} must be True or False, got {flag!r}")
+        check_bool("DeviceLoader", "non_blocking", non_blocking)
+        check_bool("DeviceLoader", "channels_last", channels_last)
         self.loader = loader
         self.device = resolve_device(device)
         self.transform = transform

@@ -49,6 +49,7 @@ from ..random.seeding import PATCH_INDEX_KEY
 from ..records import make_step
 from ..sample import HISTORY_KEY, meta_key, select
 from ..transforms.random_base import RandomTransform
+from ..validation import check_int_or_three
 from .grid_patches import extract_patches
 
 __all__ = ["PATCH_INDEX_KEY", "SAMPLERS", "RandPatches", "collate_patches"]
@@ -133,9 +134,7 @@ class RandPatches(RandomTransform):
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, p=1.0, seed=seed, allow_missing_keys=allow_missing_keys)
-        sizes = (size,) * 3 if isinstance(size, int) else tuple(size) if isinstance(size, Sequence) else ()
-        if len(sizes) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-            raise ConfigError(f"RandPatches: size must be a positive int or three of them, got {short_repr(size)}")
+        sizes = check_int_or_three("RandPatches", "size", size, minimum=1)
         if not isinstance(num_patches, int) or isinstance(num_patches, bool) or not 1 <= num_patches <= MAX_PATCHES:
             raise ConfigError(
                 f"RandPatches: num_patches must be an integer from 1 to {MAX_PATCHES}, got {short_repr(num_patches)}"

@@ -48,21 +48,3 @@ def bspline_field(coefficients: torch.Tensor, shape: Sequence[int]) -> torch.Ten
         field = torch.movedim(torch.tensordot(field, basis, dims=([2 + axis], [1])), -1, 2 + axis)
     return field
 
-
-def displacement_grid(field: torch.Tensor) -> torch.Tensor:
-    """The ``grid_sample`` grid (``align_corners=True``) reading the input at ``x + field(x)``.
-
-    ``field`` is ``[B, 3, D, H, W]`` in voxels along the array axes; the grid is
-    ``[B, D, H, W, 3]`` in normalised ``(W, H, D)`` order.
-
-    Example
-    -------
-    >>> displacement_grid(torch.zeros(1, 3, 2, 2, 2))[0, 1, 1, 1].tolist()
-    [1.0, 1.0, 1.0]
-    """
-    shape = field.shape[2:]
-    grid = torch.empty((field.shape[0], *shape, 3), dtype=field.dtype, device=field.device)
-    for axis, n in enumerate(shape):
-        base = torch.arange(n, dtype=field.dtype, device=field.device).view([-1 if a == axis else 1 for a in range(3)])
-        grid[..., 2 - axis] = (base + field[:, axis]) * (2.0 / max(n - 1, 1)) - 1.0
-    return grid

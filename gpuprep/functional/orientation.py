@@ -32,29 +32,6 @@ def orientation_transform(affine: torch.Tensor | np.ndarray, axcodes: str) -> np
     return nio.ornt_transform(source, nio.axcodes2ornt(tuple(axcodes)))
 
 
-def invert_orientation_transform(ornt: Sequence[Sequence[float]]) -> np.ndarray:
-    """Return the orientation transform that undoes ``ornt``.
-
-    Example
-    -------
-    >>> ornt = np.array([[1, -1], [0, 1], [2, 1]])
-    >>> invert_orientation_transform(ornt).tolist()
-    [[1.0, 1.0], [0.0, -1.0], [2.0, 1.0]]
-    """
-    ornt = np.asarray(ornt, dtype=np.float64)
-    inverse = np.empty_like(ornt)
-    for axis, (target, flip) in enumerate(ornt):
-        inverse[int(target)] = (axis, flip)
-    return inverse
-
-
-def reoriented_affine(affine: torch.Tensor, ornt: np.ndarray, spatial_shape: Sequence[int]) -> torch.Tensor:
-    """Return the affine of the grid after applying ``ornt`` to a grid of ``spatial_shape``."""
-    update = nio.inv_ornt_aff(np.asarray(ornt), tuple(int(s) for s in spatial_shape))
-    # NumPy's product, as nibabel does it, so the result is bit-identical to nibabel's.
-    return torch.from_numpy(affine.numpy() @ update)
-
-
 def reoriented_shape(spatial_shape: Sequence[int], ornt: np.ndarray) -> tuple[int, ...]:
     """Return the spatial shape after applying ``ornt``."""
     order = np.argsort(np.asarray(ornt)[:, 0])

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from ..validation import MODES
 from .axis_operators import (
     AxisOperator,
     apply_separable,
@@ -30,8 +31,6 @@ from .axis_operators import (
 from .filters import gaussian_filter
 from .grid import axis_permutation, is_lattice_map
 from .resample_general import antialias, batchable, cubic_general, general_batched, linear_general, nearest_general
-
-MODES = ("nearest", "linear", "cubic")
 
 
 def resample(

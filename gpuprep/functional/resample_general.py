@@ -124,11 +124,6 @@ def inside_grid(grid: torch.Tensor, in_shape) -> torch.Tensor:
     return inside[:, None]
 
 
-def _sampling_grid(voxel_map, in_shape, out_shape, batch, device, dtype) -> torch.Tensor:
-    theta = torch.as_tensor(normalized_theta(voxel_map, in_shape, out_shape), dtype=dtype, device=device)
-    return _affine_grid(theta.expand(batch, 3, 4), tuple(out_shape))
-
-
 def _inside_mask(voxel_map, in_shape, out_shape, device) -> torch.Tensor:
     """Output voxels whose source lies within half a voxel of the input grid: ``[1, 1, D, H, W]``."""
     axes = [torch.arange(n, device=device, dtype=torch.float64) for n in out_shape]

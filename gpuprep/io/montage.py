@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from nibabel import orientations as nio
 from PIL import Image, ImageDraw
 
-from ..functional.orientation import apply_orientation, orientation_transform, reoriented_affine
+from ..functional.orientation import apply_orientation, orientation_transform
 from .atomic import atomic_path
 from .qc_annotations import VIEWS, draw_markers
 
@@ -72,7 +73,7 @@ def slice_views(volume: torch.Tensor, affine: torch.Tensor, point: Sequence[floa
     affine = torch.as_tensor(affine, dtype=torch.float64).cpu()
     ornt = orientation_transform(affine.numpy(), "RAS")
     ras = apply_orientation(volume, ornt).detach().float().cpu().numpy()
-    ras_affine = reoriented_affine(affine, ornt, volume.shape).numpy()
+    ras_affine = affine.numpy() @ nio.inv_ornt_aff(ornt, volume.shape)  # RAS voxel -> input voxel -> world
     spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
     nx, ny, nz = ras.shape
     if point is None:

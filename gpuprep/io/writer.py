@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, TransformError
+from ..validation import check_bool
 from . import gzip_fast
 from .atomic import atomic_path, atomic_write_bytes
 from .outputs import check_output_file
@@ -135,8 +136,7 @@ def write_image(
     scode = _xform_code(DEFAULT_SFORM_CODE if sform_code is None else sform_code, "sform_code")
     if scode == 0:
         raise ConfigError("write_image: sform_code must be 1-5 (the sform holds the exact affine), got 0")
-    if not isinstance(overwrite, bool):
-        raise ConfigError(f"write_image: overwrite must be True or False, got {overwrite!r}")
+    check_bool("write_image", "overwrite", overwrite)
     check_output_file(path, overwrite=overwrite)
     if sidecar:
         check_output_file(sidecar_path(path), overwrite=overwrite, sidecar=True)

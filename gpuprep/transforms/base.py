@@ -272,39 +272,57 @@ def build_transform(name: str, config: Mapping) -> Transform:
 
 
 def _recording_init(init):
-    """Wrap ``__init__`` so the outermost call stores its arguments for ``get_config``."""
+    """Wrap ``__init__`` so the outermost call stores its arguments for ``get_config``.
+
+    The arguments are recorded in the signature's order with their defaults filled in. A
+    ``**options`` parameter stands for options forwarded to the parent's ``__init__`` (the next
+    one in the method resolution order, as ``super()`` finds it): they are recorded after the
+    positional-or-keyword parameters and before the keyword-only ones, in the parent's order and
+    with the parent's defaults, so that ``RandGamma(keys, log_gamma, **options)`` records
+    ``keys, log_gamma, p, same_on_batch, seed, allow_missing_keys`` as a signature that spelled
+    them out would. The parent's parameters without a default (``keys``) are the subclass's to pass.
+    """
     signature = inspect.signature(init)
+    parameters = list(signature.parameters.values())[1:]
+    own = [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    keyword_only = [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    forwards_options = len(own) < len(parameters)
 
     @functools.wraps(init)
     def wrapped(self, *args, **kwargs):
         if "_init_args" not in self.__dict__:
             bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()
-            arguments = dict(list(bound.arguments.items())[1:])
-            for name, parameter in signature.parameters.items():
-                if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                    arguments.update(arguments.pop(name, {}))
+            arguments = {name: bound.arguments[name] for name in own}
+            if forwards_options:
+                options = _forwarded_options(type(self), wrapped, own, kwargs)
+                arguments = {**{k: v for k, v in arguments.items() if k not in keyword_only}, **options,
+                             **{k: arguments[k] for k in keyword_only}}
             self._init_args = arguments
         init(self, *args, **kwargs)
 
     return wrapped
 
 
-Transform.__init__ = _recording_init(Transform.__dict__["__init__"])
+def _forwarded_options(cls: type, init, own: Sequence[str], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that ``init`` (an ``__init__`` in ``cls``'s MRO) forwards to its parent's ``__init__``.
 
-
-def spatial_axes(axes: int | Sequence[int], owner: str) -> tuple[int, ...]:
-    """Check a spatial axis (0, 1, 2 = D, H, W) or a non-empty sequence of them; return a tuple.
-
-    Example
-    -------
-    >>> spatial_axes(1, "Flip")
-    (1,)
+    They are the parent's parameters with a default that ``init`` does not name itself (``own``),
+    in the parent's order, each with its value in ``given`` (the call's keyword arguments) or the
+    parent's default; a parent that forwards ``**options`` in turn adds its own parent's.
     """
-    values = (axes,) if isinstance(axes, int) else tuple(axes) if isinstance(axes, Sequence) else ()
-    if not values or any(isinstance(a, bool) or a not in (0, 1, 2) for a in values):
-        raise ConfigError(f"{owner}: axes must be spatial axes among 0, 1, 2, got {short_repr(axes)}")
-    return values
+    owners = [klass for klass in cls.__mro__ if "__init__" in klass.__dict__]
+    parent_init = owners[[klass.__dict__["__init__"] for klass in owners].index(init) + 1].__dict__["__init__"]
+    options: dict[str, Any] = {}
+    for parameter in list(inspect.signature(parent_init).parameters.values())[1:]:
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            options.update(_forwarded_options(cls, parent_init, [*own, *options], given))
+        elif parameter.default is not inspect.Parameter.empty and parameter.name not in own:
+            options[parameter.name] = given.get(parameter.name, parameter.default)
+    return options
+
+
+Transform.__init__ = _recording_init(Transform.__dict__["__init__"])
 
 
 def _validate_keys(keys: str | Sequence[str], owner: str) -> list[str]:

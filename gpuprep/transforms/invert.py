@@ -57,11 +57,12 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
         each label's mask linearly interpolated, then the argmax). Default: ``"onehot"`` for
         label maps (smoother and closer to the truth than nearest when the resolution
         changes), ``"linear"`` for intensity images. Label maps never get ``"linear"`` or
-        ``"cubic"``: they are resampled by nearest neighbour then.
+        ``"cubic"``: they are resampled by nearest neighbour then. ``"onehot"`` for an intensity
+        image is an error.
     kind:
         ``"image"`` or ``"label"``: what ``data`` is. Default: the kind of ``key`` when ``data``
         is None; for given ``data`` (say, a network's prediction) the dtype rule (integer or bool
-        is a label map, floating point an image); ``mode="onehot"`` implies a label map.
+        is a label map, floating point an image), except that ``mode="onehot"`` implies a label map.
 
     Returns
     -------
@@ -100,10 +101,15 @@ def invert(sample: Mapping, key: str, data: torch.Tensor | None = None, mode: st
         )
     if kind is not None:
         kind = check_kind(kind, "invert: kind")
-    elif mode == "onehot":
+    elif mode == "onehot" and not own:  # given data (a network's prediction): one-hot says it holds labels
         kind = LABEL
     else:
         kind = get_kind(sample, key) if own else dtype_kind(data)
+    if mode == "onehot" and kind != LABEL:
+        raise TransformError(
+            f"invert: mode='onehot' resamples label maps, but the data for {key!r} are an intensity image "
+            f"(kind='image'); use mode='linear', 'cubic' or 'nearest', or kind='label' if they hold labels"
+        )
     mode = mode or ("onehot" if kind == LABEL else "linear")
     data = data if batched else data[None]
     plans = [_plan(one, key, kind) for one in samples]

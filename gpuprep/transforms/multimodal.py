@@ -10,6 +10,7 @@ import torch
 from ..errors import ConfigError, TransformError
 from ..functional.grid import corner_distance
 from ..sample import IMAGE, copy_meta, get_kind, get_meta, meta_key
+from ..validation import check_bool
 from .base import Transform
 
 
@@ -76,9 +77,8 @@ class ConcatKeys(Transform):
             raise ConfigError(f"{name}: keys must be distinct, got {self.keys!r}")
         if not isinstance(output_key, str) or not output_key:
             raise ConfigError(f"{name}: output_key must be a non-empty string, got {output_key!r}")
-        for option, value in (("delete_keys", delete_keys), ("allow_mixed_kinds", allow_mixed_kinds)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name}: {option} must be True or False, got {value!r}")
+        check_bool(name, "delete_keys", delete_keys)
+        check_bool(name, "allow_mixed_kinds", allow_mixed_kinds)
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
             raise ConfigError(f"{name}: tolerance must be a number in [0, 1) (a fraction of a voxel), "
                               f"got {tolerance!r}")

@@ -22,11 +22,44 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
+from typing import TypedDict
 
-from ..errors import ConfigError
 from ..random.seeding import PATCH_INDEX_KEY, SAMPLE_INDEX_KEY, sample_rng, sample_seed
 from ..records import random_params
+from ..validation import check_bool, check_probability, check_seed
 from .base import Transform
+
+
+class RandomOptionsBesidesP(TypedDict, total=False):
+    """The options of :class:`RandomTransform` but ``p``: for subclasses that name ``p`` themselves.
+
+    :class:`~gpuprep.RandFlip` does, for its own default (0.5) and meaning (per axis).
+    """
+
+    same_on_batch: bool
+    seed: int | None
+    allow_missing_keys: bool
+
+
+class RandomOptions(RandomOptionsBesidesP, total=False):
+    """The options every random transform takes and forwards to :class:`RandomTransform` as ``**options``.
+
+    Typing a subclass's ``**options: Unpack[RandomOptions]`` lets type checkers check them; the
+    recorded configuration lists them after the subclass's own arguments, in the order and with
+    the defaults of :meth:`RandomTransform.__init__` (see
+    :func:`gpuprep.transforms.base._recording_init`).
+
+    Example
+    -------
+    A subclass names its own arguments and forwards these options::
+
+        class RandScale(RandomTransform):
+            def __init__(self, keys, factor=(0.9, 1.1), **options: Unpack[RandomOptions]):
+                super().__init__(keys, **options)
+                self.factor = factor
+    """
+
+    p: float
 
 
 class RandomTransform(Transform, abstract=True):
@@ -56,15 +89,9 @@ class RandomTransform(Transform, abstract=True):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         name = type(self).__name__
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
-            raise ConfigError(f"{name}: p must be a probability in [0, 1], got {p!r}")
-        if not isinstance(same_on_batch, bool):
-            raise ConfigError(f"{name}: same_on_batch must be True or False, got {same_on_batch!r}")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ConfigError(f"{name}: seed must be a non-negative integer or None, got {seed!r}")
-        self.p = float(p)
-        self.same_on_batch = same_on_batch
-        self.seed = seed
+        self.p = check_probability(name, "p", p)
+        self.same_on_batch = check_bool(name, "same_on_batch", same_on_batch)
+        self.seed = check_seed(name, seed)
         self._pipeline_seed: int | None = None
         self.epoch = 0
         self._drawn_streams: list[dict] | None = None

@@ -16,6 +16,7 @@ from ..io.outputs import check_output_file, make_folders, remove_empty_folders
 from ..io.sidecar import sidecar_path, strip_image_extension
 from ..io.writer import WRITE_FORMATS, write_format, write_image
 from ..sample import HISTORY_KEY, meta_key
+from ..validation import check_bool
 from .base import Transform
 
 _PathLike = (str, os.PathLike)
@@ -101,9 +102,8 @@ class SaveImage(Transform):
             raise ConfigError(
                 f"SaveImage: output_ext must be one of {list(WRITE_FORMATS)}, got {output_ext!r}"
             )
-        for name, value in (("sidecar", sidecar), ("overwrite", overwrite)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"SaveImage: {name} must be True or False, got {value!r}")
+        check_bool("SaveImage", "sidecar", sidecar)
+        check_bool("SaveImage", "overwrite", overwrite)
         self.output_dir = Path(output_dir)
         self.suffix = suffix
         self.output_ext = ext

@@ -207,6 +207,18 @@ def test_invert_follows_the_kind_of_the_key():
     assert len(linear.unique()) > 3
 
 
+
+@pytest.mark.parametrize("step", [gp.Flip("image", axes=0), gp.Resample("image", spacing=0.7)],
+                         ids=["flip", "resample"])
+def test_invert_refuses_onehot_for_an_intensity_image(step):
+    out = step(gp.make_sample({"image": torch.from_numpy(_blob()).float()[None]}))
+    with pytest.raises(TransformError, match=r"^invert: mode='onehot' resamples label maps, .* \(kind='image'\)"):
+        gp.invert(out, "image", mode="onehot")  # the key is declared an image
+    with pytest.raises(TransformError, match=r"^invert: mode='onehot' resamples label maps"):
+        gp.invert(out, "image", data=out["image"], mode="onehot", kind="image")
+    prediction = (out["image"] > 0.5).float()  # given float data without a kind: one-hot says labels
+    assert set(gp.invert(out, "image", data=prediction, mode="onehot")["image"].unique().tolist()) <= {0.0, 1.0}
+
 def test_bundled_sample_and_phantom_declare_their_kinds():
     for sample in (gp.data.sample_brain(), gp.data.phantom(shape=(16, 16, 16), seed=0)):
         # Stored in the metadata (not left to the dtype rule), so it survives a cast to float.

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
 from ...functional.kspace import ghosting, gibbs_lowpass, spike
 from ...random.ranges import symmetric_range, uniform_range
-from ..base import spatial_axes
+from ...validation import spatial_axes
+from ..random_base import RandomOptions
 from .intensity import _RandomIntensity
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 __all__ = ["RandGhosting", "RandGibbs", "RandSpike"]
 
@@ -64,8 +69,9 @@ class RandGhosting(_RandomIntensity):
     restore:
         Fraction of the k-space centre (along the axis) kept unchanged: a number ``r`` means
         ``(0, r)``, or a pair within ``[0, 1]``; None keeps the central plane only.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -89,12 +95,9 @@ class RandGhosting(_RandomIntensity):
         axes: int | Sequence[int] = (0, 1, 2),
         intensity: float | Sequence[float] = (0.5, 1.0),
         restore: float | Sequence[float] | None = 0.02,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.num_ghosts = _count_range("RandGhosting", "num_ghosts", num_ghosts)
         self.axes = [int(a) for a in spatial_axes(axes, "RandGhosting")]
         self.intensity = uniform_range(intensity, "intensity", "RandGhosting", minimum=0.0)
@@ -113,7 +116,7 @@ class RandGhosting(_RandomIntensity):
             "restore": None if self.restore is None else rng.uniform(*self.restore),
         }
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return ghosting(
             x,
             [p["num_ghosts"] for p in params],
@@ -140,8 +143,9 @@ class RandSpike(_RandomIntensity):
         Number of spikes: an integer ``n`` (exactly ``n``) or a pair ``(low, high)`` (uniform integer).
     intensity:
         Range of the spike-to-maximum ratio: a number ``r`` means ``(-r, r)``, or a pair.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -162,12 +166,9 @@ class RandSpike(_RandomIntensity):
         keys: str | Sequence[str],
         num_spikes: int | Sequence[int] = 1,
         intensity: float | Sequence[float] = (1.0, 3.0),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.num_spikes = _count_range("RandSpike", "num_spikes", num_spikes)
         self.intensity = symmetric_range(intensity, "intensity", "RandSpike", axes=1)[0]
 
@@ -178,7 +179,7 @@ class RandSpike(_RandomIntensity):
             "intensity": rng.uniform(*self.intensity),
         }
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return spike(x, [p["positions"] for p in params], [p["intensity"] for p in params])
 
 
@@ -196,8 +197,9 @@ class RandGibbs(_RandomIntensity):
         Image keys; label maps (by kind, see gp.get_kind) are left alone.
     alpha:
         Range of ``alpha`` within ``[0, 1]``: a number ``a`` means ``(0, a)``, or a pair.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -218,12 +220,9 @@ class RandGibbs(_RandomIntensity):
         self,
         keys: str | Sequence[str],
         alpha: float | Sequence[float] = (0.0, 1.0),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.alpha = uniform_range(alpha, "alpha", "RandGibbs", minimum=0.0)
         if self.alpha[1] > 1.0:
             raise ConfigError(f"RandGibbs: alpha must lie within [0, 1], got {alpha!r}")
@@ -231,5 +230,5 @@ class RandGibbs(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"alpha": rng.uniform(*self.alpha)}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return gibbs_lowpass(x, [p["alpha"] for p in params])

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ...functional.axis_operators import apply_axis_operator, axis_operator, chain_operators
 from ...random.ranges import uniform_range
-from ..base import spatial_axes
+from ...validation import spatial_axes
+from ..random_base import RandomOptions
 from .intensity import _RandomIntensity
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 
 class RandAnisotropy(_RandomIntensity):
@@ -30,8 +35,9 @@ class RandAnisotropy(_RandomIntensity):
         Spatial axes one of which is drawn per sample.
     downsampling:
         Range of the factor: a number ``f`` means ``(1, f)``; a pair ``(low, high)`` with ``low >= 1``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------
@@ -47,12 +53,9 @@ class RandAnisotropy(_RandomIntensity):
         keys: str | Sequence[str],
         axes: int | Sequence[int] = (0, 1, 2),
         downsampling: float | Sequence[float] = (1.5, 5.0),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         axes_tuple = spatial_axes(axes, "RandAnisotropy")
         low, high = uniform_range((1.0, downsampling) if isinstance(downsampling, (int, float)) else downsampling,
                                   "downsampling", "RandAnisotropy", minimum=1.0)
@@ -62,7 +65,7 @@ class RandAnisotropy(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"axis": rng.choice(self.axes), "factor": rng.uniform(*self.downsampling)}
 
-    def augment(self, x: torch.Tensor, params: list[dict], position: int) -> torch.Tensor:
+    def augment(self, x: torch.Tensor, params: list[dict]) -> torch.Tensor:
         out = torch.empty_like(x)
         groups: dict[tuple[int, float], list[int]] = {}
         for index, drawn in enumerate(params):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import ConfigError
-from ..spatial.base import validate_mode
+from ...validation import validate_mode
+from ..random_base import RandomOptions
 from ..spatial.padding import validate_padding_mode, validate_padding_value
 from .spatial import _RandomSpatial
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 
 class RandElastic(_RandomSpatial):
@@ -47,8 +52,9 @@ class RandElastic(_RandomSpatial):
     padding_value:
         The constant of ``"zeros"`` for intensity images: a number (default 0) or ``"minimum"``;
         label maps get 0.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------
@@ -68,13 +74,11 @@ class RandElastic(_RandomSpatial):
         locked_borders: int = 2,
         mode: str = "linear",
         padding_mode: str = "zeros",
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        *,
         padding_value: float | str = 0.0,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         points = (num_control_points,) * 3 if isinstance(num_control_points, int) else tuple(num_control_points)
         if len(points) != 3 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 5 for n in points):
             raise ConfigError(

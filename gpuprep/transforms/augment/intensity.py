@@ -14,24 +14,26 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-from ...errors import ConfigError, short_repr
+from ...errors import ConfigError
 from ...functional.augment_intensity import adjust_contrast, bias_field, bias_field_terms, signed_power
 from ...functional.filters import gaussian_filter
 from ...random.ranges import symmetric_range, uniform_range
+from ...validation import check_bool, check_int
 from ..base import float_intensity_keys
-from ..random_base import RandomTransform
+from ..random_base import RandomOptions, RandomTransform
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 __all__ = ["RandBiasField", "RandBlur", "RandBrightness", "RandContrast", "RandGamma"]
 
 
 class _RandomIntensity(RandomTransform, abstract=True):
     """Applies :meth:`augment` to the samples whose ``apply`` is True, for each float key."""
-
-    def __init__(self, keys, p=1.0, same_on_batch=False, seed=None, allow_missing_keys=False):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         chosen = [index for index, p in enumerate(params) if p.get("apply")]
@@ -40,29 +42,20 @@ class _RandomIntensity(RandomTransform, abstract=True):
         drawn = [params[index] for index in chosen]
         for key in float_intensity_keys(batch, keys):
             x = batch[key]
-            position = self.keys.index(key)
             if len(chosen) == len(params):
-                batch[key] = self.augment(x, drawn, position)
+                batch[key] = self.augment_key(key, x, drawn)
                 continue
             index = torch.tensor(chosen, device=x.device)
-            batch[key] = x.index_copy(0, index, self.augment(x.index_select(0, index), drawn, position))
+            batch[key] = x.index_copy(0, index, self.augment_key(key, x.index_select(0, index), drawn))
         return batch
 
-    def augment(self, x: torch.Tensor, params: list[dict], position: int) -> torch.Tensor:
+    def augment_key(self, key: str, x: torch.Tensor, params: list[dict]) -> torch.Tensor:
+        """Transform ``x``, the chosen samples of ``batch[key]``: :meth:`augment`, the same for every key."""
+        return self.augment(x, params)
+
+    def augment(self, x: torch.Tensor, params: list[dict]) -> torch.Tensor:
         """Transform ``x`` ``[b, C, D, H, W]`` (the chosen samples) with their ``params``."""
         raise NotImplementedError
-
-
-def _check_int(owner: str, name: str, value, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {short_repr(value)}")
-    return value
-
-
-def _check_bool(owner: str, name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{owner}: {name} must be True or False, got {short_repr(value)}")
-    return value
 
 
 class RandGamma(_RandomIntensity):
@@ -78,8 +71,9 @@ class RandGamma(_RandomIntensity):
         Image keys; label maps (by kind, see gp.get_kind) are left alone.
     log_gamma:
         Range of ``log(gamma)``: a number ``d`` means ``(-d, d)``, or a pair ``(low, high)``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -98,18 +92,15 @@ class RandGamma(_RandomIntensity):
         self,
         keys: str | Sequence[str],
         log_gamma: float | Sequence[float] = (-0.3, 0.3),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.log_gamma = symmetric_range(log_gamma, "log_gamma", "RandGamma", axes=1)[0]
 
     def draw(self, rng: random.Random) -> dict:
         return {"gamma": math.exp(rng.uniform(*self.log_gamma))}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return signed_power(x, [p["gamma"] for p in params])
 
 
@@ -130,8 +121,9 @@ class RandBiasField(_RandomIntensity):
         Coefficient range: a number ``c`` means ``(-c, c)``, or a pair ``(low, high)``.
     order:
         Maximum total degree of the polynomial (0 to 8).
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -154,14 +146,11 @@ class RandBiasField(_RandomIntensity):
         keys: str | Sequence[str],
         coefficients: float | Sequence[float] = 0.5,
         order: int = 3,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.coefficients = symmetric_range(coefficients, "coefficients", "RandBiasField", axes=1)[0]
-        self.order = _check_int("RandBiasField", "order", order, 0)
+        self.order = check_int("RandBiasField", "order", order, minimum=0)
         if self.order > 8:
             raise ConfigError(f"RandBiasField: order must be at most 8, got {order!r}")
         self.n_terms = len(bias_field_terms(self.order))
@@ -169,7 +158,7 @@ class RandBiasField(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"coefficients": [rng.uniform(*self.coefficients) for _ in range(self.n_terms)]}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         coefficients = torch.tensor([p["coefficients"] for p in params], dtype=dtype).to(x.device)
         field = bias_field(x.shape[2:], coefficients, self.order, dtype)
@@ -193,8 +182,9 @@ class RandContrast(_RandomIntensity):
         Range ``(low, high)`` of the factor, ``low >= 0``; a number ``f`` means ``(0, f)``.
     preserve_range:
         Clamp each channel to its own original minimum and maximum (nnU-Net does).
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------
@@ -209,19 +199,16 @@ class RandContrast(_RandomIntensity):
         keys: str | Sequence[str],
         factor: float | Sequence[float] = (0.75, 1.25),
         preserve_range: bool = False,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.factor = uniform_range(factor, "factor", "RandContrast", minimum=0.0)
-        self.preserve_range = _check_bool("RandContrast", "preserve_range", preserve_range)
+        self.preserve_range = check_bool("RandContrast", "preserve_range", preserve_range)
 
     def draw(self, rng: random.Random) -> dict:
         return {"factor": rng.uniform(*self.factor)}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         return adjust_contrast(x, [p["factor"] for p in params], self.preserve_range)
 
 
@@ -235,8 +222,9 @@ class RandBrightness(_RandomIntensity):
     shift:
         Offset range: a number ``d`` means ``(-d, d)``, or a pair ``(low, high)``, in the image's
         intensity units.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -254,18 +242,15 @@ class RandBrightness(_RandomIntensity):
         self,
         keys: str | Sequence[str],
         shift: float | Sequence[float] = (-0.1, 0.1),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.shift = symmetric_range(shift, "shift", "RandBrightness", axes=1)[0]
 
     def draw(self, rng: random.Random) -> dict:
         return {"shift": rng.uniform(*self.shift)}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         shift = torch.tensor([p["shift"] for p in params], dtype=x.dtype).to(x.device)
         return x + shift.reshape(-1, 1, 1, 1, 1)
 
@@ -283,8 +268,9 @@ class RandBlur(_RandomIntensity):
         Image keys; label maps (by kind, see gp.get_kind) are left alone.
     std:
         Range of the standard deviation in voxels: a number ``s`` means ``(0, s)``, or a pair.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -303,18 +289,15 @@ class RandBlur(_RandomIntensity):
         self,
         keys: str | Sequence[str],
         std: float | Sequence[float] = (0.0, 2.0),
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.std = uniform_range(std, "std", "RandBlur", minimum=0.0)
 
     def draw(self, rng: random.Random) -> dict:
         return {"sigma": [rng.uniform(*self.std) for _ in range(3)]}
 
-    def augment(self, x, params, position):
+    def augment(self, x, params):
         sigma = torch.tensor([p["sigma"] for p in params], dtype=torch.float64)  # CPU metadata
         if x.dtype in (torch.float32, torch.float64):
             return gaussian_filter(x, sigma)

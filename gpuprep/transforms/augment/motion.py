@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,8 +21,13 @@ import torch
 from ...functional.affine import grid_center, rotation_matrix, world_transform
 from ...functional.resample import resample
 from ...random.ranges import symmetric_range
+from ...validation import check_int
 from ..base import float_intensity_keys
-from .intensity import _check_int, _RandomIntensity
+from ..random_base import RandomOptions
+from .intensity import _RandomIntensity
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 __all__ = ["RandMotion"]
 
@@ -123,8 +129,9 @@ class RandMotion(_RandomIntensity):
         Translation range in mm: a number ``t`` means ``(-t, t)``, or a pair.
     num_transforms:
         Number of movements, an integer ``>= 1``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -149,15 +156,12 @@ class RandMotion(_RandomIntensity):
         degrees: float | Sequence[float] = 10,
         translation: float | Sequence[float] = 10,
         num_transforms: int = 2,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.degrees = symmetric_range(degrees, "degrees", "RandMotion", axes=1)[0]
         self.translation = symmetric_range(translation, "translation", "RandMotion", axes=1)[0]
-        self.num_transforms = _check_int("RandMotion", "num_transforms", num_transforms, 1)
+        self.num_transforms = check_int("RandMotion", "num_transforms", num_transforms, minimum=1)
 
     def draw(self, rng: random.Random) -> dict:
         n = self.num_transforms

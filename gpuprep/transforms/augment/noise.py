@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
 from ...functional.augment_intensity import apply_noise, draw_noise
 from ...random.ranges import uniform_range
+from ..random_base import RandomOptions
 from .intensity import _RandomIntensity
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 __all__ = ["RandNoise"]
 
@@ -37,8 +42,9 @@ class RandNoise(_RandomIntensity):
         Mean of the noise (a fixed number).
     kind:
         ``"gaussian"`` or ``"rician"``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -61,12 +67,9 @@ class RandNoise(_RandomIntensity):
         std: float | Sequence[float] = (0.0, 0.1),
         mean: float = 0.0,
         kind: str = "gaussian",
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.std = uniform_range(std, "std", "RandNoise", minimum=0.0)
         if not isinstance(mean, (int, float)) or isinstance(mean, bool) or mean != mean or abs(mean) == float("inf"):
             raise ConfigError(f"RandNoise: mean must be a finite number, got {mean!r}")
@@ -78,7 +81,8 @@ class RandNoise(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"std": rng.uniform(*self.std), "noise_seed": rng.getrandbits(63)}
 
-    def augment(self, x, params, position):
+    def augment_key(self, key, x, params):
+        position = self.keys.index(key)  # each key its own noise
         seeds = [(p["noise_seed"] + position) % 2**63 for p in params]
         noise = draw_noise(x, seeds, count=2 if self.kind == "rician" else 1)
         means = [self.mean] * len(params)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,10 +20,13 @@ from ...functional.affine import grid_center, rotation_matrix, shear_matrix, wor
 from ...functional.grid import flip_map, rot90_map
 from ...random.ranges import symmetric_range
 from ...records import make_step
-from ..base import spatial_axes
-from ..random_base import RandomTransform
-from ..spatial.base import SpatialTransform, validate_mode
+from ...validation import spatial_axes, validate_mode
+from ..random_base import RandomOptions, RandomOptionsBesidesP, RandomTransform
+from ..spatial.base import SpatialTransform
 from ..spatial.padding import validate_padding_mode, validate_padding_value
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 
 class _RandomSpatial(SpatialTransform, RandomTransform, abstract=True):
@@ -62,8 +66,9 @@ class RandFlip(_RandomSpatial):
         Spatial axes (0, 1, 2 = D, H, W) that may be flipped, each independently.
     p:
         Probability of flipping each axis.
-    same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------
@@ -80,11 +85,9 @@ class RandFlip(_RandomSpatial):
         keys: str | Sequence[str],
         axes: int | Sequence[int] = (0, 1, 2),
         p: float = 0.5,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptionsBesidesP],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, p=p, **options)
         axes_tuple = spatial_axes(axes, "RandFlip")
         self.axes = tuple(sorted(set(axes_tuple)))
 
@@ -120,11 +123,9 @@ class RandRotate90(_RandomSpatial):
         axes: Sequence[int] = (0, 1),
         max_k: int = 3,
         p: float = 0.5,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptionsBesidesP],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, p=p, **options)
         axes = tuple(axes)
         if len(axes) != 2 or axes[0] == axes[1] or not all(a in (0, 1, 2) for a in axes):
             raise ConfigError(f"RandRotate90: axes must be two different spatial axes among 0, 1, 2, got {axes!r}")
@@ -167,8 +168,9 @@ class RandAffine(_RandomSpatial):
     padding_value:
         The constant intensity images get outside: a number (default 0) or ``"minimum"`` (each
         sample's and channel's minimum; for a CT in HU use -1000 or ``"minimum"``).
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Example
     -------
@@ -188,13 +190,11 @@ class RandAffine(_RandomSpatial):
         isotropic: bool = False,
         mode: str = "linear",
         padding_mode: str = "zeros",
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        *,
         padding_value: float | str = 0.0,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(keys, **options)
         self.rotate = symmetric_range(rotate, "rotate", "RandAffine")
         self.scale = symmetric_range(scale, "scale", "RandAffine", center=1.0)
         if any(low <= 0 for low, _ in self.scale):

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import ConfigError
+from ...validation import check_int, check_int_or_three
+from ..random_base import RandomOptions
 from .intensity import _RandomIntensity
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 
 class RandSwap(_RandomIntensity):
@@ -27,8 +33,9 @@ class RandSwap(_RandomIntensity):
         Side of the cubic patches in voxels, or three sides.
     num_iterations:
         Number of swaps per sample.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`.
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`.
 
     Reference
     ---------
@@ -49,19 +56,11 @@ class RandSwap(_RandomIntensity):
         keys: str | Sequence[str],
         patch_size: int | Sequence[int] = 15,
         num_iterations: int = 100,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
-        super().__init__(keys, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
-        sizes = (patch_size,) * 3 if isinstance(patch_size, int) else tuple(patch_size)
-        if len(sizes) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-            raise ConfigError(f"RandSwap: patch_size must be a positive int or three of them, got {patch_size!r}")
-        if not isinstance(num_iterations, int) or isinstance(num_iterations, bool) or num_iterations < 0:
-            raise ConfigError(f"RandSwap: num_iterations must be an integer >= 0, got {num_iterations!r}")
-        self.patch_size = sizes
-        self.num_iterations = num_iterations
+        super().__init__(keys, **options)
+        self.patch_size = check_int_or_three("RandSwap", "patch_size", patch_size, minimum=1)
+        self.num_iterations = check_int("RandSwap", "num_iterations", num_iterations, minimum=0)
         self._shape: tuple[int, ...] | None = None
 
     def draw_params(self, batch, keys):
@@ -82,7 +81,7 @@ class RandSwap(_RandomIntensity):
             swaps.append([first, second])
         return {"swaps": swaps}
 
-    def augment(self, x: torch.Tensor, params: list[dict], position: int) -> torch.Tensor:
+    def augment(self, x: torch.Tensor, params: list[dict]) -> torch.Tensor:
         out = x.clone()
         size = self.patch_size
         for index, drawn in enumerate(params):  # swaps are sequential by definition

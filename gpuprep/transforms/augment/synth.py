@@ -16,14 +16,20 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import ConfigError, TransformError
 from ...functional.augment_intensity import draw_noise
 from ...random.ranges import uniform_range
+from ...records import random_params
 from ...sample import IMAGE, copy_meta, is_label, meta_key
-from ..random_base import RandomTransform
+from ...validation import check_probability
+from ..random_base import RandomOptions, RandomTransform
+
+if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
+    from typing_extensions import Unpack
 
 __all__ = ["RandLabelsToImage"]
 
@@ -93,8 +99,9 @@ class RandLabelsToImage(RandomTransform):
         Smallest difference between the means of any two labels (0: independent draws). It needs
         ``(num_labels - 1) * min_separation <= high - low`` of ``mean``, and ``low >= 0`` when
         ``zero_background > 0``.
-    p, same_on_batch, seed, allow_missing_keys:
-        See :class:`~gpuprep.transforms.random_base.RandomTransform`; ``allow_missing_keys``
+    **options:
+        ``p``, ``same_on_batch``, ``seed``, ``allow_missing_keys``: see
+        :class:`~gpuprep.transforms.random_base.RandomTransform`; ``allow_missing_keys``
         applies to ``label_key``.
 
     Reference
@@ -126,29 +133,23 @@ class RandLabelsToImage(RandomTransform):
         std: float | Sequence[float] = (0.0, 0.1),
         zero_background: float = 0.0,
         min_separation: float = 0.0,
-        p: float = 1.0,
-        same_on_batch: bool = False,
-        seed: int | None = None,
-        allow_missing_keys: bool = False,
+        **options: Unpack[RandomOptions],
     ):
         for name, value in (("label_key", label_key), ("image_key", image_key)):
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"RandLabelsToImage: {name} must be a non-empty string, got {value!r}")
         if image_key == label_key:
             raise ConfigError(f"RandLabelsToImage: image_key must differ from label_key, both are {label_key!r}")
-        super().__init__(label_key, p=p, same_on_batch=same_on_batch, seed=seed, allow_missing_keys=allow_missing_keys)
+        super().__init__(label_key, **options)
         if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool)
                                        or num_labels < 1):
             raise ConfigError(f"RandLabelsToImage: num_labels must be None or an integer >= 1, got {num_labels!r}")
-        if not (isinstance(zero_background, (int, float)) and not isinstance(zero_background, bool)
-                and 0.0 <= zero_background <= 1.0):
-            raise ConfigError(f"RandLabelsToImage: zero_background must be a probability in [0, 1], "
-                              f"got {zero_background!r}")
+        zero_background = check_probability("RandLabelsToImage", "zero_background", zero_background)
         self.label_key, self.image_key = label_key, image_key
         self.num_labels = num_labels
         self.mean = uniform_range(mean, "mean", "RandLabelsToImage")
         self.std = uniform_range(std, "std", "RandLabelsToImage", minimum=0.0)
-        self.zero_background = float(zero_background)
+        self.zero_background = zero_background
         if isinstance(min_separation, bool) or not isinstance(min_separation, (int, float)) or not min_separation >= 0:
             raise ConfigError(f"RandLabelsToImage: min_separation must be a number >= 0, got {min_separation!r}")
         self.min_separation = float(min_separation)
@@ -207,11 +208,11 @@ class RandLabelsToImage(RandomTransform):
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
         label = self._label(batch)
         sizes = self._table_sizes(label)
-        params = []
+        params: list[dict] = []
         for rng, size in zip(self._streams(batch, keys), sizes):
             apply = rng.random() < self.p
             drawn = self.draw_table(rng, size)  # drawn even when skipped, so the stream stays aligned
-            params.append({"apply": True, **drawn} if apply else {"apply": False})
+            params.append(random_params(apply, drawn))
         return params
 
     def _label(self, batch: dict) -> torch.Tensor:

@@ -50,24 +50,10 @@ def check_real(
     return float(value)
 
 
-def check_int(owner: str, name: str, value: Any, *, minimum: int) -> int:
-    """An integer (not a bool) of at least ``minimum``."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{owner}: {name} must be an integer >= {minimum}, got {short_repr(value)}")
-    return int(value)
-
-
 def check_choice(owner: str, name: str, value: Any, choices: Sequence[Any]) -> Any:
     """One of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{owner}: {name} must be one of {list(choices)}, got {short_repr(value)}")
-    return value
-
-
-def check_bool(owner: str, name: str, value: Any) -> bool:
-    """A bool."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{owner}: {name} must be True or False, got {short_repr(value)}")
     return value
 
 

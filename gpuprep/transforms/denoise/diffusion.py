@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...functional.diffusion import CONDUCTANCES, anisotropic_diffusion
+from ...validation import check_bool, check_int
 from ..base import Transform, float_intensity_keys
-from ._common import check_bool, check_choice, check_int, check_real, voxel_spacing
+from ._common import check_choice, check_real, voxel_spacing
 
 
 class AnisotropicDiffusion(Transform):

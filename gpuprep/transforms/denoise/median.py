@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from ...errors import ConfigError
 from ...functional.filters import BOUNDARY_MODES
 from ...functional.median import check_window, median_filter
+from ...validation import check_int
 from ..base import Transform, float_intensity_keys
-from ._common import check_choice, check_int, check_per_axis
+from ._common import check_choice, check_per_axis
 
 
 class MedianDenoise(Transform):

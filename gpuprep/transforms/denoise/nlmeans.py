@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from ...errors import ConfigError
 from ...functional.nlmeans import check_patch, nl_means, nl_means_pixelwise
 from ...functional.wavelet import estimate_sigma
+from ...validation import check_bool, check_int
 from ..base import Transform, float_intensity_keys
-from ._common import check_bool, check_int, check_real
+from ._common import check_real
 
 
 class NonLocalMeans(Transform):

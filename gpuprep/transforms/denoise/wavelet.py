@@ -12,8 +12,9 @@ from ...functional.wavelet import (
     require_ptwt,
     wavelet_denoise,
 )
+from ...validation import check_bool, check_int
 from ..base import Transform, float_intensity_keys
-from ._common import check_bool, check_choice, check_int, check_real
+from ._common import check_choice, check_real
 
 
 class WaveletDenoise(Transform):

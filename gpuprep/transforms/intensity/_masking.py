@@ -45,12 +45,6 @@ def check_pair(owner: str, name: str, value: Any, *, increasing: bool = False) -
     return low, high
 
 
-def check_bool(owner: str, name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{owner}: {name} must be True or False, got {short_repr(value)}")
-    return value
-
-
 def mask_tensor(owner: str, batch: Mapping, key: str, mask_key: str, x: torch.Tensor) -> torch.Tensor:
     """The boolean mask ``[B, 1 or C, D, H, W]`` under ``mask_key`` (nonzero = inside), checked for ``x``."""
     if mask_key not in batch:

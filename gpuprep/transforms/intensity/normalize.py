@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ...functional.intensity import masked_mean_std, z_normalize
+from ...validation import check_bool
 from ..base import Transform, float_intensity_keys
-from ._masking import check_bool, check_mask_argument, resolve_mask
+from ._masking import check_mask_argument, resolve_mask
 
 
 class ZNormalize(Transform):

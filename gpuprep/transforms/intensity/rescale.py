@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from ...errors import ConfigError
 from ...functional.intensity import clip_intensity, rescale_linear, scale_intensity_range
 from ...functional.percentile import percentile
+from ...validation import check_bool
 from ..base import Transform, float_intensity_keys
-from ._masking import check_bool, check_mask_argument, check_number, check_pair, resolve_mask
+from ._masking import check_mask_argument, check_number, check_pair, resolve_mask
 
 
 class RescaleIntensity(Transform):

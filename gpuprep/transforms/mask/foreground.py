@@ -12,8 +12,9 @@ from ...functional.intensity import mask_fill
 from ...functional.morphology import binary_closing, fill_holes, largest_component
 from ...functional.threshold import otsu_threshold
 from ...sample import LABEL, copy_meta, meta_key
+from ...validation import check_bool
 from ..base import Transform, float_intensity_keys
-from ..intensity._masking import check_bool, check_number, mask_tensor
+from ..intensity._masking import check_number, mask_tensor
 
 OTSU_BINS = 256
 

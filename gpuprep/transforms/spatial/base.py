@@ -31,8 +31,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...errors import ConfigError, short_repr
-from ...functional.resample import MODES
 from ...functional.resample_general import shared_grids
 from ...records import make_step
 from ...sample import image_keys
@@ -90,9 +88,3 @@ class SpatialTransform(Transform, abstract=True):
             resample_chains(batch, {key: [(self, [p[key] for p in params])] for key in keys})
         return batch
 
-
-def validate_mode(mode: str, owner: str) -> str:
-    """Check an interpolation mode argument."""
-    if mode not in MODES:
-        raise ConfigError(f"{owner}: mode must be one of {MODES}, got {short_repr(mode)}")
-    return mode

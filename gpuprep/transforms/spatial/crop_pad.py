@@ -11,6 +11,7 @@ from ...errors import ConfigError
 from ...functional.grid import translation_map
 from ...records import make_step
 from ...sample import meta_key
+from ...validation import check_int_or_three
 from ..fusion import current_grids
 from .base import SpatialTransform
 from .padding import validate_padding_mode, validate_padding_value
@@ -121,11 +122,8 @@ class CropForeground(SpatialTransform):
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
-        margins = (margin,) * 3 if isinstance(margin, int) else tuple(margin)
-        if len(margins) != 3 or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in margins):
-            raise ConfigError(f"CropForeground: margin must be a non-negative int or three of them, got {margin!r}")
+        self.margin = check_int_or_three("CropForeground", "margin", margin, minimum=0)
         self.source_key = source_key
-        self.margin = margins
         self.threshold = float(threshold)
 
     def plan(self, grids, batch, keys):
@@ -161,10 +159,7 @@ class PadToMultiple(SpatialTransform):
     def __init__(self, keys: str | Sequence[str], k: int | Sequence[int] = 16, allow_missing_keys: bool = False,
                  padding_mode: str = "zeros", padding_value: float | str = 0.0):
         super().__init__(keys, allow_missing_keys)
-        multiples = (k,) * 3 if isinstance(k, int) else tuple(k)
-        if len(multiples) != 3 or not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in multiples):
-            raise ConfigError(f"PadToMultiple: k must be a positive int or three of them, got {k!r}")
-        self.k = multiples
+        self.k = check_int_or_three("PadToMultiple", "k", k, minimum=1)
         self.padding_mode = validate_padding_mode(padding_mode, "PadToMultiple")
         self.padding_value = validate_padding_value(padding_value, "PadToMultiple")
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ...errors import ConfigError
 from ...functional.grid import flip_map, rot90_map
-from ..base import spatial_axes
+from ...validation import spatial_axes
 from .base import SpatialTransform
 
 

@@ -9,8 +9,9 @@ import numpy as np
 from ...errors import ConfigError
 from ...functional.grid import scaling_map, spacing_of, world_preserving_map
 from ...records import make_step
+from ...validation import validate_mode
 from ..fusion import Grid
-from .base import SpatialTransform, validate_mode
+from .base import SpatialTransform
 from .padding import validate_padding_mode, validate_padding_value
 
 
@@ -85,10 +86,9 @@ class Resample(_Interpolating):
         spacing_in = spacing_of(affine)
         spacing_out = np.array([s_in if s is None else s for s, s_in in zip(self.spacing, spacing_in)])
         out_shape = tuple(max(1, round(n * s_in / s_out)) for n, s_in, s_out in zip(shape, spacing_in, spacing_out))
-        ratio = spacing_out / spacing_in
-        voxel_map = np.diag([*ratio, 1.0])
-        voxel_map[:3, 3] = 0.5 * ratio - 0.5  # output voxel edges start at the input's first edge
-        return out_shape, voxel_map
+        # Output voxel edges start at the input's first edge: the rescaling map between grids whose
+        # extents are in the ratio of the spacings (scaling_map depends on that ratio only).
+        return out_shape, scaling_map(spacing_out, spacing_in)
 
 
 class Resize(_Interpolating):

@@ -30,7 +30,15 @@ from .axis_operators import (
 )
 from .filters import gaussian_filter
 from .grid import axis_permutation, is_lattice_map
-from .resample_general import antialias, batchable, cubic_general, general_batched, linear_general, nearest_general
+from .resample_general import (
+    GridCache,
+    antialias,
+    batchable,
+    cubic_general,
+    general_batched,
+    linear_general,
+    nearest_general,
+)
 
 
 def resample(
@@ -41,6 +49,8 @@ def resample(
     anti_aliasing: bool = False,
     padding_mode: str = "zeros",
     padding_value: float | torch.Tensor = 0.0,
+    *,
+    cache: GridCache | None = None,
 ) -> torch.Tensor:
     """Resample a batch ``[B, C, D, H, W]`` onto an output grid of ``out_shape``.
 
@@ -64,6 +74,9 @@ def resample(
         (one value per sample and channel, e.g. each one's minimum). Crops and pads are filled
         exactly; interpolating maps resample ``volume - value`` and add ``value`` back, which is the
         same thing because every kernel's weights sum to one (and the cubic prefilter keeps constants).
+    cache:
+        A :class:`~gpuprep.functional.resample_general.GridCache` shared by the keys resampled
+        with the same maps (an image and its label maps), so they build one sampling grid.
 
     Example
     -------
@@ -85,25 +98,26 @@ def resample(
     fill = _fill_tensor(volume, padding_value) if padding_mode == "zeros" else None
     if fill is not None and not all(is_lattice_map(m) for m in maps):
         if not volume.is_floating_point():  # nearest on integers: shift in float64, where it cannot overflow
-            shifted = resample(volume.double() - fill.double(), maps, out_shape, mode, anti_aliasing, padding_mode)
+            shifted = resample(volume.double() - fill.double(), maps, out_shape, mode, anti_aliasing, padding_mode,
+                               cache=cache)
             return (shifted + fill.double()).round().to(volume.dtype)
-        return resample(volume - fill, maps, out_shape, mode, anti_aliasing, padding_mode) + fill
+        return resample(volume - fill, maps, out_shape, mode, anti_aliasing, padding_mode, cache=cache) + fill
     groups: dict[bytes, list[int]] = {}
     for index, voxel_map in enumerate(maps):
         groups.setdefault(voxel_map.tobytes(), []).append(index)
     if len(groups) == 1:
-        return _resample_one_map(volume, maps[0], out_shape, mode, anti_aliasing, padding_mode, fill)
+        return _resample_one_map(volume, maps[0], out_shape, mode, anti_aliasing, padding_mode, fill, cache)
     if batchable(volume, maps, mode):
         # Different rotations per sample (random augmentation): one grid_sample for the batch.
         if anti_aliasing:
             volume = antialias(volume, maps)
-        return general_batched(volume, maps, out_shape, mode, padding_mode)
+        return general_batched(volume, maps, out_shape, mode, padding_mode, cache)
     out = volume.new_empty((volume.shape[0], volume.shape[1], *out_shape))
     for indices in groups.values():
         part = volume[indices]
         part_fill = None if fill is None else fill[indices]
         out[indices] = _resample_one_map(part, maps[indices[0]], out_shape, mode, anti_aliasing, padding_mode,
-                                         part_fill)
+                                         part_fill, cache)
     return out
 
 
@@ -121,7 +135,8 @@ def _fill_tensor(volume: torch.Tensor, value: float | torch.Tensor) -> torch.Ten
     return value.expand(volume.shape[0], volume.shape[1], 1, 1, 1)
 
 
-def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding_mode, fill=None) -> torch.Tensor:
+def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding_mode, fill=None,
+                      cache: GridCache | None = None) -> torch.Tensor:
     if padding_mode == "zeros" and is_lattice_map(voxel_map):
         return _resample_lattice(volume, voxel_map, out_shape, fill)
     permutation = axis_permutation(voxel_map)
@@ -133,7 +148,7 @@ def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding
         return nearest_general(volume, voxel_map, out_shape, padding_mode)
     if mode == "cubic":
         return cubic_general(volume, voxel_map, out_shape, padding_mode)
-    return linear_general(volume, voxel_map, out_shape, padding_mode)
+    return linear_general(volume, voxel_map, out_shape, padding_mode, cache)
 
 
 def _resample_lattice(volume: torch.Tensor, voxel_map: np.ndarray, out_shape: tuple[int, ...],

@@ -3,15 +3,14 @@
 :func:`gpuprep.functional.resample.resample` sends maps that mix axes here. Samples may each
 have their own map (random augmentation): one sampling grid is built for the batch, from three
 outer sums (several times faster on the CPU than ``affine_grid``), and inside
-:func:`shared_grids` an image and its label maps reuse it. The boundary rule is the package's:
+:class:`GridCache` an image and its label maps reuse it. The boundary rule is the package's:
 within half a voxel outside the input the edge is read, beyond it 0.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ def batchable(volume: torch.Tensor, maps: np.ndarray, mode: str) -> bool:
 _EXACT_IN_FLOAT32 = (torch.uint8, torch.int8, torch.int16, torch.bool)
 
 
-def general_batched(volume, maps, out_shape, mode, padding_mode) -> torch.Tensor:
+def general_batched(volume, maps, out_shape, mode, padding_mode, cache: GridCache | None = None) -> torch.Tensor:
     """Linear or nearest resampling with one (possibly different) general map per sample.
 
     Nearest neighbour here is ``grid_sample``'s, which rounds exact ties (a point midway between
@@ -45,7 +44,7 @@ def general_batched(volume, maps, out_shape, mode, padding_mode) -> torch.Tensor
     """
     in_shape = tuple(volume.shape[2:])
     work = volume if volume.is_floating_point() else volume.float()
-    grid, inside = _grid_and_mask(np.stack(maps), in_shape, tuple(out_shape), work.dtype, volume.device)
+    grid, inside = _grid_and_mask(np.stack(maps), in_shape, tuple(out_shape), work.dtype, volume.device, cache)
     out = F.grid_sample(work, grid, mode="bilinear" if mode == "linear" else "nearest", padding_mode="border",
                         align_corners=True)
     if padding_mode == "zeros":
@@ -53,47 +52,49 @@ def general_batched(volume, maps, out_shape, mode, padding_mode) -> torch.Tensor
     return out if volume.is_floating_point() else out.round().to(volume.dtype)
 
 
-# Per thread (CacheDataset and DeviceLoader resample in several threads at once).
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def shared_grids() -> Iterator[None]:
-    """Within this block, keys resampled with the same maps (an image and its labels) share one grid.
+class GridCache:
+    """Sampling grids reused while one chain resamples several keys (an image and its label maps).
 
     The sampling grid of a general map is as large as the output times three, and building it
-    costs as much as sampling; the cache lives only as long as the block.
+    costs as much as sampling, so the fusion engine makes one cache per resampling of a chain
+    and passes it to every key's :func:`~gpuprep.functional.resample.resample` and
+    :func:`~gpuprep.functional.warp.warp`; without one, nothing is reused. It keeps one entry
+    per kind of value (the first element of the key): the maps of the key being resampled now.
+    A cache belongs to one call, so threads never share one.
+
+    Example
+    -------
+    >>> cache = GridCache()
+    >>> cache.get(("grid", 1), lambda: "built"), cache.get(("grid", 1), lambda: "rebuilt")
+    ('built', 'built')
     """
-    outer = getattr(_STATE, "cache", None)
-    _STATE.cache = {} if outer is None else outer
-    try:
-        yield
-    finally:
-        _STATE.cache = outer
+
+    def __init__(self) -> None:
+        self._entries: dict[Any, tuple[tuple, Any]] = {}
+
+    def get(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """The value stored under ``key``, or ``build()`` (stored, replacing the entry of its kind)."""
+        entry = self._entries.get(key[0])
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        value = build()
+        self._entries[key[0]] = (key, value)
+        return value
 
 
-def cached(key: tuple, build: Callable[[], Any]) -> Any:
-    """``build()``, reused for the same ``key`` inside a :func:`shared_grids` block (one entry per kind)."""
-    cache = getattr(_STATE, "cache", None)
+def _grid_and_mask(maps, in_shape, out_shape, dtype, device, cache: GridCache | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    build = functools.partial(_build_grid_and_mask, maps, in_shape, out_shape, dtype, device)
     if cache is None:
         return build()
-    kind = key[0]
-    entry = cache.get(kind)
-    if entry is not None and entry[0] == key:
-        return entry[1]
-    value = build()
-    cache[kind] = (key, value)  # one entry per kind: the maps of the key being resampled now
-    return value
+    return cache.get(("grid", maps.tobytes(), in_shape, out_shape, dtype, str(device)), build)
 
 
-def _grid_and_mask(maps, in_shape, out_shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    def build():
-        theta = torch.as_tensor(np.stack([normalized_theta(m, in_shape, out_shape) for m in maps]),
-                                dtype=dtype, device=device)
-        grid = _affine_grid(theta, out_shape)
-        return grid, inside_grid(grid, in_shape)
-
-    return cached(("grid", maps.tobytes(), in_shape, out_shape, dtype, str(device)), build)
+def _build_grid_and_mask(maps, in_shape, out_shape, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    theta = torch.as_tensor(np.stack([normalized_theta(m, in_shape, out_shape) for m in maps]),
+                            dtype=dtype, device=device)
+    grid = _affine_grid(theta, out_shape)
+    return grid, inside_grid(grid, in_shape)
 
 
 def _affine_grid(theta: torch.Tensor, out_shape) -> torch.Tensor:
@@ -137,9 +138,9 @@ def _inside_mask(voxel_map, in_shape, out_shape, device) -> torch.Tensor:
     return mask[None, None]
 
 
-def linear_general(volume, voxel_map, out_shape, padding_mode):
+def linear_general(volume, voxel_map, out_shape, padding_mode, cache: GridCache | None = None):
     return general_batched(volume, np.asarray(voxel_map)[None].repeat(volume.shape[0], 0), out_shape, "linear",
-                            padding_mode)
+                            padding_mode, cache)
 
 
 def nearest_general(volume, voxel_map, out_shape, padding_mode):

@@ -17,6 +17,7 @@ below a voxel).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .grid import normalized_theta
-from .resample_general import _affine_grid, cached, inside_grid
+from .resample_general import GridCache, _affine_grid, inside_grid
 
 __all__ = ["invert_displacement", "sample_field", "warp", "warp_grid"]
 
@@ -90,7 +91,8 @@ def warp(
     out_shape: Sequence[int],
     mode: str = "linear",
     padding_mode: str = "zeros",
-    cache_key: tuple | None = None,
+    cache: GridCache | None = None,
+    field_key: tuple | None = None,
 ) -> torch.Tensor:
     """Resample ``[B, C, D, H, W]`` at ``pre @ (z + u(z))``, ``z = post @ x``, in one pass.
 
@@ -106,10 +108,9 @@ def warp(
         ``"linear"`` or ``"nearest"`` for floating-point volumes.
     padding_mode:
         ``"zeros"`` (0 beyond half a voxel outside the input, the package's rule) or ``"border"``.
-    cache_key:
-        Identifies the maps and field: inside
-        :func:`~gpuprep.functional.resample_general.shared_grids`, keys warped alike (an image
-        and its labels) then share one sampling grid.
+    cache, field_key:
+        A :class:`~gpuprep.functional.resample_general.GridCache` and a key that identifies the
+        maps and field: keys warped alike (an image and its labels) then share one sampling grid.
 
     Example
     -------
@@ -125,19 +126,21 @@ def warp(
         mode = "nearest"
     in_shape = tuple(volume.shape[2:])
 
-    def build():
-        grid = warp_grid(pre_maps, field.to(work.dtype), post_maps, in_shape, out_shape)
-        return grid, inside_grid(grid, in_shape)
-
-    if cache_key is None:
+    build = functools.partial(_warp_grid_and_mask, pre_maps, field, post_maps, in_shape, out_shape, work.dtype)
+    if cache is None or field_key is None:
         grid, inside = build()
     else:
-        grid, inside = cached(("warp", cache_key, in_shape, tuple(out_shape), work.dtype), build)
+        grid, inside = cache.get(("warp", field_key, in_shape, tuple(out_shape), work.dtype), build)
     out = F.grid_sample(work, grid, mode="bilinear" if mode == "linear" else "nearest", padding_mode="border",
                         align_corners=True)
     if padding_mode == "zeros":
         out.mul_(inside)
     return out if volume.is_floating_point() else out.round().to(volume.dtype)
+
+
+def _warp_grid_and_mask(pre_maps, field, post_maps, in_shape, out_shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    grid = warp_grid(pre_maps, field.to(dtype), post_maps, in_shape, out_shape)
+    return grid, inside_grid(grid, in_shape)
 
 
 def invert_displacement(field: torch.Tensor, iterations: int = 6, stride: int = 2) -> torch.Tensor:

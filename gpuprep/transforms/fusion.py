@@ -38,7 +38,7 @@ from ..foreign import adopt_foreign, sync_monai_meta_dicts
 from ..functional.elastic import bspline_field
 from ..functional.grid import is_lattice_map
 from ..functional.resample import resample, resample_labels
-from ..functional.resample_general import antialias, cached, shared_grids
+from ..functional.resample_general import GridCache, antialias
 from ..functional.warp import invert_displacement, warp
 from ..records import warp_entry
 from ..sample import LABEL, collate, decollate, dtype_kind, get_kind, get_meta, image_keys
@@ -171,8 +171,7 @@ def _apply_fused_run(transforms: Sequence[Any], data: Mapping, recorded: Sequenc
     for transform, keys, params, _ in planned:
         for key in keys:
             chains[key].append((transform, [p[key] for p in params]))
-    with shared_grids():
-        resample_chains(batch, chains)
+    resample_chains(batch, chains)
     for index, (transform, keys, params, extras) in enumerate(planned):
         if recorded is None and len(planned) > 1:
             extras = [{**extra, "fused": {"index": index, "count": len(planned)}} for extra in extras]
@@ -252,7 +251,12 @@ class Resampling:
 
 
 def resample_chains(batch: dict, chains: Mapping[str, Sequence[tuple[Any, list[dict]]]]) -> None:
-    """Resample each key of ``batch`` once through its chain ``[(transform, per-sample steps), ...]``; set affines."""
+    """Resample each key of ``batch`` once through its chain ``[(transform, per-sample steps), ...]``; set affines.
+
+    The keys share one :class:`~gpuprep.functional.resample_general.GridCache`: those moved by
+    the same maps (an image and its label maps) build one sampling grid and one warp field.
+    """
+    cache = GridCache()
     for key, chain in chains.items():
         if not chain:
             continue
@@ -264,17 +268,18 @@ def resample_chains(batch: dict, chains: Mapping[str, Sequence[tuple[Any, list[d
                 "resample them one by one or to a common grid"
             )
         batch[key] = resample_steps(batch[key], [steps for _, steps in chain], shapes.pop(),
-                                    how=Resampling.of_chain(chain), kind=get_kind(batch, key))
+                                    how=Resampling.of_chain(chain), kind=get_kind(batch, key), cache=cache)
         replace_meta(batch, key, affine=torch.from_numpy(np.stack([np.asarray(s["out_affine"]) for s in last])))
 
 
 def resample_steps(volume: torch.Tensor, chain: Sequence[Sequence[Mapping]], out_shape: Sequence[int], *,
-                   how: Resampling, kind: str | None = None) -> torch.Tensor:
+                   how: Resampling, kind: str | None = None, cache: GridCache | None = None) -> torch.Tensor:
     """Resample ``[B, C, D, H, W]`` once through a chain of steps (per position, the list of per-sample steps).
 
     ``kind`` (``"image"`` or ``"label"``; None: the dtype rule) decides how: images with
     ``how.mode`` (integer ones become float32 unless it is ``"nearest"``) padded with
-    ``how.padding_value``; labels by nearest neighbour or one-hot, padded with 0.
+    ``how.padding_value``; labels by nearest neighbour or one-hot, padded with 0. ``cache`` (a
+    :class:`~gpuprep.functional.resample_general.GridCache`) lets keys moved alike share grids.
 
     Example
     -------
@@ -285,7 +290,7 @@ def resample_steps(volume: torch.Tensor, chain: Sequence[Sequence[Mapping]], out
     >>> resample_steps(volume, [[flip]], (4, 1, 1), how=Resampling(mode="linear")).flatten().tolist()
     [3.0, 2.0, 1.0, 0.0]
     """
-    geometry = ChainGeometry.of(chain, volume.device)
+    geometry = ChainGeometry.of(chain, volume.device, cache)
     if geometry.field is not None and how.mode == "cubic":
         raise TransformError("cubic interpolation cannot be fused with an elastic step; use mode='linear'")
     if (kind or dtype_kind(volume)) != LABEL:
@@ -334,25 +339,31 @@ class ChainGeometry:
     field: torch.Tensor | None = None
     after: np.ndarray | None = None
     field_key: tuple | None = None
+    cache: GridCache | None = None
 
     @classmethod
-    def of(cls, chain: Sequence[Sequence[Mapping]], device: torch.device) -> ChainGeometry:
-        """The geometry of a chain (per position, the per-sample steps); its field is built on ``device``."""
+    def of(cls, chain: Sequence[Sequence[Mapping]], device: torch.device,
+           cache: GridCache | None = None) -> ChainGeometry:
+        """The geometry of a chain (per position, the per-sample steps); its field is built on ``device``.
+
+        ``cache`` keeps the field and the sampling grids for the next key moved by the same chain.
+        """
         size = len(chain[0])
         warped = [position for position, steps in enumerate(chain) if any(warp_entry(s) for s in steps)]
         if len(warped) > 1:
             raise TransformError("one resampling can apply one elastic step: Compose splits its runs so, and "
                                  "gp.invert cannot yet undo a history with two elastic steps for one key")
         if not warped:
-            return cls(before=composed_maps(chain, size))
+            return cls(before=composed_maps(chain, size), cache=cache)
         position = warped[0]
         before, after = composed_maps(chain[: position + 1], size), composed_maps(chain[position + 1:], size)
         steps = chain[position]
         entry = next(e for e in map(warp_entry, steps) if e is not None)
         field_key = ("field", before.tobytes(), after.tobytes(), repr([s.get(entry) for s in steps]),
                      repr([s.get("inverse") for s in steps]), str(device))
-        field = cached(field_key, functools.partial(FIELD_BUILDERS[entry], steps, device))
-        return cls(before=before, field=field, after=after, field_key=field_key)
+        build = functools.partial(FIELD_BUILDERS[entry], steps, device)
+        field = build() if cache is None else cache.get(field_key, build)
+        return cls(before=before, field=field, after=after, field_key=field_key, cache=cache)
 
     @property
     def maps(self) -> np.ndarray:
@@ -368,13 +379,13 @@ class ChainGeometry:
                fill: float | torch.Tensor = 0.0, anti_aliasing: bool = False) -> torch.Tensor:
         """Sample ``volume`` ``[B, C, D, H, W]`` at the chain's points; ``fill`` outside under ``"zeros"``."""
         if self.field is None or self.after is None:
-            return resample(volume, self.maps, out_shape, mode, anti_aliasing, padding_mode, fill)
+            return resample(volume, self.maps, out_shape, mode, anti_aliasing, padding_mode, fill, cache=self.cache)
         if anti_aliasing:
             volume = antialias(volume, self.maps)
         if isinstance(fill, torch.Tensor) or fill != 0.0:  # a constant c outside: warp(x - c) + c
             return self.sample(volume - fill, out_shape, mode=mode, padding_mode=padding_mode) + fill
         return warp(volume, self.before, self.field, self.after, out_shape, mode, padding_mode,
-                    cache_key=self.field_key)
+                    cache=self.cache, field_key=self.field_key)
 
 
 def _is_exact(steps: Sequence[Mapping]) -> bool:

@@ -31,7 +31,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from ...functional.resample_general import shared_grids
 from ...records import make_step
 from ...sample import image_keys
 from ..base import Transform
@@ -84,7 +83,6 @@ class SpatialTransform(Transform, abstract=True):
         return self.plan(current_grids(batch, [*keys, *image_keys(batch)]), batch, keys)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        with shared_grids():
-            resample_chains(batch, {key: [(self, [p[key] for p in params])] for key in keys})
+        resample_chains(batch, {key: [(self, [p[key] for p in params])] for key in keys})
         return batch
 

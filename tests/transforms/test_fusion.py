@@ -1,0 +1,62 @@
+"""The fusion engine: composed maps, one grid per chain for an image and its labels, new kinds of warp."""
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+
+import gpuprep as gp
+import gpuprep.functional.resample_general as resample_general
+from gpuprep import records
+from gpuprep.records import make_step
+from gpuprep.transforms import fusion
+
+
+def _random_maps(rng, count):
+    return [np.vstack([rng.normal(size=(3, 4)), [0, 0, 0, 1]]) for _ in range(count)]
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_composed_maps_is_the_matrix_product_first_step_on_the_left(count):
+    rng = np.random.default_rng(count)
+    maps = _random_maps(rng, count)
+    chain = [[{"voxel_map": m.tolist()}] for m in maps]
+    expected = maps[0] if count == 1 else np.linalg.multi_dot(maps)
+    np.testing.assert_allclose(fusion.composed_maps(chain, 1)[0], expected, rtol=1e-12, atol=1e-12)
+
+
+def test_composed_maps_of_an_empty_chain_is_the_identity():
+    np.testing.assert_array_equal(fusion.composed_maps([], 3), np.tile(np.eye(4), (3, 1, 1)))
+
+
+def test_an_image_and_its_labels_share_one_sampling_grid(monkeypatch):
+    calls = []
+    build = resample_general._build_grid_and_mask
+    monkeypatch.setattr(resample_general, "_build_grid_and_mask", lambda *a: calls.append(1) or build(*a))
+    label = (torch.rand(1, 10, 11, 12) > 0.5).to(torch.uint8)
+    sample = gp.make_sample({"image": torch.rand(1, 10, 11, 12), "label": label}, labels=["label"])
+    gp.Compose([gp.RandAffine(["image", "label"], rotate=20, seed=0), gp.Flip(["image", "label"], 0)])(sample)
+    assert len(calls) == 1
+    gp.RandAffine(["image", "label"], rotate=20, seed=0)(sample)  # a new call builds its own grid
+    assert len(calls) == 2
+
+
+def test_a_new_kind_of_warp_needs_only_its_entry_and_its_field_builder(monkeypatch):
+    """A step carrying a constant shift field (say, from an optimiser) resamples like scipy's shift."""
+    shift = np.array([1.5, -0.5, 0.25])
+
+    def constant_field(steps, device):
+        field = torch.tensor([s["constant_shift"] for s in steps], dtype=torch.float32, device=device)
+        return field[:, :, None, None, None].expand(len(steps), 3, *steps[0]["in_shape"]).contiguous()
+
+    monkeypatch.setitem(records.WARP_ENTRIES, "constant_shift", "a voxel shift [3] applied everywhere")
+    monkeypatch.setitem(fusion.FIELD_BUILDERS, "constant_shift", constant_field)
+    volume = np.random.default_rng(0).random((9, 10, 11))
+    step = {**make_step(volume.shape, np.eye(4), volume.shape, np.eye(4)), "constant_shift": shift.tolist()}
+    out = fusion.resample_steps(torch.from_numpy(volume)[None, None].float(), [[step]], volume.shape,
+                                how=fusion.Resampling(mode="linear"))
+    expected = ndi.shift(volume, -shift, order=1, mode="nearest")  # output voxel x reads input x + shift
+    inner = (slice(2, -2),) * 3  # away from the borders, where the padding rules differ
+    np.testing.assert_allclose(out[0, 0].numpy()[inner], expected[inner], atol=1e-5)
+    inverse = records.inverse_step(step)
+    assert inverse["constant_shift"] == step["constant_shift"] and inverse["inverse"] is True

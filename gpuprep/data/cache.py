@@ -44,7 +44,7 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ class PipelinePart(Compose):
         self.full = full
 
     @property
-    def epoch(self) -> int:
+    def epoch(self) -> int:  # type: ignore[override]  # read-only: the full pipeline's epoch, set via set_epoch
         return self.full.epoch
 
     def set_epoch(self, epoch: int) -> None:
@@ -245,7 +245,7 @@ class CacheDataset(Dataset):
                     results.append(one(position))
                     bar.update()
         if memory:
-            self._memory = [r for r in results if r is not None]
+            self._memory = [cast(dict, r) for r in results if r is not None]  # in memory, one() gives samples
         self._keep([r is not None for r in results])
 
     def cache_info(self) -> dict:
@@ -294,6 +294,7 @@ class CacheDataset(Dataset):
 
     def _disk_entry(self, index: int, record: Mapping) -> dict:
         key = self._key(record)
+        assert self.cache_dir is not None  # disk entries exist only with a cache_dir
         path = self.cache_dir / f"{key}.pt"
         if path.exists():
             try:

@@ -28,7 +28,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -42,6 +42,10 @@ from ..random.seeding import SAMPLE_INDEX_KEY
 from ..sample import collate
 from ..validation import check_bool
 from .records import DatasetError, as_records, check_on_error, is_image_path
+
+if TYPE_CHECKING:
+    from nibabel.arrayproxy import ArrayProxy
+    from nibabel.dataobj_images import DataobjImage
 
 #: Errors that mean "this sample's data are bad" (skipped under on_error="skip"); anything else, and
 #: the pipeline mistakes in NOT_DATA_ERRORS, always propagates.
@@ -129,7 +133,7 @@ class Dataset(torch.utils.data.Dataset):
         Call it before iterating each epoch; DataLoader workers started afterwards see it (not
         ``persistent_workers``, which keep the state they started with).
         """
-        if hasattr(self.transform, "set_epoch"):
+        if self.transform is not None and hasattr(self.transform, "set_epoch"):
             self.transform.set_epoch(epoch)
 
     # -- internals for subclasses --------------------------------------------------------------
@@ -212,8 +216,8 @@ def check_image_file(path: str | os.PathLike) -> str | None:
     if not name.endswith((".nii", ".nii.gz", ".mgh", ".mgz")):
         return None
     try:
-        image = nib.load(path)
-        proxy = image.dataobj
+        image = cast("DataobjImage", nib.load(path))  # these suffixes load as images read through a proxy
+        proxy = cast("ArrayProxy", image.dataobj)
         _, nbytes = checked_shape(path, proxy.shape, np.dtype(proxy.dtype).itemsize)  # no int64 wrap-around
         needed = int(proxy.offset) + nbytes
         if name.endswith((".gz", ".mgz")):

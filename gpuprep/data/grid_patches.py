@@ -284,7 +284,7 @@ class PatchAggregator:
         elif len(sources) != len(patches):
             raise TransformError(f"PatchAggregator.add: got {len(sources)} sources for {len(patches)} patches")
         size = tuple(patches.shape[2:])
-        if self._output is None:
+        if self._output is None or self._weights is None:  # both are made together
             dtype = torch.promote_types(patches.dtype, torch.float32)
             count = self.batch_size or 1
             self._output = patches.new_zeros((count, patches.shape[1], *self.shape), dtype=dtype)
@@ -305,7 +305,7 @@ class PatchAggregator:
 
     def result(self) -> torch.Tensor:
         """The weighted mean of the added patches (``[C, *shape]``, or ``[B, C, *shape]`` for a batch)."""
-        if self._output is None:
+        if self._output is None or self._weights is None:
             raise TransformError("PatchAggregator.result: no patches were added")
         blended = self._output / self._weights.clamp_min(torch.finfo(self._weights.dtype).tiny)
         return blended if self.batch_size is not None else blended[0]
@@ -324,12 +324,14 @@ def importance_map(size: Sequence[int], mode: str = "gaussian", sigma_scale=0.12
         weights = torch.ones(size, dtype=torch.float32)
     elif mode == "gaussian":
         scales = (sigma_scale,) * len(size) if _is_number(sigma_scale) else tuple(sigma_scale)
-        weights = None
+        gaussian: torch.Tensor | None = None
         for axis, (n, scale) in enumerate(zip(size, scales)):
             sigma = n * scale
             x = torch.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=torch.float32)
             x = torch.exp(x**2 / (-2 * sigma**2))
-            weights = x if axis == 0 else weights.unsqueeze(-1) * x[(None,) * axis]
+            gaussian = x if gaussian is None else gaussian.unsqueeze(-1) * x[(None,) * axis]
+        assert gaussian is not None, "importance_map: size has no axes"
+        weights = gaussian
     else:
         raise ConfigError(f"importance_map: mode must be one of {BLEND_MODES}, got {mode!r}")
     return weights.clamp(min=max(float(weights.min()), 1e-3))
@@ -351,7 +353,7 @@ def _spatial(shape: Sequence[int]) -> tuple[int, int, int]:
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or any(n < 1 for n in shape):
         raise TransformError(f"expected a spatial shape (D, H, W) of positive sizes, got {shape}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def _as_batch(volume: torch.Tensor, owner: str) -> torch.Tensor:

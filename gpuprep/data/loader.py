@@ -142,8 +142,9 @@ class DeviceLoader:
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ConfigError(f"DeviceLoader.set_epoch: epoch must be a non-negative integer, got {epoch!r}")
         for owner in (self.transform, getattr(self.loader, "sampler", None)):
-            if callable(getattr(owner, "set_epoch", None)):
-                owner.set_epoch(epoch)
+            set_epoch = getattr(owner, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict]:
         if self.device.type == "cuda" and self._copy_stream is None:
@@ -282,7 +283,8 @@ class _Producer:
             # nothing but the thread's arguments holds the loader's iterator: a DataLoader then
             # shuts its workers down when the thread ends, not later from the cycle collector
             # (where PyTorch's worker shutdown stalls for seconds).
-            traceback.clear_frames(error.__traceback__.tb_next)
+            if error.__traceback__ is not None:  # always set on a caught exception
+                traceback.clear_frames(error.__traceback__.tb_next)
             iterator = None  # type: ignore[assignment]
             self._put((True, error))
 

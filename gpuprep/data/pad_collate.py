@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
+from types import EllipsisType
 
 import numpy as np
 import torch
@@ -177,7 +178,8 @@ def pad_volume(
     if mode == "constant":
         out = volume.new_full((*volume.shape[:-3], *shape), value)
         region = tuple(slice(b, b + n) for b, n in zip(before, volume.shape[-3:]))
-        out[(..., *region)] = volume
+        inside: tuple[EllipsisType | slice, ...] = (..., *region)
+        out[inside] = volume
         return out
     for axis, (start, size) in enumerate(zip(before, shape)):
         dim = volume.ndim - 3 + axis

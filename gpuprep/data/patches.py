@@ -195,9 +195,11 @@ class RandPatches(RandomTransform):
         draws = torch.tensor([[[rng.random() for _ in range(2 if self.sampler == "label" else 1)]
                                for _ in range(self.num_patches)] for rng in streams], dtype=torch.float64)
         if self.sampler == "label":
+            assert self.label_key is not None  # checked in __init__ for this sampler
             found = label_centers(batch[self.label_key], draws, self._ratios, self.class_ratios is None,
                                    self.size, self.label_key)
         else:
+            assert self.weight_key is not None  # checked in __init__ for this sampler
             found = weighted_centers(batch[self.weight_key], draws[..., 0], self.size, self.weight_key)
         rows = found.cpu().tolist()  # the one device-to-host copy: [B, N, 8] integers
         params = []
@@ -278,7 +280,7 @@ def _ratios(values, name: str, minimum: int, maximum: int | None = None) -> list
     items = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else None
     valid = items is not None and minimum <= len(items) <= (maximum or len(items)) and all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0 for v in items)
-    if not valid or sum(items) <= 0:
+    if items is None or not valid or sum(items) <= 0:
         count = f"{minimum}" if maximum == minimum else f"at least {minimum}"
         raise ConfigError(f"RandPatches: {name} must be {count} non-negative numbers with a positive sum, "
                           f"got {values!r}")

@@ -107,7 +107,7 @@ def phantom(
 
     brain_mask = ((label == CSF) | (label == GM) | (label == WM)).to(torch.uint8)
     affine = _centred_affine(shape, spacing)
-    sample = {}
+    sample: dict[str, Any] = {}
     for key, tensor in (("image", image), ("label", label), ("brain_mask", brain_mask)):
         sample[key] = tensor.unsqueeze(0).to(device) if device is not None else tensor.unsqueeze(0)
         kind = IMAGE if key == "image" else LABEL
@@ -162,7 +162,7 @@ def _centred_affine(shape: tuple[int, int, int], spacing: tuple[float, float, fl
     return affine
 
 
-def _three(value: Any) -> tuple | None:
+def _three(value: Any) -> tuple[Any, Any, Any] | None:
     """``value`` as a 3-tuple when it is a non-string iterable of three items, else None."""
     if isinstance(value, (str, bytes)):
         return None
@@ -176,23 +176,26 @@ def _three(value: Any) -> tuple | None:
 def _check_shape(shape: Any) -> tuple[int, int, int]:
     items = _three(shape)
     if items is None or not all(
-        isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 8 for n in items
+        isinstance(n, numbers.Integral) and not isinstance(n, bool) and int(n) >= 8 for n in items
     ):
         raise ConfigError(f"phantom: shape must be three integers, each >= 8, got {shape!r}")
-    return tuple(int(n) for n in items)
+    d, h, w = items
+    return int(d), int(h), int(w)
 
 
 def _check_spacing(spacing: Any) -> tuple[float, float, float]:
     items = _three(spacing)
     if items is None or not all(
-        isinstance(s, numbers.Real) and not isinstance(s, bool) and math.isfinite(s) and s > 0
+        # "not s <= 0" is "s > 0" for a finite s; numbers.Real declares only < and <=
+        isinstance(s, numbers.Real) and not isinstance(s, bool) and math.isfinite(s) and not s <= 0
         for s in items
     ):
         raise ConfigError(f"phantom: spacing must be three positive finite numbers (mm), got {spacing!r}")
-    return tuple(float(s) for s in items)
+    d, h, w = items
+    return float(d), float(h), float(w)
 
 
 def _check_seed(seed: Any) -> int:
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= int(seed) < 2**63:
         raise ConfigError(f"phantom: seed must be a non-negative integer below 2**63, got {seed!r}")
     return int(seed)

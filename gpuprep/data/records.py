@@ -136,10 +136,10 @@ def records_from_csv(
     if len(rows) == 1:
         raise DatasetError(f"{path}: the table has a header {header} but no rows")
     table = []
-    for line, row in rows[1:]:
-        if len(row) != len(header):
-            raise DatasetError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
-        table.append((line, dict(zip(header, (cell.strip() for cell in row)))))
+    for line, cells in rows[1:]:
+        if len(cells) != len(header):
+            raise DatasetError(f"{path}, line {line}: {len(cells)} fields, the header has {len(header)}")
+        table.append((line, dict(zip(header, (cell.strip() for cell in cells)))))
     if columns is None:
         columns = [c for c in header if _all_image_paths(r[c] for _, r in table)]
     else:

@@ -15,6 +15,7 @@ loaded, through the sample's history (:func:`gpuprep.transforms.invert.invert`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 
@@ -209,7 +210,7 @@ def predict_sample(
     results = []
     for item, predicted in zip(samples, prediction):
         if invert:
-            restored = invert_history(item, key, predicted, mode=invert_mode)
+            restored = cast(dict, invert_history(item, key, predicted, mode=invert_mode))  # one sample: one dict
             predicted, meta = restored[key], restored[meta_key(key)]
         else:
             meta = dict(get_meta(item, key))

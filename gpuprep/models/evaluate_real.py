@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def evaluate_mask_on_heads(model: torch.nn.Module, heads: Path, peer_masks: Path
         out = strip(make_sample({"image": image}, affine=meta["affine"]))
         seconds = time.perf_counter() - start
         mask = out["brain_mask"]
-        entry = {"majority": mask_agreement(mask, reference, voxel_ml), "seconds": round(seconds, 1)}
+        entry: dict[str, Any] = {"majority": mask_agreement(mask, reference, voxel_ml), "seconds": round(seconds, 1)}
         for tool in ("deepbet", "hdbet", "robex"):
             path = peer_masks / f"{name}_{tool}.nii.gz"
             if path.exists():
@@ -137,7 +138,7 @@ def evaluate_tissue_on_head(model: torch.nn.Module, head: Path, mask: Path, aseg
     segment = SegmentBrain("image", output_key="tissue", model=model)
     start = time.perf_counter()
     tissue = segment(make_sample({"image": image * brain}, affine=meta["affine"]))["tissue"] * brain
-    result = {"seconds": round(time.perf_counter() - start, 1),
+    result: dict[str, Any] = {"seconds": round(time.perf_counter() - start, 1),
               "volume_ml": {name: round(float((tissue == v).sum()) * voxel_ml, 1) for v, name in TISSUES.items()}}
     if aseg is not None:
         truth = aseg_tissues(read_image(aseg)[0])

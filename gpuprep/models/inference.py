@@ -126,6 +126,9 @@ class SegmentBrain(_SegmentationTransform):
     (torch.Size([1, 20, 18, 9]), torch.uint8)
     """
 
+    output_key: str
+    mask_key: str | None
+
     def __init__(
         self,
         keys: str | Sequence[str] = "image",

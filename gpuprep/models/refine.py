@@ -121,7 +121,7 @@ def refine_tissue_probabilities(probabilities: torch.Tensor, image: torch.Tensor
     w = weight.unsqueeze(1)  # [T, 1, d, h, w]
     total = weight.sum((1, 2, 3)).clamp_min(1e-12).view(-1, 1, 1, 1, 1)  # [T, 1, 1, 1, 1]
     mean = (w * x_box).sum((2, 3, 4), keepdim=True) / total  # [T, C, 1, 1, 1]
-    if sigma is not None:
+    if sigma is not None and factors is not None:  # factors are set with sigma
         mean = _local_means(weight, x_box, mean, sigma, factors)  # [T, C, d, h, w]
     squared = (x_box - mean).square_()  # [T, C, d, h, w]
     var = torch.maximum((w * squared).sum((2, 3, 4), keepdim=True) / total, floor.view(1, -1, 1, 1, 1))
@@ -168,7 +168,7 @@ def _local_means(weight: torch.Tensor, x: torch.Tensor, global_mean: torch.Tenso
 def _three(value, name: str, kind: type, minimum: float) -> tuple:
     values = (value,) * 3 if isinstance(value, numbers.Real) else tuple(value)
     if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Real) or v < minimum
-                               or (kind is int and int(v) != v) for v in values):
+                               or (kind is int and round(v) != v) for v in values):
         raise ValueError(f"refine_tissue_probabilities: {name} must be one number or three, each at least "
                          f"{minimum:g}{' (integers)' if kind is int else ''}, got {value!r}")
     return tuple(kind(v) for v in values)

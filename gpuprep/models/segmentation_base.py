@@ -14,7 +14,7 @@ import numbers
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -50,6 +50,20 @@ class _SegmentationTransform(Transform, abstract=True):
 
     # Sharpen the tissue probabilities with the image's intensities (SegmentBrain sets it).
     refine = False
+    # Set by _set_model.
+    progress: ProgressCallback | None
+    timer: StageTimer | None
+    flip_average: bool
+    sw_batch_size: int
+    overlap: float
+    device: torch.device
+    model: torch.nn.Module
+    model_name: str
+    weights_sha256: str
+    spec: dict
+    _preprocess: Compose
+    # Set by the subclasses that pass masks to _segment.
+    mask_margin_mm: float
 
     def _set_model(self, model: Any, device: Any, sw_batch_size: int, overlap: float, flip_average: bool,
                    progress: ProgressCallback | None, timer: StageTimer | None) -> None:
@@ -80,8 +94,9 @@ class _SegmentationTransform(Transform, abstract=True):
         elif isinstance(model, (str, os.PathLike)):
             self.device = resolve_device(device, name)
             self.model = load_pretrained(model, self.device)
-            self.model_name = model if isinstance(model, str) and model in TASKS else self.model.weights_file
-            self.weights_sha256 = self.model.weights_sha256
+            # load_pretrained sets these two attributes (strings) on the module it returns
+            self.model_name = model if isinstance(model, str) and model in TASKS else cast(str, self.model.weights_file)
+            self.weights_sha256 = cast(str, self.model.weights_sha256)
         else:
             raise ConfigError(
                 f"{name}: model must be a task name ('brain-tissue', 'brain-mask'), a checkpoint path or a "
@@ -171,7 +186,7 @@ class _SegmentationTransform(Transform, abstract=True):
             out = predict_sample(sub, self._predict, self.spec["roi_size"], "image", sw_batch_size=self.sw_batch_size,
                                  overlap=self.overlap, padding_mode="replicate", argmax=not self.refine,
                                  invert=True, output_key="labels", progress=self.progress or False)
-            predicted = out["labels"]
+            predicted = cast(dict, out)["labels"]  # one sample in, one dict out
             start = self._report("network", start)
             if self.refine:  # probabilities on the image's grid: sharpen them with its intensities
                 tissues = range(1, len(self.spec["labels"]))

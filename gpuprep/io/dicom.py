@@ -138,7 +138,9 @@ def follow_slice_positions(image: Any, headers: list[SliceHeader]) -> None:
     """
     if image.GetDimension() != 3 or len(headers) < 2 or image.GetSize()[2] != len(headers):
         return
-    step = (headers[-1].position - headers[0].position) / (len(headers) - 1)
+    first, last = headers[0].position, headers[-1].position
+    assert first is not None and last is not None  # checked: every slice has a position
+    step = (last - first) / (len(headers) - 1)
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     normal = direction[:, 2]
     if np.linalg.norm(step - (step @ normal) * normal) <= 1e-4:
@@ -215,14 +217,14 @@ def slice_problems(headers: list[SliceHeader]) -> list[str]:
     if unlocated:
         return [f"{len(unlocated)} of {len(headers)} files lack Image Position/Orientation (Patient) (0020,0032/0037): "
                 f"{_list(unlocated)}"]
-    orientations = np.stack([h.orientation for h in headers])
+    orientations = np.stack([h.orientation for h in headers if h.orientation is not None])  # all set (checked above)
     if np.abs(orientations - orientations[0]).max() > 1e-4:
         distinct = Counter(tuple(np.round(o, 4)) for o in orientations)
         return [f"the slices have {len(distinct)} orientations (0020,0037): "
                 f"{_list([f'{list(o)} ({n} files)' for o, n in distinct.items()])}"]
     row, column = orientations[0, :3], orientations[0, 3:]
     normal = np.cross(row, column)
-    positions = np.stack([h.position for h in headers])
+    positions = np.stack([h.position for h in headers if h.position is not None])  # all set (checked above)
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     along, positions = along[order], positions[order]

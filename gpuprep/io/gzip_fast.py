@@ -18,9 +18,12 @@ import contextlib
 import gzip
 import zlib
 from collections.abc import Iterator
+from types import ModuleType
 
 from ..errors import ConfigError, ImageReadError
 
+_igzip: ModuleType | None
+_isal_zlib: ModuleType | None
 try:
     from isal import igzip as _igzip
     from isal import isal_zlib as _isal_zlib
@@ -40,7 +43,7 @@ _FIRST_PIECE = 4096  # bytes of input first given to each member after the first
 backend: str = "isal" if _isal_zlib is not None else "zlib"
 
 
-def is_gzip(head: bytes) -> bool:
+def is_gzip(head: bytes | memoryview) -> bool:
     """Tell whether data starting with ``head`` is gzip-compressed (by its magic bytes)."""
     return head[:2] == GZIP_MAGIC
 
@@ -95,6 +98,7 @@ def decompress(data: bytes, *, source: str = "<bytes>", max_size: int | None = N
 more than its header declares (a gzip bomb?); refusing it
     """
     module = _isal_zlib if backend == "isal" else zlib
+    assert module is not None  # the backend is "isal" only when isal was imported
     errors: tuple[type[BaseException], ...] = (zlib.error, ValueError)
     if _isal_zlib is not None:
         errors = (*errors, _isal_zlib.error)
@@ -200,5 +204,6 @@ def compress(data: bytes, compresslevel: int = 1) -> bytes:
     if not isinstance(compresslevel, int) or isinstance(compresslevel, bool) or not 0 <= compresslevel <= 9:
         raise ConfigError(f"compresslevel must be an integer from 0 to 9, got {compresslevel!r}")
     if backend == "isal":
+        assert _igzip is not None  # the backend is "isal" only when isal was imported
         return _igzip.compress(data, compresslevel=min(compresslevel, 3), mtime=0)
     return gzip.compress(data, compresslevel=compresslevel, mtime=0)

@@ -77,7 +77,8 @@ def save_overlay(
     plain, coloured = [], []
     for name, view, label_view, size, box in zip(VIEWS, gray, label_views, sizes, boxes):
         grey = np.asarray(render_tile(_scaled(view.pixels, window), size, box), dtype=np.float32)
-        index = np.asarray(render_tile(np.rint(label_view.pixels).astype(np.int32), size, box, Image.NEAREST))
+        labels_tile = render_tile(np.rint(label_view.pixels).astype(np.int32), size, box, Image.Resampling.NEAREST)
+        index = np.asarray(labels_tile)
         rgb = np.repeat(grey[..., None], 3, axis=-1)
         plain.append(_marked(rgb, name))
         inside = index > 0

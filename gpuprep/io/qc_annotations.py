@@ -18,7 +18,7 @@ _SWATCH = 12  # legend swatch side, pixels
 _GAP = 6
 
 
-def font() -> ImageFont.ImageFont:
+def font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """The font of every annotation: Pillow's built-in default (no font file, works offline)."""
     return ImageFont.load_default()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsInt, cast
 
 import nibabel as nib
 import numpy as np
@@ -155,8 +155,8 @@ def write_image(
             # Where the data were computed: a rerun is bit for bit identical on the same kind of device.
             "device": str(data.device) if isinstance(data, torch.Tensor) else "cpu",
         }
-        record = make_sidecar(path, output=output, history=history, source=source, extra=extra_sidecar,
-                              save_step=save_step)
+        record = make_sidecar(path, output=output, history=history, source=None if source is None else str(source),
+                              extra=extra_sidecar, save_step=save_step)
     with contextlib.ExitStack() as sidecar_write:
         # The sidecar's temporary file is complete before the image is written, and renamed
         # right after it: a failure at any step leaves neither file half-written.
@@ -244,7 +244,7 @@ def _mgh_voxels(voxels: np.ndarray, path: Path) -> np.ndarray:
 
 def _xform_code(code: int | str, name: str) -> int:
     if isinstance(code, str) and code in nib.nifti1.xform_codes.keys():
-        return int(nib.nifti1.xform_codes.code[code])
+        return int(cast(SupportsInt, nib.nifti1.xform_codes.code[code]))  # nibabel types the codes as Hashable
     if isinstance(code, (int, np.integer)) and not isinstance(code, bool) and 0 <= int(code) <= 5:
         return int(code)
     raise ConfigError(

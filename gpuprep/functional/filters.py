@@ -203,10 +203,11 @@ def separable_filter(
         if banks[0] is not None:  # D first (scipy's order), so that H and W skip the halo
             block = _correlate_valid(block, banks[0], 2)
         for axis in (1, 2):
-            if banks[axis] is not None:
-                k = banks[axis].shape[-1]
+            bank = banks[axis]
+            if bank is not None:
+                k = bank.shape[-1]
                 padded = pad_volume(block, _axis_pads(axis, k // 2, k - 1 - k // 2), mode, cval)
-                block = _correlate_valid(padded, banks[axis], 2 + axis)
+                block = _correlate_valid(padded, bank, 2 + axis)
         out[:, :, start:stop] = block
     return out.to(x.dtype)
 

@@ -100,10 +100,11 @@ def ghosting(
         factor = factors[axis][b]
         factor[:: num_ghosts[b]] = 1.0 - float(intensity[b])
         middle = size // 2
-        if restore[b] is None:
+        kept = restore[b]
+        if kept is None:
             factor[middle] = 1.0
         else:
-            half = round(restore[b] * size) // 2  # numpy's round, as TorchIO (half to even)
+            half = round(kept * size) // 2  # numpy's round, as TorchIO (half to even)
             factor[middle - half : middle + half] = 1.0
     k = centered_fft(x)
     k = k * factors[0].to(x.device).reshape(batch, 1, -1, 1, 1)
@@ -112,7 +113,7 @@ def ghosting(
     return _keep(x, centered_ifft(k), changed)
 
 
-def spike_indices(positions: Sequence[Sequence[float]], shape: Sequence[int]) -> list[tuple[int, int, int]]:
+def spike_indices(positions: Sequence[Sequence[float]], shape: Sequence[int]) -> list[tuple[int, ...]]:
     """K-space voxel ``floor(position * shape)`` of each relative spike position in ``[0, 1)^3``.
 
     Example

@@ -167,11 +167,12 @@ class _Program:
         ``pool`` is storage from :meth:`allocate` for a shape at least as large as the inputs'.
         """
         shape = inputs[0].shape
+        registers: list[torch.Tensor] = []
         if self.n_registers:
             if pool is None:
                 pool = self.allocate(inputs[0], tuple(shape))
-            pool = pool[(slice(None), *(slice(0, s) for s in shape))]
-        registers = list(pool.unbind(0)) if self.n_registers else []
+            assert pool is not None  # allocate makes storage whenever there are registers
+            registers = list(pool[(slice(None), *(slice(0, s) for s in shape))].unbind(0))
         values = [*inputs, *registers]
         for is_min, slot, a, b in self.ops:
             (torch.minimum if is_min else torch.maximum)(values[a], values[b], out=values[self.n_inputs + slot])

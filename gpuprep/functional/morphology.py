@@ -254,7 +254,8 @@ def bounding_box(mask: torch.Tensor, margin: int | Sequence[int] = 0) -> tuple[s
             return None
         low, high = int(index[0]), int(index[-1]) + 1
         box.append(slice(max(0, low - extra), min(mask.shape[axis], high + extra)))
-    return tuple(box)
+    d, h, w = box
+    return d, h, w
 
 
 def component_labels(mask: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,7 @@ def propagate_max(
     for _ in range(limit):
         previous.copy_(values)
         _sweep(values, links, gated, pair)
-        if pointers:
+        if named_buffer is not None:  # pointers
             # Hooking: the voxel an old label named learns the label that replaced it.
             named = named_buffer.copy_(previous.view(-1, n)).neg_().add_(n).clamp_(0, n - 1)
             gated.copy_(values)

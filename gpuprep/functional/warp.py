@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ def invert_displacement(field: torch.Tensor, iterations: int = 6, stride: int = 
     """
     shape = tuple(field.shape[2:])
     coarse = tuple(max(2, -(-(n - 1) // stride) + 1) if n > 1 else 1 for n in shape)
-    options = {"dtype": field.dtype, "device": field.device}
+    options: dict[str, Any] = {"dtype": field.dtype, "device": field.device}
     axes = [torch.linspace(0, n - 1, m, **options) for n, m in zip(shape, coarse)]
     base = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # [3, d, h, w] voxel positions
     scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], **options).view(3, 1, 1, 1)

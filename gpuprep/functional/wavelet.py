@@ -28,6 +28,7 @@ M. Wolter et al., "ptwt - The PyTorch Wavelet Toolbox", JMLR 25, 2024.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -56,7 +57,7 @@ def require_ptwt():
     return ptwt, pywt
 
 
-def default_wavelet_levels(shape: tuple[int, int, int], wavelet: str) -> int:
+def default_wavelet_levels(shape: Sequence[int], wavelet: str) -> int:
     """Number of levels ``denoise_wavelet`` uses by default: ``max(dwtn_max_level - 3, 1)``.
 
     Example
@@ -220,6 +221,7 @@ def _downsampling_convolution(x: torch.Tensor, taps: list[float], axis: int) -> 
         start = length - 1 - j
         part = extended.narrow(dim, start, 2 * out_size - 1).unfold(dim, 1, 2).squeeze(-1) * tap
         total = part if total is None else total + part
+    assert total is not None  # a wavelet filter has taps
     return total
 
 

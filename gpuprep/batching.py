@@ -131,10 +131,10 @@ def _merge_values(pieces: list[tuple[list[int], Any]], size: int, key: str) -> A
         shapes = {tuple(p.shape[1:]) for _, p in pieces}
         if len(shapes) > 1:
             raise TransformError(f"merge: key {key!r} ends with different shapes {sorted(shapes)} in one batch")
-        out = first.new_empty((size, *first.shape[1:]))
+        merged = first.new_empty((size, *first.shape[1:]))
         for index, part in pieces:
-            out[index] = part
-        return out
+            merged[index] = part
+        return merged
     if isinstance(first, Mapping):
         return {k: _merge_values([(i, p[k]) for i, p in pieces], size, f"{key}.{k}") for k in first}
     out: list = [None] * size

@@ -102,7 +102,7 @@ class LoadImage(Transform):
 
     def is_single(self, data: Mapping, keys: list[str]) -> bool:
         """A path is one sample; a list of paths is a batch (all keys must agree)."""
-        sizes = {}
+        sizes: dict[str, int | None] = {}
         for key in keys:
             value = data[key]
             if isinstance(value, _PathLike):

@@ -164,7 +164,7 @@ class MaskImage(Transform):
         self.mask_key = mask_key
         if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
             raise ConfigError(f"{name}: fill must be a number, got {fill!r}")
-        self.fill = float(fill)
+        self.fill: float = float(fill)
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         name = type(self).__name__

@@ -28,7 +28,7 @@ def shear_matrix(shear: Sequence[float]) -> np.ndarray:
     return np.array([[1.0, sxy, sxz], [0.0, 1.0, syz], [0.0, 0.0, 1.0]])
 
 
-def world_transform(linear: np.ndarray, center: np.ndarray, translation: Sequence[float]) -> np.ndarray:
+def world_transform(linear: np.ndarray, center: np.ndarray, translation: Sequence[float] | np.ndarray) -> np.ndarray:
     """4x4 map ``x -> linear @ (x - center) + center + translation`` (world mm to world mm)."""
     matrix = np.eye(4)
     matrix[:3, :3] = linear

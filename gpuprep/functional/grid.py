@@ -57,13 +57,15 @@ def world_preserving_map(affine_in: np.ndarray, affine_out: np.ndarray) -> np.nd
     return np.linalg.solve(np.asarray(affine_in, dtype=np.float64), np.asarray(affine_out, dtype=np.float64))
 
 
-def scaling_map(in_shape: Sequence[int], out_shape: Sequence[int]) -> np.ndarray:
+def scaling_map(in_shape: Sequence[float] | np.ndarray, out_shape: Sequence[float] | np.ndarray) -> np.ndarray:
     """Voxel map of a centre-aligned rescaling of a grid from ``in_shape`` to ``out_shape``.
 
     Voxel *edges* of the two grids coincide at both ends of each axis (the convention of
     ``skimage.transform.resize``, ``scipy.ndimage.zoom(grid_mode=True)`` and
     ``torch.nn.functional.interpolate(align_corners=False)``): output voxel ``j`` reads the
-    input at ``(j + 0.5) * n_in / n_out - 0.5``.
+    input at ``(j + 0.5) * n_in / n_out - 0.5``. The map depends only on the ratio
+    ``n_in / n_out``, so two spacings (``out_spacing, in_spacing``) give the map between grids
+    of the same extent.
     """
     ratio = np.asarray(in_shape, dtype=np.float64) / np.asarray(out_shape, dtype=np.float64)
     voxel_map = np.diag([*ratio, 1.0])

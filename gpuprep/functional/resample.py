@@ -158,11 +158,14 @@ def _resample_lattice(volume: torch.Tensor, voxel_map: np.ndarray, out_shape: tu
     Padded voxels get 0, or ``fill`` (``[B, C, 1, 1, 1]``) when given.
     """
     permutation = axis_permutation(voxel_map)
+    if permutation is None:
+        raise ValueError(f"_resample_lattice needs a map that permutes, flips and shifts axes: {voxel_map.tolist()}")
     volume = volume.permute(0, 1, *(2 + p for p in permutation))
     flips = [axis for axis, source in enumerate(permutation) if voxel_map[source, axis] < 0]
     if flips:
         volume = torch.flip(volume, [2 + axis for axis in flips])
-    source_slices, target_slices = [], []
+    source_slices: list[slice] = []
+    target_slices: list[slice] = []
     for axis, source in enumerate(permutation):
         n_in, n_out = volume.shape[2 + axis], out_shape[axis]
         shift = round(float(voxel_map[source, 3]))
@@ -173,10 +176,12 @@ def _resample_lattice(volume: torch.Tensor, voxel_map: np.ndarray, out_shape: tu
             return _background(volume, out_shape, fill)
         source_slices.append(slice(start, stop))
         target_slices.append(slice(start - offset, stop - offset))
+    whole = (slice(None), slice(None))  # batch and channels
+    read, write = (*whole, *source_slices), (*whole, *target_slices)
     if all(t.start == 0 and t.stop == n for t, n in zip(target_slices, out_shape)):
-        return volume[(..., *source_slices)].contiguous()
+        return volume[read].contiguous()
     out = _background(volume, out_shape, fill)
-    out[(..., *target_slices)] = volume[(..., *source_slices)]
+    out[write] = volume[read]
     return out
 
 

@@ -117,12 +117,9 @@ def _affine_grid(theta: torch.Tensor, out_shape) -> torch.Tensor:
 
 def inside_grid(grid: torch.Tensor, in_shape) -> torch.Tensor:
     """``[B, 1, D, H, W]``: sample points of a normalised grid within half a voxel of the input."""
-    inside = None
-    for component, n in zip(range(3), reversed(in_shape)):  # grid holds (W, H, D)
-        limit = 1.0 + 1.0 / max(n - 1, 1) + 1e-6
-        within = grid[..., component].abs() <= limit
-        inside = within if inside is None else inside & within
-    return inside[:, None]
+    within = [grid[..., component].abs() <= 1.0 + 1.0 / max(n - 1, 1) + 1e-6  # grid holds (W, H, D)
+              for component, n in zip(range(3), reversed(in_shape))]
+    return (within[0] & within[1] & within[2])[:, None]
 
 
 def _inside_mask(voxel_map, in_shape, out_shape, device) -> torch.Tensor:

@@ -52,7 +52,8 @@ def field_of_view_centre(volume: torch.Tensor, affine: torch.Tensor) -> np.ndarr
     return (np.asarray(affine, dtype=np.float64) @ np.append((shape - 1) / 2, 1.0))[:3]
 
 
-def slice_views(volume: torch.Tensor, affine: torch.Tensor, point: Sequence[float] | None = None) -> list[SliceView]:
+def slice_views(volume: torch.Tensor, affine: torch.Tensor,
+                point: Sequence[float] | np.ndarray | None = None) -> list[SliceView]:
     """Return the sagittal, coronal and axial :class:`SliceView` through a world point.
 
     The volume is first reoriented to RAS (exactly, no interpolation) so every view shows
@@ -145,7 +146,7 @@ def aligned_boxes(rows: Sequence[Sequence[SliceView]], tile: int = _TILE) -> tup
 
 
 def render_tile(pixels: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int],
-                resample: int = Image.BILINEAR) -> Image.Image:
+                resample: int = Image.Resampling.BILINEAR) -> Image.Image:
     """Draw ``pixels`` (uint8 grey or int32 labels) resized into ``box`` on a black tile of ``size``."""
     image = Image.fromarray(np.ascontiguousarray(pixels))
     canvas = Image.new(image.mode, size, color=0)
@@ -156,7 +157,7 @@ def render_tile(pixels: np.ndarray, size: tuple[int, int], box: tuple[int, int, 
 def save_montage(
     path: str | Path,
     rows: Sequence[tuple[str, torch.Tensor, torch.Tensor]],
-    point: Sequence[float] | None = None,
+    point: Sequence[float] | np.ndarray | None = None,
 ) -> Path:
     """Write a PNG with one row of three orthogonal slices per volume, each row labelled.
 

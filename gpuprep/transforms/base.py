@@ -322,7 +322,7 @@ def _forwarded_options(cls: type, init, own: Sequence[str], given: Mapping[str, 
     return options
 
 
-Transform.__init__ = _recording_init(Transform.__dict__["__init__"])
+Transform.__init__ = _recording_init(Transform.__dict__["__init__"])  # type: ignore[method-assign]  # records the arguments
 
 
 def _validate_keys(keys: str | Sequence[str], owner: str) -> list[str]:

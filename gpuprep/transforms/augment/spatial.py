@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class _RandomSpatial(SpatialTransform, RandomTransform, abstract=True):
         reference_shape, reference_affines = grids[keys[0]]
         params = []
         for index, drawn in enumerate(draws):
-            entry = {"draw": drawn}
+            entry: dict[str, Any] = {"draw": drawn}
             for key in keys:
                 shape, affines = grids[key]
                 affine = affines[index]

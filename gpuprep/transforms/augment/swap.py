@@ -61,7 +61,7 @@ class RandSwap(_RandomIntensity):
         super().__init__(keys, **options)
         self.patch_size = check_int_or_three("RandSwap", "patch_size", patch_size, minimum=1)
         self.num_iterations = check_int("RandSwap", "num_iterations", num_iterations, minimum=0)
-        self._shape: tuple[int, ...] | None = None
+        self._shape: tuple[int, ...] = ()  # the image shape, set by draw_params before draw runs
 
     def draw_params(self, batch, keys):
         shape = tuple(batch[keys[0]].shape[-3:])

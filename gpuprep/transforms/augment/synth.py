@@ -263,9 +263,10 @@ class RandLabelsToImage(RandomTransform):
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         label = self._label(batch)
-        existing = batch.get(self.image_key)
-        keep = isinstance(existing, torch.Tensor) and existing.ndim == label.ndim
-        dtype = existing.dtype if keep and existing.is_floating_point() else torch.float32
+        found = batch.get(self.image_key)
+        existing = found if isinstance(found, torch.Tensor) and found.ndim == label.ndim else None
+        keep = existing is not None
+        dtype = existing.dtype if existing is not None and existing.is_floating_point() else torch.float32
         chosen = [index for index, p in enumerate(params) if p.get("apply")]
         if not chosen and keep:
             return batch  # nothing generated: the image (and its metadata) stay as they are
@@ -273,12 +274,12 @@ class RandLabelsToImage(RandomTransform):
             image = self.generate(label, params, dtype)
         else:
             shape = label.shape if not label.is_floating_point() else (label.shape[0], 1, *label.shape[2:])
-            if keep and existing.shape != shape:
+            if existing is not None and existing.shape != shape:
                 raise TransformError(
                     f"RandLabelsToImage: {self.image_key!r} has shape {tuple(existing.shape)}, the image of "
                     f"{self.label_key!r} {tuple(shape)}; a batch where p skips some samples keeps their image, so "
                     "the shapes must match (or use p=1)")
-            image = existing.to(dtype) if keep else _label_values(label, dtype)
+            image = existing.to(dtype) if existing is not None else _label_values(label, dtype)
             if chosen:
                 index = torch.tensor(chosen, device=label.device)
                 made = self.generate(label.index_select(0, index), [params[i] for i in chosen], dtype)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from ...errors import ConfigError
 from ...functional.nlmeans import check_patch, nl_means, nl_means_pixelwise
 from ...functional.wavelet import estimate_sigma
@@ -91,7 +93,7 @@ class NonLocalMeans(Transform):
         algorithm = nl_means if self.fast_mode else nl_means_pixelwise
         for key in float_intensity_keys(batch, keys):
             image = batch[key]
-            h = self.h
+            h: float | torch.Tensor | None = self.h
             if h is None:
                 # per volume, on the device; a noiseless volume falls back to a tiny positive h
                 h = estimate_sigma(image).clamp(min=1e-12)

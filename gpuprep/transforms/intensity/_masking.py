@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -24,8 +24,12 @@ def check_mask_argument(owner: str, mask: Any, name: str = "mask") -> str | None
     )
 
 
+@overload
+def check_number(owner: str, name: str, value: Any, *, allow_none: Literal[False] = False) -> float: ...
+@overload
+def check_number(owner: str, name: str, value: Any, *, allow_none: bool) -> float | None: ...
 def check_number(owner: str, name: str, value: Any, *, allow_none: bool = False) -> float | None:
-    """Validate a finite real number (not a bool)."""
+    """Validate a finite real number (not a bool); None passes when ``allow_none``."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):

@@ -40,6 +40,7 @@ from ..data.patches import RandPatches
 from ..data.sample_data import sample_brain
 from ..errors import ConfigError
 from ..io.reader import read_image
+from ..optional import require_monai
 from ..sample import collate, make_sample
 from ..transforms import (
     Compose,
@@ -209,7 +210,7 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
     (:func:`real_head_label_maps`), each :data:`REAL_HEAD_WEIGHT` times, cut to a random field of
     view with probability :data:`FIELD_OF_VIEW_P`.
     """
-    from monai.losses import DiceCELoss
+    losses = require_monai("train", "monai.losses")
     from tqdm import tqdm
 
     if task not in TASK_LABELS:
@@ -225,7 +226,7 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
                     "channels": list(channels), "strides": [2] * (len(channels) - 1), "num_res_units": 1}
     model, previous = _initial_model(task, architecture, init, run_device)
     make_batch = generator(task, patch, num_patches, num_labels, seed)
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_function = losses.DiceCELoss(to_onehot_y=True, softmax=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     samples = [make_sample({"label": m.to(run_device), "target": t.to(run_device)}, affine=a)

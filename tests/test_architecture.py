@@ -8,6 +8,7 @@
   ``if TYPE_CHECKING:`` run only for type checkers, so they are left out of this check.
 - No file under ``gpuprep/`` is over 400 lines and no function over 60 lines of code (its
   docstring, blank lines and comment lines not counted).
+- The tests of ``functional/`` and ``random/`` mirror them file by file.
 
 The checkers take the package folder and the layer map as arguments, so that
 ``test_checkers_flag_a_synthetic_package`` can show them failing on a package made to break each rule.
@@ -295,6 +296,15 @@ def test_no_file_over_400_lines():
 
 def test_no_function_over_60_lines_of_code():
     assert not long_functions(PACKAGE), f"split these functions: {long_functions(PACKAGE)}"
+
+
+@pytest.mark.parametrize("package", ["functional", "random"])
+def test_tests_mirror_the_package_file_by_file(package):
+    """``gpuprep/functional/X.py`` is tested in ``tests/functional/test_X.py`` (and so for ``random``)."""
+    tests = PACKAGE.parent / "tests" / package
+    missing = [f"tests/{package}/test_{path.stem}.py" for path in sorted((PACKAGE / package).glob("*.py"))
+               if path.stem != "__init__" and not (tests / f"test_{path.stem}.py").is_file()]
+    assert (tests / "__init__.py").is_file() and not missing, f"missing test files: {missing}"
 
 
 def test_checkers_flag_a_synthetic_package(tmp_path):

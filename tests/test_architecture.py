@@ -56,14 +56,16 @@ LAYERS = (
 # entry then.
 TEMPORARY_UPWARD_IMPORTS = {
     # registered_transform loads the whole API through the gpuprep facade so that the models'
-    # and data's transforms register. Fix: the facade hands transforms/base.py a loader (a hook
-    # list that gpuprep/__init__.py fills at import), so transforms never name the facade.
+    # and data's transforms register. Fix: a torch-free bottom module gpuprep/lazy_api.py holds
+    # loaders; gpuprep/__init__.py hands it its _load at import and registered_transform calls
+    # lazy_api.load_api() on a miss, so transforms never name the facade.
     ("gpuprep.transforms.base", "gpuprep"),
 }
 TEMPORARY_CYCLE_EDGES = {
     # sample.make_sample/get_meta call foreign (MetaTensor adoption), and foreign builds metadata with
-    # sample's helpers. Fix: the metadata helpers foreign needs (meta_key, HISTORY_KEY, make_meta,
-    # check_kind, image_keys) move below both, re-exported by sample.
+    # sample's helpers. Fix: the metadata layout (META_SUFFIX, HISTORY_KEY, IMAGE, LABEL, KINDS,
+    # meta_key, make_meta, check_kind, image_keys, _as_affine) moves to a bottom module
+    # gpuprep/metadata.py that sample re-exports and foreign imports.
     ("gpuprep.sample", "gpuprep.foreign"),
 }
 

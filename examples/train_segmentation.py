@@ -16,7 +16,8 @@ The data are copies of the bundled 2 mm MNI sample brain (image and tissue label
 2 grey matter, 3 white matter), so the example runs anywhere without downloads; the Dice it
 prints is on that same brain (a smoke test of the plumbing, not a generalisation claim).
 
-Run (about two minutes on a 2-core CPU)::
+Run (about two minutes on a 2-core CPU; it needs MONAI, the ``models`` extra:
+``pip install -e ".[models]"``)::
 
     python examples/train_segmentation.py --epochs 20
     python examples/train_segmentation.py --epochs 1 --channels 4 --patch 32   # seconds

@@ -7,7 +7,9 @@ installed. The rules, each reported as ``FILE:LINE: instruction: rule``:
 - the image ends as a non-root user (a ``USER`` after the last ``FROM``, not ``root`` nor uid 0);
 - torch is pinned (``torch==X``) and comes from PyTorch's own index (``--index-url``); in a
   ``*.cpu`` Dockerfile that index is the CPU one, since a plain pin pulls the CUDA build;
-- the entry point is the ``gpuprep`` command, in exec form (``ENTRYPOINT ["gpuprep"]``).
+- the entry point is the ``gpuprep`` command, in exec form (``ENTRYPOINT ["gpuprep"]``);
+- gpuprep (``pip install .``) is installed with the ``models`` extra (``".[io,models]"``): the images
+  run ``gpuprep segment``, whose U-Nets need MONAI.
 
 Usage: ``python scripts/check_dockerfiles.py docker/Dockerfile.cpu docker/Dockerfile.cuda``
 (exit status 1 and one line per problem when a rule is broken).
@@ -91,7 +93,22 @@ def _rules(keyword: str, arguments: str, cpu: bool) -> list[str]:
             return [f"torch must be pinned (torch==VERSION) and installed with --index-url {TORCH_INDEX}..."]
         if cpu and index.group(1) != TORCH_INDEX + "cpu":
             return [f"a CPU image must install torch from {TORCH_INDEX}cpu (a plain pin pulls the CUDA build)"]
+    if keyword == "RUN" and re.search(r"pip3? install", arguments) and _without_models_extra(arguments):
+        return ['gpuprep must be installed with the models extra (".[io,models]"): '
+                "the image runs `gpuprep segment`, whose U-Nets need MONAI"]
     return []
+
+
+def _without_models_extra(arguments: str) -> bool:
+    """Tell whether a ``pip install`` installs the project (``.``, ``".[io]"``) without its ``models`` extra.
+
+    >>> _without_models_extra('pip install --constraint c.txt ".[io]" && gpuprep --version')
+    True
+    >>> _without_models_extra('pip install ".[io,models]"'), _without_models_extra("pip install ./wheels/x.whl")
+    (False, False)
+    """
+    projects = re.findall(r"""(?:^|\s)["']?\.(?:\[([\w,-]*)\])?["']?(?=\s|$)""", arguments)
+    return any("models" not in extras.split(",") for extras in projects)
 
 
 def _exec_form(arguments: str) -> list[str]:

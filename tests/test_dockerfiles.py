@@ -126,3 +126,16 @@ def test_checker_command_exits_1_and_names_the_file_on_a_broken_rule(tmp_path):
 def test_checker_examples_in_its_docstrings_hold(checker):
     result = doctest.testmod(checker)
     assert result.attempted >= 5 and result.failed == 0
+
+
+@pytest.mark.parametrize("project", ['"."', ".", '".[io]"', "'.[denoise,io]'"])
+def test_dockerfile_installing_gpuprep_without_the_models_extra_is_refused(checker, tmp_path, project):
+    install = f"RUN pip install --no-cache-dir --constraint constraints.txt {project} && gpuprep --version\n"
+    found = _problems(checker, tmp_path, GOOD_CPU.replace("USER 1000:1000\n", install + "USER 1000:1000\n"))
+    assert len(found) == 1 and "Dockerfile.cpu:3: RUN" in found[0] and "models extra" in found[0]
+
+
+@pytest.mark.parametrize("project", ['".[io,models]"', ".[models]", "'.[models,denoise]'"])
+def test_dockerfile_installing_gpuprep_with_the_models_extra_is_accepted(checker, tmp_path, project):
+    install = f"RUN pip install --no-cache-dir --constraint constraints.txt {project}\n"
+    assert _problems(checker, tmp_path, GOOD_CPU.replace("USER 1000:1000\n", install + "USER 1000:1000\n")) == []

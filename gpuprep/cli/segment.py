@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..errors import ConfigError, ImageWriteError
@@ -51,7 +51,7 @@ from ..errors import ConfigError, ImageWriteError
 if TYPE_CHECKING:
     import torch
 
-# torch and gpuprep's IO, models and transforms are imported in run(): building the parser
+# torch and gpuprep's IO, models and transforms are imported in run() and its helpers: building the parser
 # (``gpuprep --help``) must stay fast.
 
 LABEL_KEY = "labels"
@@ -117,43 +117,19 @@ def default_paths(output: Path) -> tuple[Path, Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Segment one image and write the label map, the QC PNG and the volumes JSON."""
-    import numpy as np
-    import torch
-
-    from ..io.atomic import atomic_write_bytes
-    from ..io.overlay import save_overlay
-    from ..io.writer import write_image
-    from ..models.inference import SegmentBrain
     from ..models.pretrained import load_pretrained, resolve_device
     from ..models.skull_strip import SkullStrip
-    from ..records import to_json
-    from ..sample import get_affine, get_history, get_meta
     from ..transforms.io import LoadImage
-    from ..transforms.mask.foreground import ForegroundMask
 
     device = resolve_device(args.device, "--device")
     qc_path, volumes_path = default_paths(args.output)
     qc_path, volumes_path = args.qc or qc_path, args.volumes or volumes_path
     outputs = {"OUTPUT": args.output, "--qc": qc_path, "--volumes": volumes_path}
     _check_paths(args.input, outputs)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-
-    def record(name: str, seconds: float) -> None:
-        timings[name] = timings.get(name, 0.0) + seconds
-        print(f"  {name:<16s} {seconds * 1000:9.1f} ms", flush=True)
-
-    def timed(name, function, *arguments, **options):
-        start = time.perf_counter()
-        result = function(*arguments, **options)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        record(name, time.perf_counter() - start)
-        return result
-
+    timer = _Timings(device)
     print(f"gpuprep segment: {args.input} -> {args.output} (device {device})")
-    sample = timed("load image", LoadImage("image", dtype="float32"), {"image": str(args.input)})
-    model = timed("load model", load_pretrained, args.weights or args.task or "brain-tissue", device)
+    sample = timer.timed("load image", LoadImage("image", dtype="float32"), {"image": str(args.input)})
+    model = timer.timed("load model", load_pretrained, args.weights or args.task or "brain-tissue", device)
     task = model.spec["task"]
     if args.task is not None and task != args.task:
         raise ConfigError(f"--task {args.task} was asked for, but the checkpoint {args.weights} is for {task!r}")
@@ -165,58 +141,117 @@ def run(args: argparse.Namespace) -> int:
         if task == "brain-mask":
             transform = SkullStrip("image", mask_key=LABEL_KEY, model=model, apply=False, device=device,
                                    progress=progress, **flip)
-            sample = timed("skull strip", transform, sample)
+            sample = timer.timed("skull strip", transform, sample)
         else:
-            stripped, reason = skull_stripped(image, get_affine(sample, "image"), args.skull_stripped)
-            if stripped:
-                print(f"  input is skull-stripped ({reason}): no SkullStrip; brain mask = voxels above "
-                      f"the background (--no-skull-stripped to skull-strip it)", flush=True)
-                background = float(image.min())
-                mask_step = ForegroundMask("image", mask_key=MASK_KEY, method=background, largest_component=False,
-                                           fill_holes=True)
-                sample = timed("foreground mask", mask_step, sample)
-            else:
-                print(f"  input is a whole head ({reason}): SkullStrip first (--skull-stripped to skip it)",
-                      flush=True)
-                # By name, so that the history can be replayed: the bundled brain-mask weights.
-                mask_step = timed("load mask model", SkullStrip, "image", mask_key=MASK_KEY, model="brain-mask",
-                                  apply=True, device=device, progress=progress)
-                sample = timed("skull strip", mask_step, sample)
-            stages = {"network": "tissue network", "refine": "refinement"}
-            transform = SegmentBrain("image", output_key=LABEL_KEY, model=model, device=device, refine=args.refine,
-                                     mask_key=MASK_KEY, progress=progress,
-                                     timer=lambda stage, seconds: record(stages[stage], seconds), **flip)
-            sample = transform(sample)
-            voxel_mm3 = abs(float(np.linalg.det(get_affine(sample, MASK_KEY).numpy()[:3, :3])))
-            skull_strip = {"skull_stripped_input": stripped, "reason": reason, "ran": not stripped,
-                           "mask_step": type(mask_step).__name__,
-                           "brain_mask_ml": int(sample[MASK_KEY].count_nonzero()) * voxel_mm3 / 1000.0}
-            if not stripped:
-                skull_strip.update(model=mask_step.model_name, weights_sha256=mask_step.weights_sha256)
-    labels = sample[LABEL_KEY].cpu()
-    affine = get_affine(sample, LABEL_KEY)
-    meta = get_meta(sample, "image")
-    qform = meta.get("qform_code")
-    report = _volumes(labels, affine, model.spec["labels"])
-    with _all_or_nothing(outputs.values()):
-        timed("write NIfTI", write_image, args.output, labels, affine, sidecar=False, qform_code=qform,
-              sform_code=meta.get("sform_code") or qform or None)
-        timed("QC PNG", save_overlay, qc_path, image, labels, affine, names=model.spec["labels"], title=task)
-        timings["total"] = time.perf_counter() - started
-        summary = {
-            "input": str(args.input), "output": str(args.output), "qc": str(qc_path), "task": task,
-            "model": transform.model_name, "weights_sha256": transform.weights_sha256, "device": str(device),
-            "shape": list(labels.shape[1:]), "affine": affine, **report,
-            **({"skull_strip": skull_strip} if skull_strip is not None else {}),
-            "timings_s": {name: round(seconds, 4) for name, seconds in timings.items()},
-            "gpuprep_version": __version__, "history": get_history(sample),
-        }
-        atomic_write_bytes(volumes_path, (json.dumps(to_json(summary), indent=2) + "\n").encode())
-    print(f"  {'total':<16s} {timings['total'] * 1000:9.1f} ms")
+            sample, transform, skull_strip = _segment_tissue(sample, model, args, timer, progress, flip)
+    summary = {"input": str(args.input), "output": str(args.output), "qc": str(qc_path), "task": task,
+               "model": transform.model_name, "weights_sha256": transform.weights_sha256, "device": str(device)}
+    report = _write_outputs(sample, image, model.spec["labels"], outputs, summary, skull_strip, timer)
+    print(f"  {'total':<16s} {timer.seconds['total'] * 1000:9.1f} ms")
     for name, entry in report["labels"].items():
         print(f"  {name:<16s} {entry['voxels']:9d} voxels {entry['volume_ml']:10.2f} mL")
     print(f"done: {args.output}, {qc_path}, {volumes_path}")
     return 0
+
+
+class _Timings:
+    """The seconds of each stage of a run (summed by name), printed as each stage ends; starts the clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    def record(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to stage ``name`` and print them."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        print(f"  {name:<16s} {seconds * 1000:9.1f} ms", flush=True)
+
+    def timed(self, name: str, function: Callable, *arguments, **options):
+        """Call ``function`` and record its time as stage ``name`` (after the GPU finished its work)."""
+        import torch
+
+        start = time.perf_counter()
+        result = function(*arguments, **options)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.record(name, time.perf_counter() - start)
+        return result
+
+
+def _segment_tissue(sample: dict, model: torch.nn.Module, args: argparse.Namespace, timer: _Timings,
+                    progress: Callable[[int, int], None], flip: dict) -> tuple[dict, Any, dict]:
+    """Brain-tissue: a brain mask (the foreground of a skull-stripped input, else SkullStrip), then SegmentBrain.
+
+    Returns the sample with both label maps, the SegmentBrain step and the ``skull_strip`` entry of the report.
+    """
+    import numpy as np
+
+    from ..models.inference import SegmentBrain
+    from ..models.skull_strip import SkullStrip
+    from ..sample import get_affine
+    from ..transforms.mask.foreground import ForegroundMask
+
+    image, device = sample["image"], timer.device
+    stripped, reason = skull_stripped(image, get_affine(sample, "image"), args.skull_stripped)
+    if stripped:
+        print(f"  input is skull-stripped ({reason}): no SkullStrip; brain mask = voxels above "
+              f"the background (--no-skull-stripped to skull-strip it)", flush=True)
+        background = float(image.min())
+        mask_step = ForegroundMask("image", mask_key=MASK_KEY, method=background, largest_component=False,
+                                   fill_holes=True)
+        sample = timer.timed("foreground mask", mask_step, sample)
+    else:
+        print(f"  input is a whole head ({reason}): SkullStrip first (--skull-stripped to skip it)", flush=True)
+        # By name, so that the history can be replayed: the bundled brain-mask weights.
+        mask_step = timer.timed("load mask model", SkullStrip, "image", mask_key=MASK_KEY, model="brain-mask",
+                                apply=True, device=device, progress=progress)
+        sample = timer.timed("skull strip", mask_step, sample)
+    stages = {"network": "tissue network", "refine": "refinement"}
+    transform = SegmentBrain("image", output_key=LABEL_KEY, model=model, device=device, refine=args.refine,
+                             mask_key=MASK_KEY, progress=progress,
+                             timer=lambda stage, seconds: timer.record(stages[stage], seconds), **flip)
+    sample = transform(sample)
+    voxel_mm3 = abs(float(np.linalg.det(get_affine(sample, MASK_KEY).numpy()[:3, :3])))
+    skull_strip = {"skull_stripped_input": stripped, "reason": reason, "ran": not stripped,
+                   "mask_step": type(mask_step).__name__,
+                   "brain_mask_ml": int(sample[MASK_KEY].count_nonzero()) * voxel_mm3 / 1000.0}
+    if not stripped:
+        skull_strip.update(model=mask_step.model_name, weights_sha256=mask_step.weights_sha256)
+    return sample, transform, skull_strip
+
+
+def _write_outputs(sample: dict, image: torch.Tensor, names: dict[str, str], outputs: dict[str, Path],
+                   summary: dict, skull_strip: dict | None, timer: _Timings) -> dict:
+    """Write the label map, the QC PNG and the volumes JSON (all or none of them); return the volumes.
+
+    ``summary`` holds the report's first fields (input, output, qc, task, model, weights, device).
+    """
+    from ..io.atomic import atomic_write_bytes
+    from ..io.overlay import save_overlay
+    from ..io.writer import write_image
+    from ..records import to_json
+    from ..sample import get_affine, get_history, get_meta
+
+    labels = sample[LABEL_KEY].cpu()
+    affine = get_affine(sample, LABEL_KEY)
+    meta = get_meta(sample, "image")
+    qform = meta.get("qform_code")
+    report = _volumes(labels, affine, names)
+    with _all_or_nothing(outputs.values()):
+        timer.timed("write NIfTI", write_image, outputs["OUTPUT"], labels, affine, sidecar=False, qform_code=qform,
+                    sform_code=meta.get("sform_code") or qform or None)
+        timer.timed("QC PNG", save_overlay, outputs["--qc"], image, labels, affine, names=names,
+                    title=summary["task"])
+        timer.seconds["total"] = time.perf_counter() - timer.started
+        summary = {
+            **summary, "shape": list(labels.shape[1:]), "affine": affine, **report,
+            **({"skull_strip": skull_strip} if skull_strip is not None else {}),
+            "timings_s": {name: round(seconds, 4) for name, seconds in timer.seconds.items()},
+            "gpuprep_version": __version__, "history": get_history(sample),
+        }
+        atomic_write_bytes(outputs["--volumes"], (json.dumps(to_json(summary), indent=2) + "\n").encode())
+    return report
 
 
 def skull_stripped(image: torch.Tensor, affine: torch.Tensor, told: bool | None) -> tuple[bool, str]:

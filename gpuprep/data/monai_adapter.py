@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import MissingDependencyError, TransformError
+from ..errors import TransformError
 from ..foreign import MONAI_KIND_FIELD, MONAI_META_DICT_POSTFIX, adopt_foreign, is_metatensor
+from ..optional import require_monai
 from ..sample import (
     HISTORY_KEY,
     META_SUFFIX,
@@ -134,9 +135,6 @@ def _original_shape(meta: Mapping, tensor: Any):
 
 
 def _monai():
-    try:
-        from monai.data import MetaTensor, list_data_collate
-    except ImportError as error:  # pragma: no cover - MONAI is a core dependency
-        raise MissingDependencyError(f"gp.to_monai needs MONAI (pip install monai): {error}") from None
-    return MetaTensor, list_data_collate
+    data = require_monai("gp.to_monai", "monai.data")
+    return data.MetaTensor, data.list_data_collate
 

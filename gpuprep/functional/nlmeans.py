@@ -229,13 +229,7 @@ def nl_means_pixelwise(
     _check_numbers(h, sigma)
     h_values = _per_volume(h, batch, channels, volumes)
     sigma_values = _per_volume(sigma, batch, channels, volumes)
-    if patch_size > 1:
-        spread = (patch_size - 1) / 4.0
-        grid = torch.arange(-offset, offset + 1, dtype=torch.float64)
-        gauss = torch.exp(-(grid * grid) / (2 * spread * spread))
-        gauss = (gauss / gauss.sum()).tolist()
-    else:
-        gauss = [1.0]
+    gauss = _patch_gaussian(patch_size)
     inverse_h2 = (1.0 / (h_values * h_values)).view(1, -1, 1, 1, 1)
     bias = (2.0 * sigma_values * sigma_values).view(1, -1, 1, 1, 1)
     margin = offset + reach
@@ -245,32 +239,14 @@ def nl_means_pixelwise(
     denominator = torch.zeros_like(volumes)
     shifts = list(itertools.product(range(-reach, reach + 1), repeat=3))
     span = [s + 2 * offset for s in shape]
-    voxels = volumes.shape[0] * _prod(span)
-    if chunk_bytes is None:
-        chunk_bytes = 8 * 2**20 if volumes.device.type == "cpu" else 2**30
-    chunk = max(1, int(chunk_bytes // (3 * voxels * volumes.element_size())))
+    chunk = _shifts_per_chunk(volumes, span, chunk_bytes)
     reference = padded[(slice(None), *(slice(reach, reach + s) for s in span))]
     for start in range(0, len(shifts), chunk):
         group = shifts[start : start + chunk]
         moved = torch.stack(
             [padded[(slice(None), *(slice(reach + ti, reach + ti + s) for ti, s in zip(t, span)))] for t in group]
         )
-        energy = (moved - reference).pow_(2).sub_(bias)
-        # Gaussian-weighted sums over the patch rows and columns (valid part), plane by plane
-        for dim in (-2, -1):
-            energy = _weighted_window(energy, gauss, dim)
-        partial = None
-        cut = torch.zeros(energy.shape[:2] + tuple(shape), dtype=torch.bool, device=energy.device)
-        for a, weight in enumerate(gauss):
-            term = energy.narrow(-3, a, shape[0]) * (weight * inverse_h2)
-            if partial is None:
-                partial = term
-            else:
-                cut |= partial > _DISTANCE_CUTOFF
-                partial = partial + term
-        exponent = partial.clamp_(min=0)
-        weights = torch.exp(-exponent) if exact_exp else _fast_exp(-exponent)
-        weights = weights.masked_fill_(cut, 0.0)
+        weights = _patch_weights(moved - reference, bias, gauss, inverse_h2, shape, exact_exp)
         for k, t in enumerate(group):
             inside = _inside_mask(t, shape, volumes.device)
             w = weights[k] * inside
@@ -279,6 +255,50 @@ def nl_means_pixelwise(
             denominator.add_(w)
     out = numerator / denominator
     return out.reshape(x.shape).to(x.dtype)
+
+
+def _patch_gaussian(patch_size: int) -> list[float]:
+    """The taps weighting a patch axis: a Gaussian of std ``(s - 1) / 4`` summing to 1; ``[1.0]`` for ``s = 1``."""
+    if patch_size <= 1:
+        return [1.0]
+    offset = patch_size // 2
+    spread = (patch_size - 1) / 4.0
+    grid = torch.arange(-offset, offset + 1, dtype=torch.float64)
+    gauss = torch.exp(-(grid * grid) / (2 * spread * spread))
+    return (gauss / gauss.sum()).tolist()
+
+
+def _shifts_per_chunk(volumes: torch.Tensor, span: list[int], chunk_bytes: int | None) -> int:
+    """Shifts per chunk: three ``span``-sized copies each within ``chunk_bytes`` (None: 8 MiB CPU, 1 GiB GPU)."""
+    voxels = volumes.shape[0] * _prod(span)
+    if chunk_bytes is None:
+        chunk_bytes = 8 * 2**20 if volumes.device.type == "cpu" else 2**30
+    return max(1, int(chunk_bytes // (3 * voxels * volumes.element_size())))
+
+
+def _patch_weights(difference: torch.Tensor, bias: torch.Tensor, gauss: list[float], inverse_h2: torch.Tensor,
+                   shape: list[int], exact_exp: bool) -> torch.Tensor:
+    """Weights ``[K, N, D, H, W]`` of a chunk of K shifts from ``moved - reference`` (overwritten) on the patch span.
+
+    ``exp(-max(d, 0))`` of the Gaussian-weighted patch distance ``d``; zero where the partial
+    distance over the first patch planes already exceeds ``_DISTANCE_CUTOFF`` (skimage stops there).
+    """
+    energy = difference.pow_(2).sub_(bias)
+    # Gaussian-weighted sums over the patch rows and columns (valid part), plane by plane
+    for dim in (-2, -1):
+        energy = _weighted_window(energy, gauss, dim)
+    partial = None
+    cut = torch.zeros(energy.shape[:2] + tuple(shape), dtype=torch.bool, device=energy.device)
+    for a, weight in enumerate(gauss):
+        term = energy.narrow(-3, a, shape[0]) * (weight * inverse_h2)
+        if partial is None:
+            partial = term
+        else:
+            cut |= partial > _DISTANCE_CUTOFF
+            partial = partial + term
+    exponent = partial.clamp_(min=0)
+    weights = torch.exp(-exponent) if exact_exp else _fast_exp(-exponent)
+    return weights.masked_fill_(cut, 0.0)
 
 
 def _weighted_window(values: torch.Tensor, taps: list[float], dim: int) -> torch.Tensor:

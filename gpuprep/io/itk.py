@@ -23,6 +23,7 @@ from .atomic import atomic_path
 from .detached import is_header_format
 from .dicom import read_dicom_series
 from .itk_guard import check_itk_header
+from .limits import check_shape
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -59,8 +60,6 @@ def read_itk(path: Path, *, dicom: bool = False, dicom_check: str = "error") -> 
         MetaImage header that names a data file outside its folder or declares more voxels
         than its data holds (:func:`gpuprep.io.itk_guard.check_itk_header`).
     """
-    from .reader import check_shape
-
     sitk = import_sitk(path, "read")
     if not path.is_dir() and is_header_format(path):
         check_itk_header(path)  # before SimpleITK opens data files or allocates the declared size

@@ -60,7 +60,7 @@ def checked_shape(path: str | os.PathLike, dims: Sequence, itemsize: int) -> tup
     ImageReadError
         For no axes or more than :data:`MAX_AXES`, a negative length, or a byte count above
         :data:`MAX_IMAGE_BYTES` (computed without overflow). A zero length is left to
-        :func:`gpuprep.io.reader.check_shape`, which names it.
+        :func:`check_shape`, which names it.
     """
     shape = tuple(int(n) for n in dims)
     if not 1 <= len(shape) <= MAX_AXES:
@@ -115,4 +115,33 @@ but the data holds only 150 bytes (raw encoding)
             f"{path}: the header declares {declared} bytes of voxels, but the data holds only "
             f"{available} bytes ({encoding} encoding"
             + (f", which inflates at most {MAX_DEFLATE_RATIO}:1)" if encoding == "deflate" else ")")
+        )
+
+
+def check_shape(shape: tuple[int, ...], path: str | os.PathLike) -> None:
+    """Refuse images with fewer than three axes or an axis of length zero.
+
+    Parameters
+    ----------
+    shape:
+        The image's axis lengths as read (after :func:`checked_shape`).
+    path:
+        The file, named in errors.
+
+    Example
+    -------
+    >>> check_shape((4, 0, 6), "a.nii")
+    Traceback (most recent call last):
+    ...
+    gpuprep.errors.ImageReadError: a.nii: zero-sized dimension in image shape (4, 0, 6); every axis must hold \
+at least one voxel
+    """
+    if len(shape) < 3:
+        raise ImageReadError(
+            f"{path}: the image is {len(shape)}D (shape {shape}); gpuprep reads 3D volumes "
+            "(a 3D file with a singleton axis is fine)"
+        )
+    if 0 in shape:
+        raise ImageReadError(
+            f"{path}: zero-sized dimension in image shape {shape}; every axis must hold at least one voxel"
         )

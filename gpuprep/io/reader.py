@@ -225,19 +225,6 @@ def to_tensor(volume: RawVolume, target: torch.dtype | None, path: Path) -> torc
     return out
 
 
-def check_shape(shape: tuple[int, ...], path: Path) -> None:
-    """Refuse images with fewer than three axes or an axis of length zero."""
-    if len(shape) < 3:
-        raise ImageReadError(
-            f"{path}: the image is {len(shape)}D (shape {shape}); gpuprep reads 3D volumes "
-            "(a 3D file with a singleton axis is fine)"
-        )
-    if 0 in shape:
-        raise ImageReadError(
-            f"{path}: zero-sized dimension in image shape {shape}; every axis must hold at least one voxel"
-        )
-
-
 def _handle_nonfinite(data: torch.Tensor, policy: str, path: Path) -> int:
     if policy == "keep" or not data.is_floating_point() or data.numel() == 0:
         return 0
@@ -326,7 +313,7 @@ def _read_nibabel(path: Path, family: str) -> RawVolume:
         slope, inter = float(proxy.slope), float(proxy.inter)
     except Exception as error:
         raise ImageReadError(f"{path}: not a valid {fmt} file: {error}") from None
-    check_shape(shape, path)
+    limits.check_shape(shape, path)
     needed = offset + math.prod(shape) * dtype.itemsize
     if size < needed:
         raise ImageReadError(

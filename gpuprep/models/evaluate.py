@@ -27,6 +27,7 @@ from ..sample import make_sample
 from ..transforms import Compose, RandAffine, RandBiasField, RandNoise
 from ..transforms.augment.synth import RandLabelsToImage
 from ..transforms.mask.foreground import ForegroundMask
+from .evaluate_real import dice, evaluate_mask_on_heads
 from .inference import SegmentBrain
 from .mni import mni_t1, mni_tissue_fractions
 from .pretrained import load_pretrained
@@ -48,12 +49,6 @@ def mni_tissue(resolution: int = 1) -> tuple[torch.Tensor, torch.Tensor, np.ndar
     """The MNI152 2009a T1 ``[1, D, H, W]`` float32, its tissue labels (uint8) and the affine."""
     image, affine = mni_t1(resolution)
     return image, mni_tissue_fractions(resolution)[1], affine
-
-
-def dice(prediction: torch.Tensor, truth: torch.Tensor, value: int) -> float:
-    """Dice overlap of one label value between two label maps."""
-    a, b = prediction == value, truth == value
-    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
 
 
 def evaluate_tissue(model: torch.nn.Module, resolution: int = 1, perturb_seeds: Sequence[int] = (0, 1, 2),
@@ -211,8 +206,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         metrics = {} if args.no_synthetic else evaluate_mask(model, args.seeds)
         if args.real_heads is not None:
-            from .evaluate_real import evaluate_mask_on_heads
-
             metrics["real_heads"] = evaluate_mask_on_heads(model, args.real_heads, args.peer_masks or args.real_heads,
                                                            names=args.heads, qc_dir=args.qc)
     print(json.dumps(metrics, indent=1))

@@ -24,11 +24,12 @@ import torch
 
 from ..io.reader import read_image
 from ..sample import make_sample
-from .evaluate import dice
 from .inference import SegmentBrain
 from .skull_strip import SkullStrip
 
-__all__ = ["ASEG_TISSUES", "aseg_tissues", "evaluate_mask_on_heads", "evaluate_tissue_on_head", "mask_agreement"]
+__all__ = [
+    "ASEG_TISSUES", "aseg_tissues", "dice", "evaluate_mask_on_heads", "evaluate_tissue_on_head", "mask_agreement",
+]
 
 TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
 
@@ -57,6 +58,25 @@ def aseg_tissues(aseg: torch.Tensor) -> torch.Tensor:
     for tissue, labels in ASEG_TISSUES.items():
         out[torch.isin(aseg.long(), torch.tensor(labels))] = tissue
     return out
+
+
+def dice(prediction: torch.Tensor, truth: torch.Tensor, value: int) -> float:
+    """Dice overlap of one label value between two label maps.
+
+    Parameters
+    ----------
+    prediction, truth:
+        Label maps of the same shape.
+    value:
+        The label whose overlap is measured (0.0 when neither map holds it).
+
+    Example
+    -------
+    >>> dice(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 1)
+    0.6666666865348816
+    """
+    a, b = prediction == value, truth == value
+    return float(2 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
 
 
 def mask_agreement(mask: torch.Tensor, reference: torch.Tensor, voxel_ml: float) -> dict:

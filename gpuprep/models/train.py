@@ -40,6 +40,7 @@ from ..data.patches import RandPatches
 from ..data.sample_data import sample_brain
 from ..errors import ConfigError
 from ..io.reader import read_image
+from ..optional import require_monai
 from ..sample import collate, make_sample
 from ..transforms import (
     Compose,
@@ -209,7 +210,7 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
     (:func:`real_head_label_maps`), each :data:`REAL_HEAD_WEIGHT` times, cut to a random field of
     view with probability :data:`FIELD_OF_VIEW_P`.
     """
-    from monai.losses import DiceCELoss
+    losses = require_monai("train", "monai.losses")
     from tqdm import tqdm
 
     if task not in TASK_LABELS:
@@ -218,6 +219,52 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
     run_device = resolve_device(device)
     spacing = DEFAULT_SPACING[task] if spacing is None else float(spacing)
     channels = DEFAULT_CHANNELS[task] if channels is None else channels
+    maps, affines, targets, is_real, real_names = _training_label_maps(task, seed, num_heads, spacing, real_heads)
+    num_labels = 4 if task == "brain-tissue" else max(len(HEAD_LABELS), max(int(m.max()) for m in maps) + 1)
+    labels = TASK_LABELS[task]
+    architecture = {"spatial_dims": 3, "in_channels": 1, "out_channels": len(labels),
+                    "channels": list(channels), "strides": [2] * (len(channels) - 1), "num_res_units": 1}
+    model, previous = _initial_model(task, architecture, init, run_device)
+    make_batch = generator(task, patch, num_patches, num_labels, seed)
+    loss_function = losses.DiceCELoss(to_onehot_y=True, softmax=True)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    samples = [make_sample({"label": m.to(run_device), "target": t.to(run_device)}, affine=a)
+               for m, t, a in zip(maps, targets, affines)]
+    history, start = [], time.perf_counter()
+    # The spec's fields in the order they are written; the steps done, the time, the final loss
+    # and the generator's configuration are filled in by _spec_after at each checkpoint.
+    spec = {"task": task, "architecture": architecture, "labels": labels, "spacing_mm": spacing,
+            "intensity": {"percentiles": PERCENTILES}, "roi_size": [96, 96, 96], "gpuprep_version": __version__,
+            "training": {
+                "steps": steps, "steps_done": 0, "batch_size": batch_size, "num_patches": num_patches,
+                "patch": patch, "lr": lr, "seed": seed, "num_heads": num_heads if task == "brain-mask" else None,
+                "real_heads": real_names, "real_head_weight": REAL_HEAD_WEIGHT if real_names else None,
+                "field_of_view": {"p": FIELD_OF_VIEW_P, "min_fraction": FIELD_OF_VIEW_MIN} if real_names else None,
+                "device": str(run_device), "seconds": None, "final_loss": None, "generator": None,
+                "previous": previous,
+            }}
+    bar = tqdm(range(steps), desc=f"train {task}", unit="step", disable=not progress)
+    view_generator = torch.Generator().manual_seed(seed + 7919)
+    model.train()
+    for step in bar:
+        batch = make_batch(_draw_batch(samples, is_real, step, batch_size, view_generator))
+        history.append(_optimise(model, loss_function, optimiser, schedule, batch))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(history[-50:]) / len(history[-50:]):.3f}")
+        done = step + 1
+        if checkpoint is not None and checkpoint_every > 0 and done % checkpoint_every == 0 and done < steps:
+            save_checkpoint(checkpoint, model, _spec_after(spec, history, start, make_batch))
+    model.eval()
+    return model, _spec_after(spec, history, start, make_batch)
+
+
+def _training_label_maps(task: str, seed: int, num_heads: int, spacing: float, real_heads: str | Path | None):
+    """The label maps, affines and targets to train on, whether each is a real head, and the real heads' files.
+
+    The synthetic ones of :func:`label_maps`, then (brain-mask only) the real heads' label maps
+    :data:`REAL_HEAD_WEIGHT` times, all padded to a common shape.
+    """
     maps, affines, targets = label_maps(task, seed, num_heads, spacing)
     is_real = [False] * len(maps)
     real_names = []
@@ -230,75 +277,54 @@ def train(task: str, steps: int = 3000, batch_size: int = 2, num_patches: int = 
             maps, affines, targets = maps + real[0], affines + real[1], targets + real[2]
             is_real += [True] * len(real[0])
         maps, affines, targets = pad_to_common_shape(maps, affines, targets)
-    num_labels = 4 if task == "brain-tissue" else max(len(HEAD_LABELS), max(int(m.max()) for m in maps) + 1)
-    labels = TASK_LABELS[task]
-    architecture = {"spatial_dims": 3, "in_channels": 1, "out_channels": len(labels),
-                    "channels": list(channels), "strides": [2] * (len(channels) - 1), "num_res_units": 1}
-    model = build_unet(architecture).to(run_device)
-    previous = None
-    if init is not None:
-        start_model, start_spec = load_checkpoint(init)
-        if start_spec["task"] != task or start_spec["architecture"] != architecture:
-            raise ConfigError(f"train: --init {init} holds a {start_spec['task']} model with architecture "
-                              f"{start_spec['architecture']}, not {task} with {architecture}")
-        model.load_state_dict(start_model.state_dict())
-        previous = {**start_spec["training"], "file_sha256": start_model.weights_sha256}
-    make_batch = generator(task, patch, num_patches, num_labels, seed)
-    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
-    samples = [make_sample({"label": m.to(run_device), "target": t.to(run_device)}, affine=a)
-               for m, t, a in zip(maps, targets, affines)]
-    history, start = [], time.perf_counter()
+    return maps, affines, targets, is_real, real_names
 
-    def spec_of(history: list[float]) -> dict:
-        return {
-            "task": task,
-            "architecture": architecture,
-            "labels": labels,
-            "spacing_mm": spacing,
-            "intensity": {"percentiles": PERCENTILES},
-            "roi_size": [96, 96, 96],
-            "gpuprep_version": __version__,
-            "training": {
-                "steps": steps, "steps_done": len(history), "batch_size": batch_size, "num_patches": num_patches,
-                "patch": patch, "lr": lr, "seed": seed, "num_heads": num_heads if task == "brain-mask" else None,
-                "real_heads": real_names, "real_head_weight": REAL_HEAD_WEIGHT if real_names else None,
-                "field_of_view": {"p": FIELD_OF_VIEW_P, "min_fraction": FIELD_OF_VIEW_MIN} if real_names else None,
-                "device": str(run_device), "seconds": round(time.perf_counter() - start, 1),
+
+def _initial_model(task: str, architecture: dict, init: str | Path | None, device: torch.device):
+    """A new U-Net on ``device`` (from torch's seeded generator), or continued from the checkpoint ``init``.
+
+    Returns the model and the training record of ``init`` (with its file's hash), or None.
+    """
+    model = build_unet(architecture).to(device)
+    if init is None:
+        return model, None
+    start_model, start_spec = load_checkpoint(init)
+    if start_spec["task"] != task or start_spec["architecture"] != architecture:
+        raise ConfigError(f"train: --init {init} holds a {start_spec['task']} model with architecture "
+                          f"{start_spec['architecture']}, not {task} with {architecture}")
+    model.load_state_dict(start_model.state_dict())
+    return model, {**start_spec["training"], "file_sha256": start_model.weights_sha256}
+
+
+def _draw_batch(samples: list[dict], is_real: list[bool], step: int, batch_size: int,
+                view_generator: torch.Generator) -> dict:
+    """The batch of ``step``: the next ``batch_size`` samples in turn, real heads cut to a random field of view."""
+    drawn = []
+    for index in range(step * batch_size, (step + 1) * batch_size):
+        sample = {**samples[index % len(samples)], "sample_index": index}
+        if is_real[index % len(samples)] and torch.rand((), generator=view_generator) < FIELD_OF_VIEW_P:
+            sample["label"], sample["target"] = random_field_of_view([sample["label"], sample["target"]],
+                                                                     view_generator)
+        drawn.append(sample)
+    return collate(drawn)
+
+
+def _optimise(model: torch.nn.Module, loss_function, optimiser, schedule, batch: dict) -> float:
+    """One optimisation step on ``batch``; returns its loss."""
+    loss = loss_function(model(batch["image"]), batch["target"].long())
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    schedule.step()
+    return float(loss.detach())
+
+
+def _spec_after(spec: dict, history: list[float], start: float, make_batch: Compose) -> dict:
+    """``spec`` after the steps of ``history`` (their losses) since ``start`` (``time.perf_counter``)."""
+    training = {**spec["training"], "steps_done": len(history), "seconds": round(time.perf_counter() - start, 1),
                 "final_loss": round(sum(history[-100:]) / len(history[-100:]), 4),
-                "generator": make_batch.get_config()["transforms"],
-                "previous": previous,
-            },
-        }
-
-    bar = tqdm(range(steps), desc=f"train {task}", unit="step", disable=not progress)
-    view_generator = torch.Generator().manual_seed(seed + 7919)
-    model.train()
-    for step in bar:
-        picks = [(step * batch_size + i) for i in range(batch_size)]
-        drawn = []
-        for index in picks:
-            sample = {**samples[index % len(samples)], "sample_index": index}
-            if is_real[index % len(samples)] and torch.rand((), generator=view_generator) < FIELD_OF_VIEW_P:
-                sample["label"], sample["target"] = random_field_of_view([sample["label"], sample["target"]],
-                                                                         view_generator)
-            drawn.append(sample)
-        batch = collate(drawn)
-        batch = make_batch(batch)
-        loss = loss_function(model(batch["image"]), batch["target"].long())
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        history.append(float(loss.detach()))
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{sum(history[-50:]) / len(history[-50:]):.3f}")
-        done = step + 1
-        if checkpoint is not None and checkpoint_every > 0 and done % checkpoint_every == 0 and done < steps:
-            save_checkpoint(checkpoint, model, spec_of(history))
-    model.eval()
-    return model, spec_of(history)
+                "generator": make_batch.get_config()["transforms"]}
+    return {**spec, "training": training}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 
 from .._version import __version__
-from ..errors import ConfigError, GpuprepError, MissingDependencyError
+from ..errors import ConfigError, GpuprepError
 from ..io.atomic import atomic_path
+from ..optional import require_monai
 
 #: The checkpoint format this version reads and writes.
 CHECKPOINT_FORMAT = 1
@@ -62,13 +63,7 @@ def build_unet(architecture: Mapping[str, Any]) -> torch.nn.Module:
     torch.Size([1, 2, 8, 8, 8])
     """
     arguments = check_architecture(architecture)
-    try:
-        from monai.networks.nets import UNet
-    except ImportError:
-        raise MissingDependencyError(
-            "the gpuprep U-Net needs MONAI: pip install monai (it is installed with gpuprep[models])"
-        ) from None
-    return UNet(**arguments)
+    return require_monai("the gpuprep U-Net", "monai.networks.nets").UNet(**arguments)
 
 
 def check_architecture(architecture: Any) -> dict:

@@ -1,4 +1,4 @@
-"""Filters against scipy.ndimage: padding modes, Gaussian, box (uniform) and median filters."""
+"""Filters against scipy.ndimage: Gaussian, box (uniform) and separable filters (median: test_median.py)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,15 @@ import torch
 
 from gpuprep.functional.filters import (
     BOUNDARY_MODES,
-    boundary_indices,
     box_filter,
     correlate1d,
     gaussian_filter,
     gaussian_kernel1d,
-    pad_volume,
     separable_filter,
 )
 from gpuprep.functional.median import median_filter
 
 # scipy mode -> numpy.pad mode
-NUMPY_PAD = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
 
 
 def _volume(rng, shape=(2, 2, 9, 11, 10), dtype=np.float32) -> np.ndarray:
@@ -34,23 +31,6 @@ def _per_volume(function, x: np.ndarray, per_sample=None) -> np.ndarray:
         for c in range(x.shape[1]):
             out[b, c] = function(x[b, c]) if per_sample is None else function(x[b, c], per_sample[b])
     return out
-
-
-@pytest.mark.parametrize("mode", BOUNDARY_MODES)
-@pytest.mark.parametrize("width", [1, 3, 7, 12])
-def test_pad_volume_matches_numpy_pad(mode, width, rng):
-    """Exact, including extensions wider than the axis (scipy/numpy repeat the pattern)."""
-    x = rng.normal(size=(1, 2, 4, 5, 6))
-    pads = [(width, width // 2), (0, width), (width, 1)]
-    out = pad_volume(torch.from_numpy(x), pads, mode, cval=2.5).numpy()
-    extra = {"constant_values": 2.5} if mode == "constant" else {}
-    reference = np.pad(x, [(0, 0), (0, 0), *pads], mode=NUMPY_PAD[mode], **extra)
-    np.testing.assert_array_equal(out, reference)
-
-
-def test_boundary_indices_of_a_single_voxel_axis():
-    for mode in ("reflect", "mirror", "nearest", "wrap"):
-        assert boundary_indices(1, 3, 2, mode).tolist() == [0] * 6
 
 
 def test_gaussian_kernel_is_scipys():
@@ -127,36 +107,6 @@ def test_box_filter_matches_uniform_filter(mode, size, rng, device):
     out = box_filter(torch.from_numpy(x).to(device), size, mode=mode)
     reference = _per_volume(lambda v: ndi.uniform_filter(v, size, mode=mode), x)
     np.testing.assert_allclose(out.cpu().numpy(), reference, rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("mode", BOUNDARY_MODES)
-@pytest.mark.parametrize("radius", [1, 2, (0, 1, 2), (2, 1, 0)])
-def test_median_filter_is_bit_identical_to_scipy(mode, radius, rng, device):
-    """Exact equality; a tiny memory budget forces one-plane slabs through the whole volume."""
-    x = _volume(rng)
-    size = tuple(2 * np.broadcast_to(radius, 3) + 1)
-    out = median_filter(torch.from_numpy(x).to(device), radius, mode=mode, chunk_bytes=1)
-    reference = _per_volume(lambda v: ndi.median_filter(v, size=size, mode=mode), x)
-    np.testing.assert_array_equal(out.cpu().numpy(), reference)
-
-
-@pytest.mark.parametrize("chunk_bytes", [1, 200_000, 2**30])
-def test_median_filter_with_ties_and_integers(chunk_bytes, rng):
-    """Many equal values (an int16 volume with 4 levels): still exactly scipy's median."""
-    x = rng.integers(0, 4, size=(1, 1, 12, 13, 11)).astype(np.int16)
-    out = median_filter(torch.from_numpy(x), 1, chunk_bytes=chunk_bytes)
-    assert out.dtype == torch.int16
-    np.testing.assert_array_equal(out.numpy(), _per_volume(lambda v: ndi.median_filter(v, size=3), x))
-
-
-def test_median_filter_removes_an_outlier_and_keeps_an_edge():
-    x = torch.zeros(1, 1, 9, 9, 9)
-    x[..., 5:] = 1.0
-    x[0, 0, 2, 2, 2] = 50.0
-    out = median_filter(x, 1)
-    expected = torch.zeros_like(x)
-    expected[..., 5:] = 1.0
-    assert torch.equal(out, expected)
 
 
 def test_filter_argument_errors():

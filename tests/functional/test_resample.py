@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
-from gpuprep.functional.grid import axis_permutation, is_lattice_map, normalized_theta, scaling_map
+from gpuprep.functional.grid import axis_permutation, is_lattice_map, scaling_map
 from gpuprep.functional.resample import resample
 
 ORDERS = {"nearest": 0, "linear": 1, "cubic": 3}
@@ -101,18 +101,6 @@ def test_batch_with_different_maps_equals_one_by_one():
     for index in range(2):
         single = resample(volume[index : index + 1], maps[index], (10, 10, 10), "linear")
         torch.testing.assert_close(batched[index], single[0], rtol=0, atol=0)
-
-
-def test_normalized_theta_agrees_with_voxel_map():
-    """affine_grid(normalized_theta) points at M @ voxel, converted back to voxel units."""
-    voxel_map = _rotation_map()
-    in_shape, out_shape = (5, 6, 7), (4, 8, 3)
-    theta = torch.from_numpy(normalized_theta(voxel_map, in_shape, out_shape))[None]
-    grid = torch.nn.functional.affine_grid(theta, [1, 1, *out_shape], align_corners=True)[0].numpy()
-    voxel = (grid[..., ::-1] + 1) / 2 * (np.array(in_shape) - 1)  # back to (i, j, k) input voxels
-    out_grid = np.stack(np.meshgrid(*[np.arange(n) for n in out_shape], indexing="ij"), -1)
-    expected = out_grid @ voxel_map[:3, :3].T + voxel_map[:3, 3]
-    np.testing.assert_allclose(voxel, expected, atol=1e-9)
 
 
 @pytest.mark.parametrize("anti_aliasing", [False, True])

@@ -1,4 +1,7 @@
-"""Synthetic heads: shells nest, thicknesses against scipy's exact distance transform, world kept, seeds."""
+"""Synthetic heads: shells nest, thicknesses against scipy's exact distance transform, world kept, seeds.
+
+The distance transform itself: tests/functional/test_distance.py.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from gpuprep.models.synth import (
     SCALP,
     SKULL,
     brain_mask_of,
-    distance_to_mask,
     synthetic_head,
 )
 from tests.conftest import oblique_affine
@@ -47,20 +49,6 @@ def test_head_labels_and_brain_mask_of():
                                  5: "skull", 6: "scalp"}
     labels = torch.arange(7, dtype=torch.uint8)
     assert brain_mask_of(labels).tolist() == [0, 1, 1, 1, 0, 0, 0]
-
-
-def test_distance_to_mask_equals_scipy_up_to_max():
-    generator = torch.Generator().manual_seed(0)
-    mask = torch.rand((2, 20, 23, 17), generator=generator) > 0.997
-    mask[1] = False
-    mask[1, 10, 11, 8] = True
-    spacing = (1.3, 0.8, 2.1)
-    distance = distance_to_mask(mask, spacing, max_mm=9.0).numpy()
-    for index in range(2):
-        reference = ndi.distance_transform_edt(~mask[index].numpy(), sampling=spacing)
-        near = reference <= 9.0
-        np.testing.assert_allclose(distance[index][near], reference[near], rtol=1e-5, atol=1e-5)
-        assert (distance[index][~near] > 9.0).all()
 
 
 def test_shells_nest_and_have_their_thickness(device):

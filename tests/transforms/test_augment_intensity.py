@@ -12,7 +12,7 @@ import torch
 
 import gpuprep as gp
 from gpuprep.errors import ConfigError
-from gpuprep.functional.augment_intensity import bias_field, bias_field_coordinates, draw_noise
+from gpuprep.functional.augment_intensity import bias_field
 from gpuprep.random import SAMPLE_INDEX_KEY
 from gpuprep.transforms.augment.intensity import RandBiasField, RandBlur, RandBrightness, RandContrast, RandGamma
 from gpuprep.transforms.augment.noise import RandNoise
@@ -177,13 +177,6 @@ def test_noise_differs_between_keys_and_samples():
     assert torch.equal(alone["b"], out["b"])
 
 
-def test_draw_noise_is_independent_of_batch():
-    x = torch.zeros(3, 2, 5, 6, 7)
-    noise = draw_noise(x, [11, 12, 13], count=2)
-    assert noise.shape == (2, 3, 2, 5, 6, 7)
-    assert torch.equal(noise[:, 2], draw_noise(x[:1], [13], count=2)[:, 0])
-
-
 # -- gamma -----------------------------------------------------------------------------------
 
 
@@ -217,22 +210,6 @@ def test_bias_field_matches_torchio_generate_bias_field(shape, order):
     np.testing.assert_allclose(field.numpy(), reference, rtol=1e-5, atol=0)
     image = _sample(shape=shape)["image"]
     torch.testing.assert_close(out["image"], image * torch.from_numpy(reference), rtol=1e-5, atol=1e-6)
-
-
-def test_bias_field_coordinates_match_torchio_normalisation():
-    for n in (1, 2, 5, 8):
-        half = n / 2
-        reference = np.arange(-half, half) + 0.5
-        if reference.max() > 0:
-            reference = reference / reference.max()
-        np.testing.assert_allclose(bias_field_coordinates(n).numpy(), reference, atol=1e-7)
-
-
-def test_bias_field_batched_per_sample_coefficients():
-    coefficients = torch.rand(3, 20, generator=torch.Generator().manual_seed(0)) - 0.5
-    batched = bias_field((6, 7, 8), coefficients, 3)
-    for index in range(3):
-        torch.testing.assert_close(batched[index], bias_field((6, 7, 8), coefficients[index : index + 1], 3)[0])
 
 
 # -- contrast, brightness, blur --------------------------------------------------------------

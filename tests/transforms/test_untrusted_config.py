@@ -12,13 +12,9 @@ import time
 import tracemalloc
 
 import pytest
-import scipy.ndimage as ndi
-import torch
 
 import gpuprep as gp
 from gpuprep.errors import ConfigError
-from gpuprep.functional.median import median_filter
-from gpuprep.functional.nlmeans import nl_means
 
 #: What refusing may cost: time (s) and traced Python memory (bytes).
 FAST_S = 1.0
@@ -151,30 +147,7 @@ def test_median_denoise_with_radius_50_fails_fast():
     assert "101 x 101 x 101" in message and "at most 1331" in message
 
 
-def test_median_window_limit_is_per_box_not_per_axis():
-    from gpuprep.functional.median import check_window
-
-    check_window((5, 5, 5))  # 11^3 values: the largest accepted cube
-    check_window((0, 0, 60))  # 121 values along one axis
-    with pytest.raises(ValueError, match="at most 1331"):
-        check_window((5, 5, 6))
-    with pytest.raises(ValueError, match="radius"):
-        median_filter(torch.zeros(1, 1, 4, 4, 4), 6)
-
-
-def test_median_with_a_long_thin_window_still_matches_scipy():
-    volume = torch.rand(1, 1, 5, 6, 30, generator=torch.Generator().manual_seed(0))
-    out = median_filter(volume, (0, 1, 12))
-    expected = ndi.median_filter(volume[0, 0].numpy(), size=(1, 3, 25), mode="reflect")
-    torch.testing.assert_close(out[0, 0], torch.from_numpy(expected), rtol=0, atol=0)
-
-
 @pytest.mark.parametrize(("argument", "value"), [("patch_distance", 1000), ("patch_size", 10**6 + 1)])
 def test_nonlocal_means_with_a_huge_patch_or_search_radius_fails_fast(argument, value):
     message = refused(lambda: gp.NonLocalMeans("image", **{argument: value}), f"NonLocalMeans: {argument}")
     assert str(value) in message
-
-
-def test_nonlocal_means_functional_refuses_a_huge_search_radius_before_padding():
-    with pytest.raises(ValueError, match="patch_distance must be an integer from 0 to 20, got 1000"):
-        nl_means(torch.zeros(1, 1, 4, 4, 4), patch_size=3, patch_distance=1000)

@@ -12,6 +12,7 @@ torch.Size([1, 32, 32, 32])
 
 import importlib as _importlib
 
+from . import lazy_api as _lazy_api
 from ._version import __version__ as __version__
 
 # The API is loaded on first use (PEP 562): ``import gpuprep`` alone imports no torch, so the
@@ -42,6 +43,15 @@ def _load() -> None:
     transforms = namespace["transforms"]
     namespace.update({name: getattr(transforms, name) for name in transforms.__all__})
     namespace["__all__"] = [*transforms.__all__, *_ALL]
+
+
+def _load_once() -> None:
+    """:func:`_load` unless it ran: what the lower layers call, through :mod:`gpuprep.lazy_api`, on a registry miss."""
+    if "__all__" not in globals():
+        _load()
+
+
+_lazy_api.on_load_api(_load_once)
 
 
 def __getattr__(name: str):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .errors import TransformError
-from .sample import HISTORY_KEY, check_kind, image_keys, make_meta, meta_key
+from .metadata import HISTORY_KEY, check_kind, image_keys, make_meta, meta_key
 
 #: The largest distance (mm) between two affines' world positions of a grid corner that still agree.
 AFFINE_TOLERANCE_MM = 1e-4

@@ -67,9 +67,9 @@ class Step(_StepGrids, total=False):
 
 
 #: The entries that make a step a *warp* (voxels moved by a dense field besides ``voxel_map``),
-#: with what each holds. The fusion engine (:mod:`gpuprep.transforms.fusion`) builds the field
-#: of each kind; a new kind of step (say, a field from a registration optimiser) adds its entry
-#: here and its builder there.
+#: with what each holds. :mod:`gpuprep.transforms.warp_fields` builds the field of each kind for
+#: the fusion engine; a new kind of step (say, a field from a registration optimiser) adds its
+#: entry here and its builder there.
 WARP_ENTRIES = {
     "displacement": "B-spline control-point displacements [3, nD, nH, nW] in voxels (RandElastic)",
 }

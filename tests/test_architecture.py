@@ -39,7 +39,7 @@ LAYERS = (
     # naming the extra), validation (argument checks) and records (history record layouts); the
     # last two are being added beside this test (issue 17).
     ("gpuprep._version", "gpuprep.errors", "gpuprep.batching", "gpuprep.sample", "gpuprep.foreign",
-     "gpuprep.optional", "gpuprep.validation", "gpuprep.records"),
+     "gpuprep.optional", "gpuprep.lazy_api", "gpuprep.metadata", "gpuprep.validation", "gpuprep.records"),
     ("gpuprep.functional",),
     ("gpuprep.io",),
     ("gpuprep.random",),
@@ -54,20 +54,8 @@ LAYERS = (
 # TEMPORARY: imports that break a rule in files this change could not edit (issue 17). Each names
 # its fix; test_temporary_exceptions_are_still_needed fails once the fix is in, so delete the
 # entry then.
-TEMPORARY_UPWARD_IMPORTS = {
-    # registered_transform loads the whole API through the gpuprep facade so that the models'
-    # and data's transforms register. Fix: a torch-free bottom module gpuprep/lazy_api.py holds
-    # loaders; gpuprep/__init__.py hands it its _load at import and registered_transform calls
-    # lazy_api.load_api() on a miss, so transforms never name the facade.
-    ("gpuprep.transforms.base", "gpuprep"),
-}
-TEMPORARY_CYCLE_EDGES = {
-    # sample.make_sample/get_meta call foreign (MetaTensor adoption), and foreign builds metadata with
-    # sample's helpers. Fix: the metadata layout (META_SUFFIX, HISTORY_KEY, IMAGE, LABEL, KINDS,
-    # meta_key, make_meta, check_kind, image_keys, _as_affine) moves to a bottom module
-    # gpuprep/metadata.py that sample re-exports and foreign imports.
-    ("gpuprep.sample", "gpuprep.foreign"),
-}
+TEMPORARY_UPWARD_IMPORTS: set[tuple[str, str]] = set()
+TEMPORARY_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)

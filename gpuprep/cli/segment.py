@@ -216,7 +216,7 @@ def _segment_tissue(sample: dict, model: torch.nn.Module, args: argparse.Namespa
     skull_strip = {"skull_stripped_input": stripped, "reason": reason, "ran": not stripped,
                    "mask_step": type(mask_step).__name__,
                    "brain_mask_ml": int(sample[MASK_KEY].count_nonzero()) * voxel_mm3 / 1000.0}
-    if not stripped:
+    if isinstance(mask_step, SkullStrip):  # the whole head was skull-stripped with the shipped weights
         skull_strip.update(model=mask_step.model_name, weights_sha256=mask_step.weights_sha256)
     return sample, transform, skull_strip
 

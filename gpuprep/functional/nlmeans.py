@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -296,6 +297,8 @@ def _patch_weights(difference: torch.Tensor, bias: torch.Tensor, gauss: list[flo
         else:
             cut |= partial > _DISTANCE_CUTOFF
             partial = partial + term
+    if partial is None:  # an empty kernel: no patch term at all
+        raise ValueError("the patch Gaussian has no weights")
     exponent = partial.clamp_(min=0)
     weights = torch.exp(-exponent) if exact_exp else _fast_exp(-exponent)
     return weights.masked_fill_(cut, 0.0)
@@ -310,7 +313,7 @@ def _weighted_window(values: torch.Tensor, taps: list[float], dim: int) -> torch
     return out
 
 
-def _inside_mask(shift: tuple[int, int, int], shape: list[int], device: Any) -> torch.Tensor:
+def _inside_mask(shift: Sequence[int], shape: list[int], device: Any) -> torch.Tensor:
     """1 where ``q + shift`` lies inside the volume, else 0: ``[D, H, W]``."""
     masks = []
     for axis, (t, n) in enumerate(zip(shift, shape)):

@@ -24,11 +24,12 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
 import torch
+from nibabel.arrayproxy import ArrayProxy
 
 from ..errors import ConfigError, ImageReadError
 from ..sample import make_meta
@@ -45,7 +46,10 @@ _ITK_EXTENSIONS = {".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "mha", ".mhd": "mhd
 READ_EXTENSIONS = (*_NIFTI_EXTENSIONS, *_MGH_EXTENSIONS, *_ITK_EXTENSIONS)
 
 # On-disk dtype -> dtype of the tensor when no scaling applies (torch lacks full uint16/uint32 support).
-_WIDER = {
+# The nibabel image classes this reader opens (Nifti2Image is a Nifti1Image).
+_NibabelClass = type[nib.Nifti1Image] | type[nib.MGHImage]
+
+_WIDER: dict[np.dtype, np.dtype] = {
     np.dtype(np.bool_): np.dtype(np.uint8),
     np.dtype(np.uint16): np.dtype(np.int32),
     np.dtype(np.uint32): np.dtype(np.int64),
@@ -205,7 +209,7 @@ def to_tensor(volume: RawVolume, target: torch.dtype | None, path: Path) -> torc
         raise ImageReadError(f"{path}: unsupported voxel type {raw.dtype} (e.g. RGB); expected numbers")
     scaled = volume.slope != 1.0 or volume.inter != 0.0
     out_dtype = _TORCH_OF_NUMPY[natural_dtype(raw.dtype, scaled)]
-    if target in _TORCH_OF_NUMPY.values() and not scaled and raw.dtype.kind in "biu":
+    if target is not None and target in _TORCH_OF_NUMPY.values() and not scaled and raw.dtype.kind in "biu":
         out_dtype = target
     elif raw.dtype.newbyteorder("=") == np.uint64 and raw.size and raw.max() > np.iinfo(np.int64).max:
         raise ImageReadError(f"{path}: uint64 voxels above {np.iinfo(np.int64).max} do not fit int64")
@@ -307,7 +311,7 @@ def _read_nibabel(path: Path, family: str) -> RawVolume:
             with open(path, "rb") as stream:
                 img = klass.from_stream(stream)
         affine = np.asarray(img.affine, dtype=np.float64)
-        proxy = img.dataobj
+        proxy = cast(ArrayProxy, img.dataobj)  # from_bytes/from_stream keep the data on disk: a proxy
         shape = tuple(int(n) for n in proxy.shape)
         dtype, offset, order = np.dtype(proxy.dtype), int(proxy.offset), proxy.order
         slope, inter = float(proxy.slope), float(proxy.inter)
@@ -331,7 +335,8 @@ def _read_nibabel(path: Path, family: str) -> RawVolume:
     return RawVolume(voxels, affine, fmt, slope=slope, inter=inter, **codes)
 
 
-def _declared_layout(klass: type, fmt: str, head: bytes, path: Path) -> tuple[int, int]:
+def _declared_layout(klass: _NibabelClass, fmt: str, head: bytes, path: Path
+                     ) -> tuple[int, int]:
     """Where the voxels a NIfTI/MGH header declares start and how many bytes they take, dims checked.
 
     Raises ImageReadError for a header nibabel cannot parse, a NIfTI ``dim[0]`` outside 1-7, and
@@ -357,7 +362,7 @@ def _declared_layout(klass: type, fmt: str, head: bytes, path: Path) -> tuple[in
     return offset, nbytes
 
 
-def _nibabel_class(head: bytes, family: str, path: Path) -> tuple[type, str]:
+def _nibabel_class(head: bytes, family: str, path: Path) -> tuple[_NibabelClass, str]:
     if len(head) < 4:
         raise ImageReadError(f"{path}: not an image: the file holds only {len(head)} bytes")
     if family == "mgh":

@@ -138,13 +138,11 @@ def check_spec(spec: Any, source: str = "spec") -> dict:
             f"{source}: spec labels must map each output channel '0'..'{expected[-1]}' to a name, got {labels!r}"
         )
     spacing = spec["spacing_mm"]
-    if isinstance(spacing, bool) or not isinstance(spacing, numbers.Real) or not 0 < spacing < math.inf:
+    if isinstance(spacing, bool) or not isinstance(spacing, numbers.Real) or not 0 < float(spacing) < math.inf:
         raise CheckpointError(f"{source}: spec spacing_mm must be a positive number (isotropic mm), got {spacing!r}")
     intensity = spec["intensity"]
-    percentiles = intensity.get("percentiles") if isinstance(intensity, Mapping) else None
-    valid = isinstance(percentiles, (list, tuple)) and len(percentiles) == 2 and \
-        all(isinstance(p, numbers.Real) and not isinstance(p, bool) for p in percentiles)
-    if not valid or not 0 <= percentiles[0] < percentiles[1] <= 100:
+    percentiles = _percentile_pair(intensity.get("percentiles") if isinstance(intensity, Mapping) else None)
+    if percentiles is None:
         raise CheckpointError(
             f"{source}: spec intensity must be {{'percentiles': [low, high]}} with 0 <= low < high <= 100, "
             f"got {intensity!r}"
@@ -158,8 +156,17 @@ def check_spec(spec: Any, source: str = "spec") -> dict:
             f"({multiple}), got {roi!r}"
         )
     spec.update(architecture=architecture, labels=dict(labels), spacing_mm=float(spacing),
-                intensity={**intensity, "percentiles": [float(p) for p in percentiles]}, roi_size=list(roi))
+                intensity={**intensity, "percentiles": list(percentiles)}, roi_size=list(roi))
     return spec
+
+
+def _percentile_pair(value: Any) -> tuple[float, float] | None:
+    """``value`` as ``(low, high)`` floats if it is two numbers with ``0 <= low < high <= 100``, else None."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+            not all(isinstance(p, numbers.Real) and not isinstance(p, bool) for p in value):
+        return None
+    low, high = float(value[0]), float(value[1])
+    return (low, high) if 0 <= low < high <= 100 else None
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, spec: Mapping[str, Any],
@@ -243,9 +250,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
             f"{path}: the weights do not fit the architecture {spec['architecture']} ({first})"
         ) from None
     model.eval()
-    model.spec = spec
-    model.weights_sha256 = hashlib.sha256(raw).hexdigest()
-    model.weights_file = path.name
+    # Plain attributes beside the module's tensors (torch's stubs type module attributes as Tensor | Module).
+    vars(model).update(spec=spec, weights_sha256=hashlib.sha256(raw).hexdigest(), weights_file=path.name)
     return model, spec
 
 

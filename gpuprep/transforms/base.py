@@ -23,13 +23,13 @@ Subclasses register themselves by class name, so a pipeline saved as YAML can be
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from ..errors import REPR_LIMIT, ConfigError, MissingKeyError, TransformError, short_repr
 from ..foreign import adopt_foreign, sync_monai_meta_dicts
+from ..lazy_api import load_api
 from ..records import make_record, to_json
 from ..sample import HISTORY_KEY, IMAGE, collate, decollate, dtype_kind, get_kind, is_batch, meta_key
 
@@ -244,7 +244,7 @@ def registered_transform(name: str) -> type[Transform] | None:
     'Orientation'
     """
     if name not in REGISTRY:
-        importlib.import_module("gpuprep").__all__  # noqa: B018 (the lookup loads the API)
+        load_api()  # the facade's loader (gpuprep/lazy_api.py): data's and models' transforms register
     return REGISTRY.get(name)
 
 

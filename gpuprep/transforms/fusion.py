@@ -15,7 +15,7 @@ into data:
 
 Adding a new kind of warping step (for example a dense field found by a registration optimiser)
 is local: name its entry in :data:`gpuprep.records.WARP_ENTRIES` and register the function that
-builds its field in :data:`FIELD_BUILDERS`.
+builds its field in :data:`gpuprep.transforms.warp_fields.FIELD_BUILDERS`.
 
 Data follow the **kind** of their key (:func:`gpuprep.get_kind`), never the dtype: intensity
 images are interpolated (an integer one becomes float32 when a step interpolates) and padded with
@@ -26,7 +26,7 @@ with 0.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -35,22 +35,22 @@ import torch
 
 from ..errors import TransformError
 from ..foreign import adopt_foreign, sync_monai_meta_dicts
-from ..functional.elastic import bspline_field
 from ..functional.grid import is_lattice_map
 from ..functional.resample import resample, resample_labels
 from ..functional.resample_general import GridCache, antialias
-from ..functional.warp import invert_displacement, warp
+from ..functional.warp import warp
 from ..records import warp_entry
 from ..sample import LABEL, collate, decollate, dtype_kind, get_kind, get_meta, image_keys
 from .base import replace_meta
 from .spatial.padding import fusable_runs, padding_fill, padding_wish
+from .warp_fields import FIELD_BUILDERS
 
 if TYPE_CHECKING:
     from .base import Transform
     from .spatial.base import SpatialTransform
 
 __all__ = [
-    "FIELD_BUILDERS", "ChainGeometry", "Resampling", "apply_fused", "composed_maps", "current_grids",
+    "ChainGeometry", "Resampling", "apply_fused", "composed_maps", "current_grids",
     "fusion_runs", "resample_chains", "resample_steps",
 ]
 
@@ -391,39 +391,3 @@ class ChainGeometry:
 def _is_exact(steps: Sequence[Mapping]) -> bool:
     """Whether per-sample steps move voxel centres onto voxel centres (they need no interpolation)."""
     return all(is_lattice_map(np.asarray(s["voxel_map"])) and warp_entry(s) is None for s in steps)
-
-
-# -- the fields of warping steps -----------------------------------------------------------------
-
-
-def bspline_displacement_field(steps: Sequence[Mapping], device: torch.device) -> torch.Tensor:
-    """The dense field ``[B, 3, D, H, W]`` (voxels) of an elastic step; zero for samples it skipped.
-
-    Example
-    -------
-    >>> from gpuprep.records import make_step
-    >>> step = {**make_step((4, 4, 4), np.eye(4), (4, 4, 4), np.eye(4)), "displacement": np.zeros((3, 4, 4, 4))}
-    >>> tuple(bspline_displacement_field([step], torch.device("cpu")).shape)
-    (1, 3, 4, 4, 4)
-    """
-    shape = tuple(steps[0]["in_shape"])
-    grids = [np.asarray(s["displacement"], dtype=np.float32) for s in steps if "displacement" in s]
-    coefficients = np.zeros((len(steps), *grids[0].shape), dtype=np.float32)
-    for index, step in enumerate(steps):
-        if "displacement" in step:
-            coefficients[index] = step["displacement"]
-    field = bspline_field(torch.from_numpy(coefficients).to(device), shape)
-    if any(s.get("inverse", False) for s in steps):
-        # The inverse is solved on a coarser grid where control points lie >= 24 voxels apart:
-        # there trilinear interpolation of the smooth inverse costs < 0.03 voxel.
-        cell = min((n - 1) / (m - 3) for n, m in zip(shape, coefficients.shape[2:]))
-        field = invert_displacement(field, stride=max(1, int(cell // 24)))
-    return field
-
-
-#: Per warp entry of :data:`gpuprep.records.WARP_ENTRIES`, the function ``(steps, device) -> field``
-#: that builds the dense displacement field ``[B, 3, D, H, W]`` (voxels of the input grid) of a
-#: warping step's per-sample steps.
-FIELD_BUILDERS: dict[str, Callable[[Sequence[Mapping], torch.device], torch.Tensor]] = {
-    "displacement": bspline_displacement_field,
-}

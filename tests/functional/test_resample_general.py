@@ -8,15 +8,14 @@ import scipy.ndimage as ndi
 import torch
 
 from gpuprep.functional.resample_general import (
+    GridCache,
     antialias,
     batchable,
-    cached,
     cubic_general,
     general_batched,
     inside_grid,
     linear_general,
     nearest_general,
-    shared_grids,
 )
 from tests.functional.test_resample import _rotation_map
 
@@ -98,23 +97,21 @@ def test_inside_grid_allows_half_a_voxel_beyond_the_edge_centres():
     assert inside_grid(grid, in_shape)[0, 0, 0, 0].tolist() == [True, True, False, False]
 
 
-def test_cached_reuses_a_build_only_inside_shared_grids():
+def test_grid_cache_reuses_a_build_for_the_same_key_one_entry_per_kind():
     calls = []
 
     def build(value):
         return lambda: calls.append(value) or value
 
-    assert cached(("grid", 1), build("a")) == "a" and cached(("grid", 1), build("b")) == "b"  # no block: no cache
-    with shared_grids():
-        assert cached(("grid", 1), build("c")) == "c"
-        assert cached(("grid", 1), build("d")) == "c"  # same key: reused
-        with shared_grids():  # a nested block shares the outer cache
-            assert cached(("grid", 1), build("e")) == "c"
-        assert cached(("grid", 2), build("f")) == "f"  # another key of the same kind replaces the entry
-        assert cached(("mask", 1), build("g")) == "g"
-        assert cached(("grid", 2), build("h")) == "f"
-    assert cached(("grid", 2), build("i")) == "i"
-    assert calls == ["a", "b", "c", "f", "g", "i"]
+    cache = GridCache()
+    assert cache.get(("grid", 1), build("c")) == "c"
+    assert cache.get(("grid", 1), build("d")) == "c"  # same key: reused
+    assert cache.get(("grid", 2), build("f")) == "f"  # another key of the same kind replaces the entry
+    assert cache.get(("mask", 1), build("g")) == "g"
+    assert cache.get(("grid", 2), build("h")) == "f"
+    assert cache.get(("grid", 1), build("j")) == "j"  # the replaced entry is gone
+    assert GridCache().get(("grid", 1), build("i")) == "i"  # a new cache shares nothing
+    assert calls == ["c", "f", "g", "j", "i"]
 
 
 def test_antialias_smooths_each_input_axis_by_its_step():

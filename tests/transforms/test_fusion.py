@@ -9,7 +9,7 @@ import gpuprep as gp
 import gpuprep.functional.resample_general as resample_general
 from gpuprep import records
 from gpuprep.records import make_step
-from gpuprep.transforms import fusion
+from gpuprep.transforms import fusion, warp_fields
 
 
 def _random_maps(rng, count):
@@ -50,7 +50,7 @@ def test_a_new_kind_of_warp_needs_only_its_entry_and_its_field_builder(monkeypat
         return field[:, :, None, None, None].expand(len(steps), 3, *steps[0]["in_shape"]).contiguous()
 
     monkeypatch.setitem(records.WARP_ENTRIES, "constant_shift", "a voxel shift [3] applied everywhere")
-    monkeypatch.setitem(fusion.FIELD_BUILDERS, "constant_shift", constant_field)
+    monkeypatch.setitem(warp_fields.FIELD_BUILDERS, "constant_shift", constant_field)
     volume = np.random.default_rng(0).random((9, 10, 11))
     step = {**make_step(volume.shape, np.eye(4), volume.shape, np.eye(4)), "constant_shift": shift.tolist()}
     out = fusion.resample_steps(torch.from_numpy(volume)[None, None].float(), [[step]], volume.shape,

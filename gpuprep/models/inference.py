@@ -35,6 +35,7 @@ import torch
 from ..data.sliding_window import ProgressCallback
 from ..errors import ConfigError, TransformError
 from ..sample import copy_meta, dtype_kind, meta_key
+from ..validation import check_bool
 from .segmentation_base import StageTimer, _check_same_grid, _SegmentationTransform
 
 __all__ = ["SegmentBrain"]
@@ -160,8 +161,7 @@ class SegmentBrain(_SegmentationTransform):
                 f"{name}: mask_key must be None or a non-empty string other than the image and output keys, "
                 f"got {mask_key!r}"
             )
-        if not isinstance(refine, bool):
-            raise ConfigError(f"{name}: refine must be True or False, got {refine!r}")
+        check_bool(name, "refine", refine)
         if isinstance(mask_margin_mm, bool) or not isinstance(mask_margin_mm, numbers.Real) or \
                 not 0 <= mask_margin_mm < math.inf:
             raise ConfigError(f"{name}: mask_margin_mm must be a non-negative number, got {mask_margin_mm!r}")

@@ -29,6 +29,7 @@ from ..transforms.intensity.rescale import RescaleIntensity
 from ..transforms.spatial.crop_pad import PadToMultiple
 from ..transforms.spatial.orientation import Orientation
 from ..transforms.spatial.resample import Resample
+from ..validation import check_bool
 from .pretrained import TASKS, load_pretrained, resolve_device
 from .refine import refine_tissue_probabilities
 from .unet import check_spec, state_digest
@@ -74,9 +75,7 @@ class _SegmentationTransform(Transform, abstract=True):
         if timer is not None and not callable(timer):
             raise ConfigError(f"{name}: timer must be a callable (stage, seconds) or None, got {timer!r}")
         self.progress, self.timer = progress, timer
-        if not isinstance(flip_average, bool):
-            raise ConfigError(f"{name}: flip_average must be True or False, got {flip_average!r}")
-        self.flip_average = flip_average
+        self.flip_average = check_bool(name, "flip_average", flip_average)
         if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
             raise ConfigError(f"{name}: sw_batch_size must be a positive int, got {sw_batch_size!r}")
         if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap < 1:

@@ -18,6 +18,7 @@ from ..data.sliding_window import ProgressCallback
 from ..errors import ConfigError, TransformError
 from ..functional.morphology import bounding_box, fill_holes, largest_component
 from ..sample import LABEL, copy_meta, meta_key
+from ..validation import check_bool
 from .segmentation_base import StageTimer, _check_same_grid, _SegmentationTransform
 
 __all__ = ["SkullStrip"]
@@ -95,8 +96,7 @@ class SkullStrip(_SegmentationTransform):
                 f"{name}: mask_key must be a non-empty string not among keys {self.keys}, got {mask_key!r}"
             )
         for option, value in (("apply", apply), ("largest_component", largest_component), ("fill_holes", fill_holes)):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{name}: {option} must be True or False, got {value!r}")
+            check_bool(name, option, value)
         self.mask_key, self.apply = mask_key, apply
         self.largest_component, self.fill_holes = largest_component, fill_holes
         self._set_model(model, device, sw_batch_size, overlap, flip_average, progress, timer)

@@ -10,6 +10,7 @@ from .._version import __version__
 from ..errors import ConfigError, short_repr
 from ..io.safe_yaml import dump_yaml, load_yaml
 from ..records import to_json
+from ..validation import check_seed
 from .base import Transform, build_transform
 from .fusion import apply_fused, fusion_runs
 from .random_base import seed_random_transforms
@@ -58,10 +59,8 @@ class Compose:
                 raise ConfigError(
                     f"Compose: transforms[{position}] must be a transform, got {type(transform).__name__}"
                 )
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ConfigError(f"Compose: seed must be a non-negative integer or None, got {short_repr(seed)}")
         self.transforms = transforms
-        self.seed = seed
+        self.seed = check_seed("Compose", seed)
         self.fuse = bool(fuse)
         self.epoch = 0
         seed_random_transforms(self.transforms, seed, self.epoch)

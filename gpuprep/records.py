@@ -46,8 +46,8 @@ from typing import Any, TypedDict
 import numpy as np
 
 __all__ = [
-    "WARP_ENTRIES", "Fused", "RandomParams", "Record", "Step", "Stream", "inverse_step", "is_skipped",
-    "make_record", "make_step", "random_params", "to_json", "warp_entry",
+    "WARP_ENTRIES", "Fused", "RandomParams", "Record", "Step", "Stream", "applied_samples", "inverse_step",
+    "is_skipped", "make_record", "make_step", "random_params", "to_json", "warp_entry",
 ]
 
 
@@ -211,6 +211,17 @@ def is_skipped(params: Mapping) -> bool:
     (True, False, False)
     """
     return params.get("apply") is False
+
+
+def applied_samples(params: Sequence[Mapping]) -> list[int]:
+    """The indices of the samples whose random parameters say ``apply`` (the others were skipped by ``p``).
+
+    Example
+    -------
+    >>> applied_samples([{"apply": True, "gamma": 1.5}, {"apply": False}, {"apply": True, "gamma": 0.8}])
+    [0, 2]
+    """
+    return [index for index, p in enumerate(params) if p.get("apply")]
 
 
 def to_json(value: Any) -> Any:

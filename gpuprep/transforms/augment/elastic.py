@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import ConfigError
+from ...records import is_skipped
 from ...validation import validate_mode
 from ..random_base import RandomOptions
 from ..spatial.padding import validate_padding_mode, validate_padding_value
@@ -122,7 +123,7 @@ class RandElastic(_RandomSpatial):
         """Per key, an identity map plus the control-point displacements in that grid's voxels."""
         params = super().plan(grids, batch, keys)
         for entry in params:
-            if not entry["draw"]["apply"]:
+            if is_skipped(entry["draw"]):
                 continue
             world = np.asarray(entry["draw"]["coefficients"], dtype=np.float64)  # [3, nD, nH, nW] mm, x y z
             for key in keys:

@@ -22,6 +22,7 @@ from ...errors import ConfigError
 from ...functional.augment_intensity import adjust_contrast, bias_field, bias_field_terms, signed_power
 from ...functional.filters import gaussian_filter
 from ...random.ranges import symmetric_range, uniform_range
+from ...records import applied_samples
 from ...validation import check_bool, check_int
 from ..base import float_intensity_keys
 from ..random_base import RandomOptions, RandomTransform
@@ -36,7 +37,7 @@ class _RandomIntensity(RandomTransform, abstract=True):
     """Applies :meth:`augment` to the samples whose ``apply`` is True, for each float key."""
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        chosen = [index for index, p in enumerate(params) if p.get("apply")]
+        chosen = applied_samples(params)
         if not chosen:
             return batch
         drawn = [params[index] for index in chosen]

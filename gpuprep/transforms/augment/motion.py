@@ -21,6 +21,7 @@ import torch
 from ...functional.affine import grid_center, rotation_matrix, world_transform
 from ...functional.resample import resample
 from ...random.ranges import symmetric_range
+from ...records import applied_samples
 from ...validation import check_int
 from ..base import float_intensity_keys
 from ..random_base import RandomOptions
@@ -173,7 +174,7 @@ class RandMotion(_RandomIntensity):
         return {"degrees": degrees, "translation": translation, "times": times}
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
-        chosen = [index for index, p in enumerate(params) if p.get("apply")]
+        chosen = applied_samples(params)
         if not chosen:
             return batch
         for key in float_intensity_keys(batch, keys):

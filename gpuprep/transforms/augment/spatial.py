@@ -19,7 +19,7 @@ from ...errors import ConfigError
 from ...functional.affine import grid_center, rotation_matrix, shear_matrix, world_transform
 from ...functional.grid import flip_map, rot90_map
 from ...random.ranges import symmetric_range
-from ...records import make_step
+from ...records import is_skipped, make_step
 from ...validation import spatial_axes, validate_mode
 from ..random_base import RandomOptions, RandomOptionsBesidesP, RandomTransform
 from ..spatial.base import SpatialTransform
@@ -41,7 +41,7 @@ class _RandomSpatial(SpatialTransform, RandomTransform, abstract=True):
             for key in keys:
                 shape, affines = grids[key]
                 affine = affines[index]
-                if drawn["apply"]:
+                if not is_skipped(drawn):
                     context = (reference_shape, reference_affines[index])
                     out_shape, voxel_map = self.random_step(drawn, shape, affine, context)
                 else:

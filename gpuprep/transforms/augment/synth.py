@@ -23,7 +23,7 @@ import torch
 from ...errors import ConfigError, TransformError
 from ...functional.augment_intensity import draw_noise
 from ...random.ranges import uniform_range
-from ...records import random_params
+from ...records import applied_samples, random_params
 from ...sample import IMAGE, copy_meta, is_label, meta_key
 from ...validation import check_probability
 from ..random_base import RandomOptions, RandomTransform
@@ -267,7 +267,7 @@ class RandLabelsToImage(RandomTransform):
         existing = found if isinstance(found, torch.Tensor) and found.ndim == label.ndim else None
         keep = existing is not None
         dtype = existing.dtype if existing is not None and existing.is_floating_point() else torch.float32
-        chosen = [index for index, p in enumerate(params) if p.get("apply")]
+        chosen = applied_samples(params)
         if not chosen and keep:
             return batch  # nothing generated: the image (and its metadata) stay as they are
         if len(chosen) == len(params):

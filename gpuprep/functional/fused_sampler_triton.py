@@ -175,7 +175,8 @@ def sample_affine_triton(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequ
     tolerance = [1e-6 * max(n - 1, 1) / 2 for n in source.shape[2:]]
     launch = (triton.cdiv(n_out, BLOCK), batch)
     _sample_affine_kernel[launch](source, out, map_rows, fill_values, channels, *source.shape[2:], *out_shape,
-                                  *tolerance, LINEAR=mode == "linear", ZEROS=padding_mode == "zeros", BLOCK=BLOCK)
+                                  *tolerance, LINEAR=mode == "linear", ZEROS=padding_mode == "zeros", BLOCK=BLOCK,
+                                  enable_fp_fusion=True)  # explicit: Triton 3.10 changes the default
     return out.view(torch.bool) if labels else out
 
 

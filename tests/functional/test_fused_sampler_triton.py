@@ -184,3 +184,30 @@ def test_without_triton_the_module_imports_and_the_sampler_says_why_not():
     with pytest.raises(ImportError, match="triton"):
         fst.sample_affine_triton(torch.zeros(1, 1, 2, 2, 2), np.eye(4), (2, 2, 2), mode="linear",
                                  padding_mode="zeros")
+
+
+def _has_nvidia_backend() -> bool:
+    return fst.triton is not None and "nvidia" in getattr(fst.triton.backends, "backends", {})
+
+
+@pytest.mark.skipif(not _has_nvidia_backend(), reason="needs Triton with its CUDA backend (ptxas)")
+@pytest.mark.parametrize(("element", "linear", "zeros"), [("fp32", True, True), ("fp16", True, False),
+                                                          ("fp64", True, True), ("u8", False, True),
+                                                          ("i16", False, False)])
+def test_kernel_compiles_to_a_cuda_binary_without_a_gpu(element, linear, zeros):
+    """Triton's compiler (front end, LLVM, ptxas) builds the kernel for sm_90; no GPU is needed to compile."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    kernel = fst._sample_affine_kernel
+    function = JITFunction(kernel.fn) if type(kernel).__name__ == "InterpretedFunction" else kernel
+    volume = f"*{element}"
+    signature = {"src_ptr": volume, "out_ptr": volume, "map_ptr": "*fp64" if element == "fp64" else "*fp32",
+                 "fill_ptr": volume, "channels": "i32", **dict.fromkeys(["in_d", "in_h", "in_w", "out_d", "out_h",
+                                                                          "out_w"], "i32"),
+                 **dict.fromkeys(["tol_d", "tol_h", "tol_w"], "fp32"),
+                 **dict.fromkeys(["LINEAR", "ZEROS", "BLOCK"], "constexpr")}
+    source = ASTSource(function, signature, constexprs={"LINEAR": linear, "ZEROS": zeros, "BLOCK": fst.BLOCK})
+    compiled = fst.triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": True})
+    assert len(compiled.asm["cubin"]) > 1000

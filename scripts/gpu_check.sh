@@ -3,7 +3,9 @@
 # the CUDA half of the device-parametrised tests, then the GPU benchmarks, with the machine.
 # Prepare here with `bash scripts/gpu_wheels.sh`, then run there (device tool, carry ".whl"):
 #   bash scripts/gpu_check.sh "$OUT"
-# Results go to OUT_DIR (default ./gpu-check): machine.txt, tests.txt, bench_denoise.txt.
+# Results go to OUT_DIR (default ./gpu-check): machine.txt, triton_tests.txt, bench_triton_sampler.txt,
+# tests.txt, bench_denoise.txt. The whole run stays within 8 minutes: every step's timeout is capped
+# by what is left of that budget.
 # TorchIO (it needs SimpleITK, a 50 MB wheel) does not travel, so only peers without it run there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +25,20 @@ export PYTHONUNBUFFERED=1
   nproc; } > "$OUT_DIR/machine.txt" 2>&1
 cat "$OUT_DIR/machine.txt"
 
+BUDGET_S=470  # 8 minutes (SECONDS counts from the start, the install included), less a margin
+cap() { local left=$((BUDGET_S - SECONDS)); echo $(( $1 < left ? $1 : (left > 1 ? left : 1) )); }
+
+# The fused Triton sampler against the torch path on CUDA (skips, with the reason, if Triton is absent),
+# then its timing against grid_sample on a materialised grid (128^3, batches 4 and 32).
+timeout "$(cap 120)" python3 -m pytest -q -rs -p no:cacheprovider -o addopts="" \
+  tests/functional/test_fused_sampler_triton.py 2>&1 | tail -20 | tee "$OUT_DIR/triton_tests.txt"
+timeout "$(cap 60)" python3 benchmarks/bench_triton_sampler.py --device cuda --repeats 5 2>&1 \
+  | tee "$OUT_DIR/bench_triton_sampler.txt"
+
 # Every test that takes the `device` fixture runs on CUDA too; `-k cuda` selects those runs.
 # Modules that import packages absent there (SimpleITK, TorchIO) fail to collect and are listed.
-timeout 300 python3 -m pytest -q -k cuda -p no:cacheprovider --continue-on-collection-errors \
+timeout "$(cap 300)" python3 -m pytest -q -k cuda -p no:cacheprovider --continue-on-collection-errors \
   -o addopts="" tests 2>&1 | tail -40 | tee "$OUT_DIR/tests.txt"
 
-timeout 180 python3 benchmarks/bench_denoise.py --device cuda --threads 16 --repeats 3 2>&1 \
+timeout "$(cap 180)" python3 benchmarks/bench_denoise.py --device cuda --threads 16 --repeats 3 2>&1 \
   | tee "$OUT_DIR/bench_denoise.txt"

@@ -194,7 +194,7 @@ def _has_nvidia_backend() -> bool:
 @pytest.mark.parametrize(("element", "linear", "zeros"), [("fp32", True, True), ("fp16", True, False),
                                                           ("fp64", True, True), ("u8", False, True),
                                                           ("i16", False, False)])
-def test_kernel_compiles_to_a_cuda_binary_without_a_gpu(element, linear, zeros):
+def test_kernel_compiles_to_an_sm90_binary_without_a_gpu(element, linear, zeros):
     """Triton's compiler (front end, LLVM, ptxas) builds the kernel for sm_90; no GPU is needed to compile."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -27,6 +27,8 @@ with Triton's interpreter, which the tests use on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from collections.abc import Sequence
 
@@ -174,9 +176,11 @@ def sample_affine_triton(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequ
     # The torch path's inside test, |normalised| <= 1 + 1/(n-1) + 1e-6, in input voxels.
     tolerance = [1e-6 * max(n - 1, 1) / 2 for n in source.shape[2:]]
     launch = (triton.cdiv(n_out, BLOCK), batch)
-    _sample_affine_kernel[launch](source, out, map_rows, fill_values, channels, *source.shape[2:], *out_shape,
-                                  *tolerance, LINEAR=mode == "linear", ZEROS=padding_mode == "zeros", BLOCK=BLOCK,
-                                  enable_fp_fusion=True)  # explicit: Triton 3.10 changes the default
+    # Triton launches on the current CUDA device: make it the volume's.
+    with torch.cuda.device(volume.device) if volume.is_cuda else contextlib.nullcontext():
+        _sample_affine_kernel[launch](source, out, map_rows, fill_values, channels, *source.shape[2:], *out_shape,
+                                      *tolerance, LINEAR=mode == "linear", ZEROS=padding_mode == "zeros",
+                                      BLOCK=BLOCK, enable_fp_fusion=True)  # explicit: Triton 3.10 changes the default
     return out.view(torch.bool) if labels else out
 
 
@@ -199,6 +203,8 @@ def _check(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], mod
         maps = np.broadcast_to(maps, (volume.shape[0], 4, 4))
     if maps.shape != (volume.shape[0], 4, 4):
         raise ValueError(f"maps must be [B, 4, 4] with B = {volume.shape[0]}, got shape {maps.shape}")
+    if max(math.prod(volume.shape[2:]), math.prod(out_shape)) >= 2**31 - BLOCK:
+        raise ValueError("the kernel indexes one channel's voxels with int32: volumes must have under 2**31 voxels")
     return maps
 
 

@@ -173,6 +173,25 @@ def test_bool_masks_and_bad_arguments():
         fst.sample_affine_triton(mask, maps[:2], OUT_SHAPE, mode="nearest", padding_mode="zeros")
 
 
+@needs_triton
+@pytest.mark.parametrize("out_shape", [(1, 12, 9), (5, 12, 9)])
+def test_output_axes_of_one_voxel_match_scipy(out_shape):
+    """Against scipy (1e-10, float64), including an output axis of one voxel.
+
+    The torch path reads such an axis half a voxel off (``_affine_grid`` puts its one sample at
+    normalised 0, which ``normalized_theta`` maps to output voxel 0.5), so scipy is the reference.
+    """
+    import scipy.ndimage as ndi
+
+    c, s = np.cos(0.4), np.sin(0.4)
+    voxel_map = np.array([[c, -s, 0.0, 3.0], [s, c, 0.0, 2.0], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    volume = np.random.default_rng(5).normal(size=IN_SHAPE)
+    out = fst.sample_affine_triton(torch.from_numpy(volume)[None, None].to(DEVICE), voxel_map, out_shape,
+                                   mode="linear", padding_mode="border")
+    reference = ndi.affine_transform(volume, voxel_map, output_shape=out_shape, order=1, mode="nearest")
+    np.testing.assert_allclose(out[0, 0].cpu().numpy(), reference, atol=1e-10)
+
+
 def test_importing_gpuprep_imports_neither_this_module_nor_triton():
     code = ("import sys, gpuprep, gpuprep.functional; "
             "assert 'gpuprep.functional.fused_sampler_triton' not in sys.modules; assert 'triton' not in sys.modules")

@@ -7,14 +7,15 @@ output voxel's source coordinate from the sample's ``[3, 4]`` map on the fly, so
 and writes the output, nothing more.
 
 Design: a 2D launch, axis 0 over blocks of ``BLOCK`` output voxels (flat ``D*H*W`` index), axis 1
-over samples. A program loads its sample's 12 map coefficients (a small device tensor), computes
+over samples. A program loads its sample's map coefficients (a small device tensor), computes
 the source coordinate of each of its voxels once, and loops over the channels, so coordinates,
 indices and weights serve every channel. Coordinates are split into an exact whole part and a
 fraction (the map's coefficients as an exactly summable float32 part plus a small remainder), so
 float32 arithmetic gives them to about 1e-7 voxels at any size up to 16384 voxels, where a plain
-float32 ``m @ (d, h, w, 1)`` is off by up to 1e-5 at 128 voxels (the torch path's grid is about
-as far off). Float64 volumes, and maps reaching further, use float64 coordinates; float16 and
-bfloat16 images are interpolated in float32 and rounded once when stored.
+float32 ``m @ (d, h, w, 1)``, like the torch path's float32 grid, is off by several 1e-6 voxels
+at 40 voxels and more at 128 (the images then differ by that times their gradient). Float64
+volumes, and maps reaching further, use float64 coordinates; float16 and bfloat16 images are
+interpolated in float32 and rounded once when stored.
 
 Boundary rule (the package's, as the torch path applies it): a source point within half a voxel
 outside the input (with the torch path's tolerance of 1e-6 in normalised units) reads the clamped

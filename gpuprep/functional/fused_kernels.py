@@ -13,7 +13,10 @@ operation (same formulas, same order, same precision), so that nearest neighbour
   ``floor(c + 0.5 + 1e-9)`` (ties up) and ``_inside_mask``'s half-voxel test.
 
 Outside the input under ``"zeros"`` the kernels write ``fill[b, c]``. Nearest neighbour copies
-values, so callers pass any dtype viewed as an unsigned integer of its size.
+values, so callers pass any dtype viewed as an integer of its size. Each kernel also comes
+compiled without threads (``*_serial``): for one thread, other threads than the main one (numba's
+``workqueue`` layer is not thread-safe) and processes forked after the parent started numba's
+OpenMP pool (GNU OpenMP is not fork-safe: DataLoader workers).
 
 Example
 -------
@@ -29,12 +32,13 @@ True
 
 from __future__ import annotations
 
+import types
+
 import numba
 import numpy as np
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled
+def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled
     """Trilinear ``grid_sample`` (``align_corners=True``, border) with ``inside_grid``'s zeros.
 
     ``theta`` ``[B, 3, 4]``, ``ax``/``ay``/``az`` (the output's normalised W, H, D axes) and
@@ -74,9 +78,8 @@ def grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma:
                     )
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def grid_nearest(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled
-    """Nearest ``grid_sample`` (``nearbyint``: ties to even) with ``inside_grid``'s zeros; as :func:`grid_linear`."""
+def _grid_nearest(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled
+    """Nearest ``grid_sample`` (``nearbyint``: ties to even) with ``inside_grid``'s zeros; as ``grid_linear``."""
     batch, channels = volume.shape[:2]
     out_d, out_h, out_w = out.shape[2:]
     one, two, zero = consts[0], consts[1], consts[8]
@@ -99,8 +102,7 @@ def grid_nearest(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma
                     out[b, c, d, h, w] = volume[b, c, z, y, x]
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def voxel_nearest(volume, maps, bounds, zeros, fill, out):  # pragma: no cover - compiled
+def _voxel_nearest(volume, maps, bounds, zeros, fill, out):  # pragma: no cover - compiled
     """``nearest_general`` with one map per sample: ``maps`` ``[B, 3, 4]`` float64.
 
     ``bounds`` is ``[low, high_d, high_h, high_w, half]``: the inside test ``low <= c <= high``
@@ -134,3 +136,18 @@ def voxel_nearest(volume, maps, bounds, zeros, fill, out):  # pragma: no cover -
                 x = min(max(int(np.floor(q2 + m[2, 2] * fw + half)), 0), in_w - 1)
                 for c in range(channels):
                     out[b, c, d, h, w] = volume[b, c, z, y, x]
+
+
+def _jit(function, parallel: bool):
+    """``function`` compiled with numba (cached on disk); the serial copy gets its own name, which keys the cache."""
+    if not parallel:
+        copy = types.FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
+                                  function.__defaults__, function.__closure__)
+        copy.__qualname__, copy.__doc__ = function.__qualname__ + "_serial", function.__doc__
+        function = copy
+    return numba.njit(parallel=parallel, cache=True, nogil=True)(function)
+
+
+grid_linear, grid_linear_serial = _jit(_grid_linear, True), _jit(_grid_linear, False)
+grid_nearest, grid_nearest_serial = _jit(_grid_nearest, True), _jit(_grid_nearest, False)
+voxel_nearest, voxel_nearest_serial = _jit(_voxel_nearest, True), _jit(_voxel_nearest, False)

@@ -22,7 +22,9 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-from collections.abc import Sequence
+import os
+import threading
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
 import numpy as np
@@ -185,22 +187,36 @@ def numba_ready(volume: torch.Tensor) -> bool:
             and volume.dtype in _NUMBA_DTYPES and _kernels() is not None)
 
 
-def _prepare(volume: torch.Tensor, out_shape, fill, mode: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """The input, the ``[B, C]`` fill and the output as numpy arrays of the dtype the kernel reads."""
+# The process whose main thread started numba's thread pool (the first parallel call).
+_POOL_OWNER: list[int] = []
+
+
+def _kernel(name: str) -> Callable:
+    """The numba kernel ``name``: parallel with torch's thread count where that is safe, else its serial copy."""
     kernels = _kernels()
     assert kernels is not None
     import numba
 
-    most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), most)))
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    forked = bool(_POOL_OWNER) and _POOL_OWNER[0] != os.getpid()
+    if threads < 2 or forked or threading.current_thread() is not threading.main_thread():
+        return getattr(kernels, name + "_serial")
+    if not _POOL_OWNER:
+        _POOL_OWNER.append(os.getpid())
+    numba.set_num_threads(threads)
+    return getattr(kernels, name)
+
+
+def _prepare(volume: torch.Tensor, out_shape, fill, mode: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The input, the ``[B, C]`` fill and the output, as arrays of the dtype the kernel reads (shared memory)."""
     out = torch.empty((volume.shape[0], volume.shape[1], *out_shape), dtype=volume.dtype)
     values = volume.contiguous()
     fills = (torch.zeros((), dtype=volume.dtype) if fill is None else fill).expand(*volume.shape[:2], 1, 1, 1)
     fills = fills.reshape(volume.shape[:2]).contiguous()
     if mode == "nearest":  # a copy: sample the bits (fewer compiled variants, any dtype)
         bits = _AS_BITS[volume.element_size()]
-        return values.view(bits).numpy(), fills.view(bits).numpy(), out.view(bits)
-    return values.numpy(), fills.numpy(), out
+        values, fills, out = values.view(bits), fills.view(bits), out.view(bits)
+    return np.from_dlpack(values), np.from_dlpack(fills), out
 
 
 def sample_grid_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], mode: str,
@@ -220,8 +236,6 @@ def sample_grid_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence
     ...                "linear", "zeros"), atol=1e-6)
     True
     """
-    kernels = _kernels()
-    assert kernels is not None
     out_shape = tuple(int(s) for s in out_shape)
     in_shape = tuple(volume.shape[2:])
     grid_dtype = grid_dtype or (volume.dtype if volume.is_floating_point() else torch.float32)
@@ -233,12 +247,10 @@ def sample_grid_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence
     thresholds = [1.0 + 1.0 / max(n - 1, 1) + 1e-6 for n in reversed(in_shape)]
     consts = np.array([1.0, 2.0, *thresholds, *(n - 1 for n in reversed(in_shape)), 0.0], dtype=numpy_dtype)
     values, fills, out = _prepare(volume, out_shape, fill, mode)
-    if mode == "linear":
-        if volume.dtype != grid_dtype:
-            raise TypeError(f"linear sampling needs a float32 or float64 volume of the grid's dtype: {volume.dtype}")
-        kernels.grid_linear(values, theta, ax, ay, az, consts, padding_mode == "zeros", fills, out.numpy())
-        return out
-    kernels.grid_nearest(values, theta, ax, ay, az, consts, padding_mode == "zeros", fills, out.numpy())
+    if mode == "linear" and volume.dtype != grid_dtype:
+        raise TypeError(f"linear sampling needs a float32 or float64 volume of the grid's dtype: {volume.dtype}")
+    kernel = _kernel("grid_linear" if mode == "linear" else "grid_nearest")
+    kernel(values, theta, ax, ay, az, consts, padding_mode == "zeros", fills, np.from_dlpack(out))
     return out.view(volume.dtype)
 
 
@@ -254,11 +266,9 @@ def sample_voxel_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequenc
     >>> torch.equal(sample_voxel_rule(x, m[None], (6, 6, 6), "zeros"), nearest_general(x, m, (6, 6, 6), "zeros"))
     True
     """
-    kernels = _kernels()
-    assert kernels is not None
     out_shape = tuple(int(s) for s in out_shape)
     bounds = np.array([-0.5 - 1e-9, *(n - 0.5 + 1e-9 for n in volume.shape[2:]), 0.5 + 1e-9])
     values, fills, out = _prepare(volume, out_shape, fill, "nearest")
     rows = np.ascontiguousarray(np.asarray(maps, dtype=np.float64).reshape(-1, 4, 4)[:, :3])
-    kernels.voxel_nearest(values, rows, bounds, padding_mode == "zeros", fills, out.numpy())
+    _kernel("voxel_nearest")(values, rows, bounds, padding_mode == "zeros", fills, np.from_dlpack(out))
     return out.view(volume.dtype)

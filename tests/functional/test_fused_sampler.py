@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -149,3 +151,34 @@ def test_bad_arguments():
         sample_affine(volume.float(), maps, out_shape, mode="linear", padding_mode="reflection")
     with pytest.raises(ValueError, match="one"):
         sample_affine(volume.float(), np.concatenate([maps, maps]), out_shape, mode="linear", padding_mode="zeros")
+
+
+def _sample_in_child(queue):
+    volume, maps, out_shape = _case(2, 2, torch.float32)
+    torch.set_num_threads(2)
+    queue.put(sample_affine(volume, maps, out_shape, mode="linear", padding_mode="zeros").sum().item())
+
+
+def test_serial_kernels_in_threads_and_forked_processes():
+    """One thread, other threads and forked children (DataLoader workers) use the kernels compiled without
+    threads: GNU OpenMP, numba's pool here, aborts a child forked after the parent used it."""
+    volume, maps, out_shape = _case(2, 2, torch.float32)
+    parallel = sample_affine(volume, maps, out_shape, mode="linear", padding_mode="zeros")  # starts the pool
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(sample_affine(volume, maps, out_shape, mode="linear", padding_mode="zeros"), parallel)
+    finally:
+        torch.set_num_threads(threads)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(
+        sample_affine(volume, maps, out_shape, mode="linear", padding_mode="zeros")))
+    worker.start()
+    worker.join()
+    assert torch.equal(results[0], parallel)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_sample_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == 0 and queue.get(timeout=5) == pytest.approx(parallel.sum().item())

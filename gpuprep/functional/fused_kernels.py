@@ -43,10 +43,12 @@ def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma
 
     ``theta`` ``[B, 3, 4]``, ``ax``/``ay``/``az`` (the output's normalised W, H, D axes) and
     ``consts`` (``[1, 2, thr_w, thr_h, thr_d, n_w - 1, n_h - 1, n_d - 1, 0]``) share the dtype of
-    the computation, which is the volume's.
+    the computation, which is the volume's. Flat unsigned indices: no negative-index checks.
     """
     batch, channels, in_d, in_h, in_w = volume.shape
     out_d, out_h, out_w = out.shape[2:]
+    src, dst = volume.reshape(-1), out.reshape(-1)
+    plane, in_size, out_size = np.uint64(in_h * in_w), in_d * in_h * in_w, out_d * out_h * out_w
     one, two, zero = consts[0], consts[1], consts[8]
     for bd in numba.prange(batch * out_d):
         b, d = bd // out_d, bd % out_d
@@ -54,27 +56,31 @@ def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma
         a0, a1, a2 = t[0, 2] * az[d] + t[0, 3], t[1, 2] * az[d] + t[1, 3], t[2, 2] * az[d] + t[2, 3]
         for h in range(out_h):
             b0, b1, b2 = a0 + t[0, 1] * ay[h], a1 + t[1, 1] * ay[h], a2 + t[2, 1] * ay[h]
+            row = (b * channels * out_d + d) * out_h * out_w + h * out_w
             for w in range(out_w):
                 g0, g1, g2 = b0 + t[0, 0] * ax[w], b1 + t[1, 0] * ax[w], b2 + t[2, 0] * ax[w]
                 if zeros and not (abs(g0) <= consts[2] and abs(g1) <= consts[3] and abs(g2) <= consts[4]):
                     for c in range(channels):
-                        out[b, c, d, h, w] = fill[b, c]
+                        dst[row + c * out_size + w] = fill[b, c]
                     continue
                 ix = min(consts[5], max((g0 + one) / two * consts[5], zero))
                 iy = min(consts[6], max((g1 + one) / two * consts[6], zero))
                 iz = min(consts[7], max((g2 + one) / two * consts[7], zero))
                 fx, fy, fz = np.floor(ix), np.floor(iy), np.floor(iz)
-                x0, y0, z0 = int(fx), int(fy), int(fz)
-                x1, y1, z1 = min(x0 + 1, in_w - 1), min(y0 + 1, in_h - 1), min(z0 + 1, in_d - 1)
+                x0, y0, z0 = np.uint64(fx), np.uint64(fy), np.uint64(fz)
+                # The upper corner's offset; 0 at the last voxel, where its weight is 0 (torch skips it).
+                dx = np.uint64(1) if x0 + 1 < in_w else np.uint64(0)
+                dy = np.uint64(in_w) if y0 + 1 < in_h else np.uint64(0)
+                dz = plane if z0 + 1 < in_d else np.uint64(0)
                 hx, hy, hz = ix - fx, iy - fy, iz - fz  # weights of the upper corners
                 lx, ly, lz = fx + one - ix, fy + one - iy, fz + one - iz
                 for c in range(channels):
-                    v = volume[b, c]
-                    out[b, c, d, h, w] = (
-                        v[z0, y0, x0] * (lx * ly * lz) + v[z0, y0, x1] * (hx * ly * lz)
-                        + v[z0, y1, x0] * (lx * hy * lz) + v[z0, y1, x1] * (hx * hy * lz)
-                        + v[z1, y0, x0] * (lx * ly * hz) + v[z1, y0, x1] * (hx * ly * hz)
-                        + v[z1, y1, x0] * (lx * hy * hz) + v[z1, y1, x1] * (hx * hy * hz)
+                    p = np.uint64((b * channels + c) * in_size) + z0 * plane + y0 * np.uint64(in_w) + x0
+                    dst[row + c * out_size + w] = (
+                        src[p] * (lx * ly * lz) + src[p + dx] * (hx * ly * lz)
+                        + src[p + dy] * (lx * hy * lz) + src[p + dy + dx] * (hx * hy * lz)
+                        + src[p + dz] * (lx * ly * hz) + src[p + dz + dx] * (hx * ly * hz)
+                        + src[p + dz + dy] * (lx * hy * hz) + src[p + dz + dy + dx] * (hx * hy * hz)
                     )
 
 

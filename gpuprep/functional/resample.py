@@ -9,7 +9,9 @@ fused chain of several such steps) ends up here as a voxel map (see
 - **separable maps** (each output axis reads one input axis: rescaling, resizing) are three
   banded 1D operators (:mod:`gpuprep.functional.axis_operators`);
 - **general maps** (rotations, shears) use ``torch.nn.functional.grid_sample`` (linear), a direct
-  gather (nearest), or the cubic B-spline as eight trilinear fetches of the prefiltered volume.
+  gather (nearest), or the cubic B-spline as eight trilinear fetches of the prefiltered volume;
+  on the CPU with numba installed, linear and nearest run in the fused kernels of
+  :mod:`gpuprep.functional.fused_sampler` instead (same results, no sampling grid).
 
 Samples of a batch that share a map are resampled together; distinct maps are handled group by
 group (maps are metadata on the CPU, so grouping needs no device synchronisation).
@@ -29,6 +31,7 @@ from .axis_operators import (
     axis_operator,
 )
 from .filters import gaussian_filter
+from .fused_sampler import numba_ready, sample_grid_rule, sample_voxel_rule
 from .grid import axis_permutation, is_lattice_map
 from .resample_general import (
     GridCache,
@@ -111,6 +114,8 @@ def resample(
         # Different rotations per sample (random augmentation): one grid_sample for the batch.
         if anti_aliasing:
             volume = antialias(volume, maps)
+        if numba_ready(volume):  # the same result, without a sampling grid in memory
+            return sample_grid_rule(volume, maps, out_shape, mode, padding_mode)
         return general_batched(volume, maps, out_shape, mode, padding_mode, cache)
     out = volume.new_empty((volume.shape[0], volume.shape[1], *out_shape))
     for indices in groups.values():
@@ -144,10 +149,15 @@ def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding
         return _resample_separable(volume, voxel_map, permutation, out_shape, mode, anti_aliasing, padding_mode)
     if anti_aliasing:
         volume = antialias(volume, voxel_map)
-    if mode == "nearest":
-        return nearest_general(volume, voxel_map, out_shape, padding_mode)
     if mode == "cubic":
         return cubic_general(volume, voxel_map, out_shape, padding_mode)
+    if numba_ready(volume) and (mode == "nearest" or volume.dtype in (torch.float32, torch.float64)):
+        maps = np.broadcast_to(voxel_map, (volume.shape[0], 4, 4))
+        if mode == "nearest":
+            return sample_voxel_rule(volume, maps, out_shape, padding_mode)
+        return sample_grid_rule(volume, maps, out_shape, mode, padding_mode)
+    if mode == "nearest":
+        return nearest_general(volume, voxel_map, out_shape, padding_mode)
     return linear_general(volume, voxel_map, out_shape, padding_mode, cache)
 
 

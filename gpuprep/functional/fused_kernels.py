@@ -1,0 +1,159 @@
+"""The numba kernels of :mod:`gpuprep.functional.fused_sampler` (CPU; imported only when numba is).
+
+Each output voxel's source coordinate is computed from its sample's map on the fly (no grid
+tensor) and the input is read there, in parallel over ``(sample, output slice)``. Two rules,
+each reproducing a torch path of :mod:`gpuprep.functional.resample_general` operation for
+operation (same formulas, same order, same precision), so that nearest neighbour is bit-exact:
+
+- the **grid rule** (:func:`grid_linear`, :func:`grid_nearest`) is ``general_batched``: the
+  normalised ``affine_grid`` coordinate ``((r2 z + r3) + r1 y) + r0 x`` in the grid's dtype ``T``,
+  ``inside_grid``'s mask, ``grid_sample``'s unnormalisation ``((g + 1) / 2) (n - 1)`` with
+  ``"border"`` clamping, and its trilinear weights or ``nearbyint`` (ties to even);
+- the **voxel rule** (:func:`voxel_nearest`) is ``nearest_general``: float64 voxel coordinates,
+  ``floor(c + 0.5 + 1e-9)`` (ties up) and ``_inside_mask``'s half-voxel test.
+
+Outside the input under ``"zeros"`` the kernels write ``fill[b, c]``. Nearest neighbour copies
+values, so callers pass any dtype viewed as an integer of its size. Each kernel also comes
+compiled without threads (``*_serial``): for one thread, other threads than the main one (numba's
+``workqueue`` layer is not thread-safe) and processes forked after the parent started numba's
+OpenMP pool (GNU OpenMP is not fork-safe: DataLoader workers).
+
+Example
+-------
+>>> import numpy as np
+>>> volume = np.arange(8, dtype=np.uint8).reshape(1, 1, 2, 2, 2)
+>>> maps = np.eye(4)[None, :3]
+>>> out = np.empty_like(volume)
+>>> bounds = np.array([-0.5 - 1e-9, 1.5 + 1e-9, 1.5 + 1e-9, 1.5 + 1e-9, 0.5 + 1e-9])  # 2 voxels per axis
+>>> voxel_nearest(volume, maps, bounds, True, np.zeros((1, 1), np.uint8), out)
+>>> bool((out == volume).all())
+True
+"""
+
+from __future__ import annotations
+
+import types
+
+import numba
+import numpy as np
+
+
+def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled
+    """Trilinear ``grid_sample`` (``align_corners=True``, border) with ``inside_grid``'s zeros.
+
+    ``theta`` ``[B, 3, 4]``, ``ax``/``ay``/``az`` (the output's normalised W, H, D axes) and
+    ``consts`` (``[1, 2, thr_w, thr_h, thr_d, n_w - 1, n_h - 1, n_d - 1, 0]``) share the dtype of
+    the computation, which is the volume's. Flat unsigned indices: no negative-index checks.
+    """
+    batch, channels, in_d, in_h, in_w = volume.shape
+    out_d, out_h, out_w = out.shape[2:]
+    src, dst = volume.reshape(-1), out.reshape(-1)
+    plane, in_size, out_size = np.uint64(in_h * in_w), in_d * in_h * in_w, out_d * out_h * out_w
+    one, two, zero = consts[0], consts[1], consts[8]
+    for bd in numba.prange(batch * out_d):
+        b, d = bd // out_d, bd % out_d
+        t = theta[b]
+        a0, a1, a2 = t[0, 2] * az[d] + t[0, 3], t[1, 2] * az[d] + t[1, 3], t[2, 2] * az[d] + t[2, 3]
+        for h in range(out_h):
+            b0, b1, b2 = a0 + t[0, 1] * ay[h], a1 + t[1, 1] * ay[h], a2 + t[2, 1] * ay[h]
+            row = (b * channels * out_d + d) * out_h * out_w + h * out_w
+            for w in range(out_w):
+                g0, g1, g2 = b0 + t[0, 0] * ax[w], b1 + t[1, 0] * ax[w], b2 + t[2, 0] * ax[w]
+                if zeros and not (abs(g0) <= consts[2] and abs(g1) <= consts[3] and abs(g2) <= consts[4]):
+                    for c in range(channels):
+                        dst[row + c * out_size + w] = fill[b, c]
+                    continue
+                ix = min(consts[5], max((g0 + one) / two * consts[5], zero))
+                iy = min(consts[6], max((g1 + one) / two * consts[6], zero))
+                iz = min(consts[7], max((g2 + one) / two * consts[7], zero))
+                fx, fy, fz = np.floor(ix), np.floor(iy), np.floor(iz)
+                x0, y0, z0 = np.uint64(fx), np.uint64(fy), np.uint64(fz)
+                # The upper corner's offset; 0 at the last voxel, where its weight is 0 (torch skips it).
+                dx = np.uint64(1) if x0 + 1 < in_w else np.uint64(0)
+                dy = np.uint64(in_w) if y0 + 1 < in_h else np.uint64(0)
+                dz = plane if z0 + 1 < in_d else np.uint64(0)
+                hx, hy, hz = ix - fx, iy - fy, iz - fz  # weights of the upper corners
+                lx, ly, lz = fx + one - ix, fy + one - iy, fz + one - iz
+                for c in range(channels):
+                    p = np.uint64((b * channels + c) * in_size) + z0 * plane + y0 * np.uint64(in_w) + x0
+                    dst[row + c * out_size + w] = (
+                        src[p] * (lx * ly * lz) + src[p + dx] * (hx * ly * lz)
+                        + src[p + dy] * (lx * hy * lz) + src[p + dy + dx] * (hx * hy * lz)
+                        + src[p + dz] * (lx * ly * hz) + src[p + dz + dx] * (hx * ly * hz)
+                        + src[p + dz + dy] * (lx * hy * hz) + src[p + dz + dy + dx] * (hx * hy * hz)
+                    )
+
+
+def _grid_nearest(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled
+    """Nearest ``grid_sample`` (``nearbyint``: ties to even) with ``inside_grid``'s zeros; as ``grid_linear``."""
+    batch, channels = volume.shape[:2]
+    out_d, out_h, out_w = out.shape[2:]
+    one, two, zero = consts[0], consts[1], consts[8]
+    for bd in numba.prange(batch * out_d):
+        b, d = bd // out_d, bd % out_d
+        t = theta[b]
+        a0, a1, a2 = t[0, 2] * az[d] + t[0, 3], t[1, 2] * az[d] + t[1, 3], t[2, 2] * az[d] + t[2, 3]
+        for h in range(out_h):
+            b0, b1, b2 = a0 + t[0, 1] * ay[h], a1 + t[1, 1] * ay[h], a2 + t[2, 1] * ay[h]
+            for w in range(out_w):
+                g0, g1, g2 = b0 + t[0, 0] * ax[w], b1 + t[1, 0] * ax[w], b2 + t[2, 0] * ax[w]
+                if zeros and not (abs(g0) <= consts[2] and abs(g1) <= consts[3] and abs(g2) <= consts[4]):
+                    for c in range(channels):
+                        out[b, c, d, h, w] = fill[b, c]
+                    continue
+                x = int(np.rint(min(consts[5], max((g0 + one) / two * consts[5], zero))))
+                y = int(np.rint(min(consts[6], max((g1 + one) / two * consts[6], zero))))
+                z = int(np.rint(min(consts[7], max((g2 + one) / two * consts[7], zero))))
+                for c in range(channels):
+                    out[b, c, d, h, w] = volume[b, c, z, y, x]
+
+
+def _voxel_nearest(volume, maps, bounds, zeros, fill, out):  # pragma: no cover - compiled
+    """``nearest_general`` with one map per sample: ``maps`` ``[B, 3, 4]`` float64.
+
+    ``bounds`` is ``[low, high_d, high_h, high_w, half]``: the inside test ``low <= c <= high``
+    and the rounding offset ``0.5 + 1e-9``.
+    """
+    batch, channels, in_d, in_h, in_w = volume.shape
+    out_d, out_h, out_w = out.shape[2:]
+    half = bounds[4]
+    for bd in numba.prange(batch * out_d):
+        b, d = bd // out_d, bd % out_d
+        m = maps[b]
+        fd = float(d)
+        p0, p1, p2 = m[0, 0] * fd, m[1, 0] * fd, m[2, 0] * fd  # the mask sums from 0, the index from row[3]
+        for h in range(out_h):
+            fh = float(h)
+            q0, q1, q2 = (m[0, 3] + p0) + m[0, 1] * fh, (m[1, 3] + p1) + m[1, 1] * fh, (m[2, 3] + p2) + m[2, 1] * fh
+            r0, r1, r2 = p0 + m[0, 1] * fh, p1 + m[1, 1] * fh, p2 + m[2, 1] * fh
+            for w in range(out_w):
+                fw = float(w)
+                if zeros:
+                    c0 = m[0, 3] + (r0 + m[0, 2] * fw)
+                    c1 = m[1, 3] + (r1 + m[1, 2] * fw)
+                    c2 = m[2, 3] + (r2 + m[2, 2] * fw)
+                    if not (bounds[0] <= c0 <= bounds[1] and bounds[0] <= c1 <= bounds[2]
+                            and bounds[0] <= c2 <= bounds[3]):
+                        for c in range(channels):
+                            out[b, c, d, h, w] = fill[b, c]
+                        continue
+                z = min(max(int(np.floor(q0 + m[0, 2] * fw + half)), 0), in_d - 1)
+                y = min(max(int(np.floor(q1 + m[1, 2] * fw + half)), 0), in_h - 1)
+                x = min(max(int(np.floor(q2 + m[2, 2] * fw + half)), 0), in_w - 1)
+                for c in range(channels):
+                    out[b, c, d, h, w] = volume[b, c, z, y, x]
+
+
+def _jit(function, parallel: bool):
+    """``function`` compiled with numba (cached on disk); the serial copy gets its own name, which keys the cache."""
+    if not parallel:
+        copy = types.FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
+                                  function.__defaults__, function.__closure__)
+        copy.__qualname__, copy.__doc__ = function.__qualname__ + "_serial", function.__doc__
+        function = copy
+    return numba.njit(parallel=parallel, cache=True, nogil=True)(function)
+
+
+grid_linear, grid_linear_serial = _jit(_grid_linear, True), _jit(_grid_linear, False)
+grid_nearest, grid_nearest_serial = _jit(_grid_nearest, True), _jit(_grid_nearest, False)
+voxel_nearest, voxel_nearest_serial = _jit(_voxel_nearest, True), _jit(_voxel_nearest, False)

@@ -1,0 +1,274 @@
+"""Fused affine sampling: each output voxel's source computed on the fly, no sampling grid in memory.
+
+:func:`sample_affine` resamples a batch along one general ``[4, 4]`` voxel map per sample
+(random rotations, scalings, shears) with the package's boundary rule: within half a voxel
+outside the input the edge is read, beyond it ``fill`` (``"zeros"``) or the edge (``"border"``).
+:func:`backend` picks how:
+
+- ``"numba"`` (CPU tensors, numba installed: the ``fast`` extra): the kernels of
+  :mod:`gpuprep.functional.fused_kernels`, parallel over samples and output slices with as many
+  threads as torch uses. They reproduce the torch path bit for bit for nearest neighbour (labels
+  equal) and to float rounding for linear;
+- ``"triton"`` (CUDA tensors, triton installed): ``fused_sampler_triton.sample_affine_triton``;
+- ``"torch"`` (anything else): the torch path of :mod:`gpuprep.functional.resample_general`,
+  which builds a sampling grid and calls ``grid_sample``.
+
+:func:`gpuprep.functional.resample.resample` calls :func:`sample_grid_rule` and
+:func:`sample_voxel_rule` where it would call that torch path on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import threading
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from .grid import normalized_theta
+from .resample_general import _EXACT_IN_FLOAT32, general_batched, nearest_general
+
+# Nearest neighbour copies values: any dtype is sampled as the unsigned integer of its size.
+_AS_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_NUMBA_DTYPES = (torch.float32, torch.float64, torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32,
+                 torch.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels() -> ModuleType | None:
+    """:mod:`gpuprep.functional.fused_kernels`, or None when numba cannot be imported."""
+    try:
+        return importlib.import_module(f"{__package__}.fused_kernels")
+    except ImportError:
+        return None
+
+
+def backend(device: torch.device | str) -> str:
+    """``"numba"``, ``"triton"`` or ``"torch"``: how :func:`sample_affine` samples tensors on ``device``.
+
+    Parameters
+    ----------
+    device:
+        The device of the volume.
+
+    Example
+    -------
+    >>> backend("cpu") in ("numba", "torch")
+    True
+    """
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return "numba" if _kernels() is not None else "torch"
+    if kind == "cuda" and _has_triton():
+        return "triton"
+    return "torch"
+
+
+@functools.lru_cache(maxsize=1)
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def sample_affine(volume: torch.Tensor, maps: np.ndarray | Sequence[np.ndarray], out_shape: Sequence[int], *,
+                  mode: str, padding_mode: str, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Resample ``[B, C, D, H, W]`` along one general voxel map per sample, without a sampling grid.
+
+    The result is :func:`~gpuprep.functional.resample.resample`'s for these maps (the torch path
+    it takes for general maps: labels equal, images to float rounding), whatever the backend.
+
+    Parameters
+    ----------
+    volume:
+        The batch; integer dtypes (labels) need ``mode="nearest"`` and keep their dtype.
+    maps:
+        ``[B, 4, 4]`` float64 output-voxel to input-voxel maps, one per sample.
+    out_shape:
+        Spatial shape ``(D, H, W)`` of the output.
+    mode:
+        ``"linear"`` (trilinear) or ``"nearest"``.
+    padding_mode:
+        ``"zeros"``: ``fill`` beyond half a voxel outside the input; ``"border"``: the edge.
+    fill:
+        A number, or a tensor broadcastable to ``[B, C, 1, 1, 1]`` (one value per sample and channel).
+
+    Example
+    -------
+    >>> x = torch.rand(2, 1, 8, 8, 8)
+    >>> maps = np.stack([np.eye(4), np.eye(4)])
+    >>> maps[:, 1:3, 1:3] = [[[0.96, -0.28], [0.28, 0.96]], [[0.8, 0.6], [-0.6, 0.8]]]  # two rotations
+    >>> sample_affine(x, maps, (8, 8, 8), mode="linear", padding_mode="zeros").shape
+    torch.Size([2, 1, 8, 8, 8])
+    """
+    maps = np.asarray(maps, dtype=np.float64).reshape(-1, 4, 4)
+    out_shape = tuple(int(s) for s in out_shape)
+    _check(volume, maps, mode, padding_mode)
+    fill_value = _fill(volume, fill) if padding_mode == "zeros" else None
+    kind = backend(volume.device)
+    if kind == "triton":
+        try:
+            from .fused_sampler_triton import sample_affine_triton  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            kind = "torch"
+        else:
+            return sample_affine_triton(volume, maps, out_shape, mode=mode, padding_mode=padding_mode, fill=fill)
+    if kind == "numba" and numba_ready(volume):
+        return _numba_affine(volume, maps, out_shape, mode, padding_mode, fill_value)
+    return _torch_affine(volume, maps, out_shape, mode, padding_mode, fill_value)
+
+
+def _check(volume: torch.Tensor, maps: np.ndarray, mode: str, padding_mode: str) -> None:
+    if volume.ndim != 5 or maps.shape[0] != volume.shape[0]:
+        raise ValueError(f"volume must be [B, C, D, H, W] with one [4, 4] map per sample, got shape "
+                         f"{tuple(volume.shape)} and {maps.shape[0]} maps")
+    if mode not in ("linear", "nearest"):
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    if padding_mode not in ("zeros", "border"):
+        raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+    if not volume.is_floating_point() and mode != "nearest":
+        raise TypeError(f"{volume.dtype} volumes (labels) can only be resampled with mode='nearest'")
+
+
+def _fill(volume: torch.Tensor, fill: float | torch.Tensor) -> torch.Tensor | None:
+    """``fill`` as ``[B, C, 1, 1, 1]`` in the volume's dtype (as ``resample`` casts it); None for the number 0."""
+    if not isinstance(fill, torch.Tensor):
+        if float(fill) == 0.0:
+            return None
+        fill = torch.tensor(float(fill))
+    fill = fill.to(device=volume.device, dtype=volume.dtype)
+    fill = fill[..., None, None, None] if fill.ndim == 2 else fill.reshape(1, 1, 1, 1, 1) if fill.ndim < 5 else fill
+    return fill.expand(volume.shape[0], volume.shape[1], 1, 1, 1)
+
+
+def _torch_affine(volume, maps, out_shape, mode, padding_mode, fill) -> torch.Tensor:
+    """The torch path of ``resample`` for general maps (fill shifted out and back, grouped like it)."""
+    if fill is not None:
+        shifted = volume.double() - fill.double() if not volume.is_floating_point() else volume - fill
+        out = _torch_affine(shifted, maps, out_shape, mode, padding_mode, None) + fill.to(shifted.dtype)
+        return out if volume.is_floating_point() else out.round().to(volume.dtype)
+    if _uses_voxel_rule(volume.dtype, maps, mode):
+        out = volume.new_empty((volume.shape[0], volume.shape[1], *out_shape))
+        for index, voxel_map in enumerate(maps):
+            out[index : index + 1] = nearest_general(volume[index : index + 1], voxel_map, out_shape, padding_mode)
+        return out
+    return general_batched(volume, maps, out_shape, mode, padding_mode)
+
+
+def _uses_voxel_rule(dtype: torch.dtype, maps: np.ndarray, mode: str) -> bool:
+    """Whether ``resample`` samples these maps with ``nearest_general`` (else ``general_batched``)."""
+    if mode != "nearest":
+        return False
+    one_map = all(np.array_equal(m, maps[0]) for m in maps)
+    return one_map or not (dtype.is_floating_point or dtype in _EXACT_IN_FLOAT32)
+
+
+def _numba_affine(volume, maps, out_shape, mode, padding_mode, fill) -> torch.Tensor:
+    # resample shifts integer volumes with a fill to float64 before sampling: same precision here.
+    shifted_dtype = torch.float64 if fill is not None and not volume.is_floating_point() else volume.dtype
+    if _uses_voxel_rule(shifted_dtype, maps, mode):
+        return sample_voxel_rule(volume, maps, out_shape, padding_mode, fill)
+    grid_dtype = shifted_dtype if shifted_dtype.is_floating_point else torch.float32
+    return sample_grid_rule(volume, maps, out_shape, mode, padding_mode, fill, grid_dtype)
+
+
+def numba_ready(volume: torch.Tensor) -> bool:
+    """Whether the numba kernels can sample ``volume``: numba importable, a CPU tensor without autograd.
+
+    Example
+    -------
+    >>> numba_ready(torch.zeros(1, 1, 2, 2, 2, requires_grad=True))
+    False
+    """
+    return (type(volume) is torch.Tensor and volume.device.type == "cpu" and not volume.requires_grad
+            and volume.dtype in _NUMBA_DTYPES and _kernels() is not None)
+
+
+# The process whose main thread started numba's thread pool (the first parallel call).
+_POOL_OWNER: list[int] = []
+
+
+def _kernel(name: str) -> Callable:
+    """The numba kernel ``name``: parallel with torch's thread count where that is safe, else its serial copy."""
+    kernels = _kernels()
+    assert kernels is not None
+    import numba
+
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+    forked = bool(_POOL_OWNER) and _POOL_OWNER[0] != os.getpid()
+    if threads < 2 or forked or threading.current_thread() is not threading.main_thread():
+        return getattr(kernels, name + "_serial")
+    if not _POOL_OWNER:
+        _POOL_OWNER.append(os.getpid())
+    numba.set_num_threads(threads)
+    return getattr(kernels, name)
+
+
+def _prepare(volume: torch.Tensor, out_shape, fill, mode: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The input, the ``[B, C]`` fill and the output, as arrays of the dtype the kernel reads (shared memory)."""
+    out = torch.empty((volume.shape[0], volume.shape[1], *out_shape), dtype=volume.dtype)
+    values = volume.contiguous()
+    fills = (torch.zeros((), dtype=volume.dtype) if fill is None else fill).expand(*volume.shape[:2], 1, 1, 1)
+    fills = fills.reshape(volume.shape[:2]).contiguous()
+    if mode == "nearest":  # a copy: sample the bits (fewer compiled variants, any dtype)
+        bits = _AS_BITS[volume.element_size()]
+        values, fills, out = values.view(bits), fills.view(bits), out.view(bits)
+    return np.from_dlpack(values), np.from_dlpack(fills), out
+
+
+def sample_grid_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], mode: str,
+                     padding_mode: str, fill: torch.Tensor | None = None,
+                     grid_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``general_batched``'s result (``grid_sample`` on a normalised grid of ``grid_dtype``) from the numba kernel.
+
+    ``grid_dtype`` defaults to the one ``general_batched`` uses: the volume's if floating point,
+    else float32. Linear mode needs a float32 or float64 volume.
+
+    Example
+    -------
+    >>> x = torch.rand(1, 1, 6, 6, 6)
+    >>> m = np.eye(4)[None]
+    >>> m[0, 1:3, 1:3] = [[0.96, -0.28], [0.28, 0.96]]  # a rotation
+    >>> torch.allclose(sample_grid_rule(x, m, (6, 6, 6), "linear", "zeros"), general_batched(x, m, (6, 6, 6),
+    ...                "linear", "zeros"), atol=1e-6)
+    True
+    """
+    out_shape = tuple(int(s) for s in out_shape)
+    in_shape = tuple(volume.shape[2:])
+    grid_dtype = grid_dtype or (volume.dtype if volume.is_floating_point() else torch.float32)
+    numpy_dtype = np.float32 if grid_dtype == torch.float32 else np.float64
+    theta = np.stack([normalized_theta(m, in_shape, out_shape) for m in maps]).astype(numpy_dtype)
+    # The output's normalised axes exactly as _affine_grid builds them (torch.linspace in that dtype).
+    ax, ay, az = (torch.linspace(-1, 1, n, dtype=grid_dtype).numpy() if n > 1 else np.zeros(1, numpy_dtype)
+                  for n in reversed(out_shape))
+    thresholds = [1.0 + 1.0 / max(n - 1, 1) + 1e-6 for n in reversed(in_shape)]
+    consts = np.array([1.0, 2.0, *thresholds, *(n - 1 for n in reversed(in_shape)), 0.0], dtype=numpy_dtype)
+    values, fills, out = _prepare(volume, out_shape, fill, mode)
+    if mode == "linear" and volume.dtype != grid_dtype:
+        raise TypeError(f"linear sampling needs a float32 or float64 volume of the grid's dtype: {volume.dtype}")
+    kernel = _kernel("grid_linear" if mode == "linear" else "grid_nearest")
+    kernel(values, theta, ax, ay, az, consts, padding_mode == "zeros", fills, np.from_dlpack(out))
+    return out.view(volume.dtype)
+
+
+def sample_voxel_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], padding_mode: str,
+                      fill: torch.Tensor | None = None) -> torch.Tensor:
+    """``nearest_general``'s result (float64 voxel coordinates, ties up) with one map per sample, from numba.
+
+    Example
+    -------
+    >>> x = torch.randint(0, 5, (1, 1, 6, 6, 6), dtype=torch.uint8)
+    >>> m = np.eye(4)
+    >>> m[1:3, 1:3] = [[0.96, -0.28], [0.28, 0.96]]  # a rotation
+    >>> torch.equal(sample_voxel_rule(x, m[None], (6, 6, 6), "zeros"), nearest_general(x, m, (6, 6, 6), "zeros"))
+    True
+    """
+    out_shape = tuple(int(s) for s in out_shape)
+    bounds = np.array([-0.5 - 1e-9, *(n - 0.5 + 1e-9 for n in volume.shape[2:]), 0.5 + 1e-9])
+    values, fills, out = _prepare(volume, out_shape, fill, "nearest")
+    rows = np.ascontiguousarray(np.asarray(maps, dtype=np.float64).reshape(-1, 4, 4)[:, :3])
+    _kernel("voxel_nearest")(values, rows, bounds, padding_mode == "zeros", fills, np.from_dlpack(out))
+    return out.view(volume.dtype)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import gpuprep as gp
+import gpuprep.functional.resample as resample_module
 from gpuprep.errors import MissingKeyError
 from gpuprep.transforms.base import REGISTRY
 from gpuprep.transforms.random_base import RandomTransform
@@ -198,6 +199,20 @@ def test_random_p0_is_identity_and_seed_matters(name):
     draws = {json.dumps(gp.get_history(type(transform)(**{**transform.get_config(), "seed": seed})(sample)))
              for seed in range(8)}
     assert len(draws) > 1  # parameters really are random
+
+
+@pytest.mark.parametrize("name", [n for n in _transforms() if REGISTRY[n].spatial])
+def test_fused_kernel_matches_the_torch_path(name, monkeypatch):
+    """On the CPU with numba, spatial steps sample through the fused kernel; the torch path gives the same."""
+    pytest.importorskip("numba")
+    transform = EXAMPLES[name]()
+    batch = gp.collate([_sample(seed) for seed in range(2)])
+    kernel = transform(batch)
+    monkeypatch.setattr(resample_module, "numba_ready", lambda volume: False)
+    reference = transform(batch)
+    torch.testing.assert_close(kernel["image"], reference["image"], rtol=0, atol=1e-5)
+    assert torch.equal(kernel["label"], reference["label"])
+    assert gp.get_history(kernel) == gp.get_history(reference)
 
 
 def test_only_spatial_transforms_claim_to_be_invertible():

@@ -94,3 +94,34 @@ def _check_mode(mode: str, allow_constant: bool = True) -> None:
     allowed = BOUNDARY_MODES if allow_constant else tuple(m for m in BOUNDARY_MODES if m != "constant")
     if mode not in allowed:
         raise ValueError(f"boundary mode must be one of {allowed}, got {mode!r}")
+
+
+def fill_tensor(volume: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor | None:
+    """The constant a sampler writes outside ``volume`` ``[B, C, D, H, W]``, as ``[B, C, 1, 1, 1]``.
+
+    Parameters
+    ----------
+    volume:
+        The batch being sampled; the result has its device and dtype.
+    value:
+        A number, or one value per sample and channel (``[B, C]`` or ``[B, C, 1, 1, 1]``).
+
+    Returns None for the number 0 (samplers then pad with zeros without a tensor).
+
+    Example
+    -------
+    >>> fill_tensor(torch.zeros(2, 1, 3, 3, 3), -1.0).flatten().tolist()
+    [-1.0, -1.0]
+    >>> fill_tensor(torch.zeros(2, 1, 3, 3, 3), 0.0) is None
+    True
+    """
+    if not isinstance(value, torch.Tensor):
+        if float(value) == 0.0:
+            return None
+        value = torch.tensor(float(value))
+    value = value.to(device=volume.device, dtype=volume.dtype)
+    if value.ndim == 2:  # [B, C]
+        value = value[..., None, None, None]
+    elif value.ndim < 5:  # one number
+        value = value.reshape(1, 1, 1, 1, 1)
+    return value.expand(volume.shape[0], volume.shape[1], 1, 1, 1)

@@ -30,6 +30,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from .boundary import fill_tensor
 from .grid import normalized_theta
 from .resample_general import _EXACT_IN_FLOAT32, general_batched, nearest_general
 
@@ -107,7 +108,7 @@ def sample_affine(volume: torch.Tensor, maps: np.ndarray | Sequence[np.ndarray],
     maps = np.asarray(maps, dtype=np.float64).reshape(-1, 4, 4)
     out_shape = tuple(int(s) for s in out_shape)
     _check(volume, maps, mode, padding_mode)
-    fill_value = _fill(volume, fill) if padding_mode == "zeros" else None
+    fill_value = fill_tensor(volume, fill) if padding_mode == "zeros" else None
     kind = backend(volume.device)
     if kind == "triton":
         try:
@@ -131,17 +132,6 @@ def _check(volume: torch.Tensor, maps: np.ndarray, mode: str, padding_mode: str)
         raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
     if not volume.is_floating_point() and mode != "nearest":
         raise TypeError(f"{volume.dtype} volumes (labels) can only be resampled with mode='nearest'")
-
-
-def _fill(volume: torch.Tensor, fill: float | torch.Tensor) -> torch.Tensor | None:
-    """``fill`` as ``[B, C, 1, 1, 1]`` in the volume's dtype (as ``resample`` casts it); None for the number 0."""
-    if not isinstance(fill, torch.Tensor):
-        if float(fill) == 0.0:
-            return None
-        fill = torch.tensor(float(fill))
-    fill = fill.to(device=volume.device, dtype=volume.dtype)
-    fill = fill[..., None, None, None] if fill.ndim == 2 else fill.reshape(1, 1, 1, 1, 1) if fill.ndim < 5 else fill
-    return fill.expand(volume.shape[0], volume.shape[1], 1, 1, 1)
 
 
 def _torch_affine(volume, maps, out_shape, mode, padding_mode, fill) -> torch.Tensor:

@@ -30,6 +30,7 @@ from .axis_operators import (
     apply_separable,
     axis_operator,
 )
+from .boundary import fill_tensor
 from .filters import gaussian_filter
 from .fused_sampler import numba_ready, sample_grid_rule, sample_voxel_rule
 from .grid import axis_permutation, is_lattice_map
@@ -98,7 +99,7 @@ def resample(
     if maps.ndim == 2:
         maps = np.broadcast_to(maps, (volume.shape[0], 4, 4))
     out_shape = tuple(int(s) for s in out_shape)
-    fill = _fill_tensor(volume, padding_value) if padding_mode == "zeros" else None
+    fill = fill_tensor(volume, padding_value) if padding_mode == "zeros" else None
     if fill is not None and not all(is_lattice_map(m) for m in maps):
         if not volume.is_floating_point():  # nearest on integers: shift in float64, where it cannot overflow
             shifted = resample(volume.double() - fill.double(), maps, out_shape, mode, anti_aliasing, padding_mode,
@@ -124,20 +125,6 @@ def resample(
         out[indices] = _resample_one_map(part, maps[indices[0]], out_shape, mode, anti_aliasing, padding_mode,
                                          part_fill, cache)
     return out
-
-
-def _fill_tensor(volume: torch.Tensor, value: float | torch.Tensor) -> torch.Tensor | None:
-    """``value`` (a number, ``[B, C]`` or ``[B, C, 1, 1, 1]``) as ``[B, C, 1, 1, 1]``; None for the number 0."""
-    if not isinstance(value, torch.Tensor):
-        if float(value) == 0.0:
-            return None
-        value = torch.tensor(float(value))
-    value = value.to(device=volume.device, dtype=volume.dtype)
-    if value.ndim == 2:  # [B, C]
-        value = value[..., None, None, None]
-    elif value.ndim < 5:  # one number
-        value = value.reshape(1, 1, 1, 1, 1)
-    return value.expand(volume.shape[0], volume.shape[1], 1, 1, 1)
 
 
 def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding_mode, fill=None,

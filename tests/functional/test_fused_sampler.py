@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from gpuprep.functional import fused_sampler
+from gpuprep.functional.boundary import fill_tensor
 from gpuprep.functional.fused_sampler import _torch_affine, backend, numba_ready, sample_affine
 from gpuprep.functional.resample import resample
 
@@ -75,7 +76,7 @@ def test_fill_beyond_half_a_voxel(dtype, per_sample):
     modes = ("linear", "nearest") if dtype.is_floating_point else ("nearest",)
     for mode in modes:
         ours = sample_affine(volume, maps, out_shape, mode=mode, padding_mode="zeros", fill=fill)
-        _assert_same(ours, _torch_affine(volume, maps, out_shape, mode, "zeros", fused_sampler._fill(volume, fill)))
+        _assert_same(ours, _torch_affine(volume, maps, out_shape, mode, "zeros", fill_tensor(volume, fill)))
         _assert_same(ours, resample(volume, maps, out_shape, mode, padding_mode="zeros", padding_value=fill))
 
 

@@ -125,3 +125,30 @@ def fill_tensor(volume: torch.Tensor, value: float | torch.Tensor) -> torch.Tens
     elif value.ndim < 5:  # one number
         value = value.reshape(1, 1, 1, 1, 1)
     return value.expand(volume.shape[0], volume.shape[1], 1, 1, 1)
+
+
+def check_point_sampling(volume: torch.Tensor, mode: str, padding_mode: str) -> None:
+    """Check the arguments every point sampler of general maps shares (numba, Triton, torch).
+
+    Parameters
+    ----------
+    volume:
+        The batch to sample: floating point for ``mode="linear"``, any dtype for ``"nearest"``.
+    mode:
+        ``"linear"`` or ``"nearest"``.
+    padding_mode:
+        ``"zeros"`` (a constant beyond half a voxel outside the input) or ``"border"``.
+
+    Example
+    -------
+    >>> check_point_sampling(torch.zeros(1, 1, 2, 2, 2, dtype=torch.uint8), "linear", "zeros")
+    Traceback (most recent call last):
+    ...
+    TypeError: torch.uint8 volumes (labels) can only be resampled with mode='nearest'
+    """
+    if mode not in ("linear", "nearest"):
+        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
+    if padding_mode not in ("zeros", "border"):
+        raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+    if not volume.is_floating_point() and mode != "nearest":
+        raise TypeError(f"{volume.dtype} volumes (labels) can only be resampled with mode='nearest'")

@@ -30,7 +30,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from .boundary import fill_tensor
+from .boundary import check_point_sampling, fill_tensor
 from .grid import normalized_theta
 from .resample_general import _EXACT_IN_FLOAT32, general_batched, nearest_general
 
@@ -126,12 +126,7 @@ def _check(volume: torch.Tensor, maps: np.ndarray, mode: str, padding_mode: str)
     if volume.ndim != 5 or maps.shape[0] != volume.shape[0]:
         raise ValueError(f"volume must be [B, C, D, H, W] with one [4, 4] map per sample, got shape "
                          f"{tuple(volume.shape)} and {maps.shape[0]} maps")
-    if mode not in ("linear", "nearest"):
-        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    if padding_mode not in ("zeros", "border"):
-        raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
-    if not volume.is_floating_point() and mode != "nearest":
-        raise TypeError(f"{volume.dtype} volumes (labels) can only be resampled with mode='nearest'")
+    check_point_sampling(volume, mode, padding_mode)
 
 
 def _torch_affine(volume, maps, out_shape, mode, padding_mode, fill) -> torch.Tensor:

@@ -40,6 +40,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .boundary import check_point_sampling, fill_tensor
+
 try:
     import triton
     import triton.language as tl
@@ -220,12 +222,7 @@ def _check(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], mod
         raise ValueError(f"volume must be [B, C, D, H, W], got shape {tuple(volume.shape)}")
     if volume.device.type != "cuda" and not interpreting():
         raise ValueError(f"sample_affine_triton needs a CUDA volume (or TRITON_INTERPRET=1), got {volume.device}")
-    if mode not in ("linear", "nearest"):
-        raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
-    if padding_mode not in ("zeros", "border"):
-        raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
-    if not volume.is_floating_point() and mode != "nearest":
-        raise TypeError(f"{volume.dtype} volumes (labels) can only be resampled with mode='nearest'")
+    check_point_sampling(volume, mode, padding_mode)
     if len(out_shape) != 3:
         raise ValueError(f"out_shape must be (D, H, W), got {tuple(out_shape)}")
     maps = np.asarray(maps, dtype=np.float64)
@@ -240,13 +237,10 @@ def _check(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], mod
 
 def _fill_values(volume: torch.Tensor, fill: float | torch.Tensor, batch: int, channels: int) -> torch.Tensor:
     """``fill`` as a contiguous ``[B * C]`` tensor of the volume's dtype (as ``resample`` casts it)."""
-    value = fill if isinstance(fill, torch.Tensor) else torch.tensor(float(fill))
-    value = value.to(device=volume.device, dtype=volume.dtype)
-    if value.ndim == 2:  # [B, C]
-        value = value[..., None, None, None]
-    elif value.ndim < 5:  # one number
-        value = value.reshape(1, 1, 1, 1, 1)
-    return value.expand(batch, channels, 1, 1, 1).reshape(batch * channels).contiguous()
+    value = fill_tensor(volume, fill)
+    if value is None:  # the number 0
+        return torch.zeros(batch * channels, dtype=volume.dtype, device=volume.device)
+    return value.reshape(batch * channels).contiguous()
 
 
 def _split_maps(maps: np.ndarray, out_shape: tuple[int, ...], wide: bool) -> torch.Tensor:

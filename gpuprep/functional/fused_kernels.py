@@ -14,9 +14,7 @@ operation (same formulas, same order, same precision), so that nearest neighbour
 
 Outside the input under ``"zeros"`` the kernels write ``fill[b, c]``. Nearest neighbour copies
 values, so callers pass any dtype viewed as an integer of its size. Each kernel also comes
-compiled without threads (``*_serial``): for one thread, other threads than the main one (numba's
-``workqueue`` layer is not thread-safe) and processes forked after the parent started numba's
-OpenMP pool (GNU OpenMP is not fork-safe: DataLoader workers).
+compiled without threads (``*_serial``; see :mod:`gpuprep.functional.numba_threads`).
 
 Example
 -------
@@ -32,10 +30,10 @@ True
 
 from __future__ import annotations
 
-import types
-
 import numba
 import numpy as np
+
+from .numba_threads import jit_pair
 
 
 def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled
@@ -144,16 +142,6 @@ def _voxel_nearest(volume, maps, bounds, zeros, fill, out):  # pragma: no cover 
                     out[b, c, d, h, w] = volume[b, c, z, y, x]
 
 
-def _jit(function, parallel: bool):
-    """``function`` compiled with numba (cached on disk); the serial copy gets its own name, which keys the cache."""
-    if not parallel:
-        copy = types.FunctionType(function.__code__, function.__globals__, function.__name__ + "_serial",
-                                  function.__defaults__, function.__closure__)
-        copy.__qualname__, copy.__doc__ = function.__qualname__ + "_serial", function.__doc__
-        function = copy
-    return numba.njit(parallel=parallel, cache=True, nogil=True)(function)
-
-
-grid_linear, grid_linear_serial = _jit(_grid_linear, True), _jit(_grid_linear, False)
-grid_nearest, grid_nearest_serial = _jit(_grid_nearest, True), _jit(_grid_nearest, False)
-voxel_nearest, voxel_nearest_serial = _jit(_voxel_nearest, True), _jit(_voxel_nearest, False)
+grid_linear, grid_linear_serial = jit_pair(_grid_linear)
+grid_nearest, grid_nearest_serial = jit_pair(_grid_nearest)
+voxel_nearest, voxel_nearest_serial = jit_pair(_voxel_nearest)

@@ -22,8 +22,6 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import os
-import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
@@ -32,6 +30,7 @@ import torch
 
 from .boundary import check_point_sampling, fill_tensor
 from .grid import normalized_theta
+from .numba_threads import pick_kernel
 from .resample_general import _EXACT_IN_FLOAT32, general_batched, nearest_general
 
 # Nearest neighbour copies values: any dtype is sampled as the unsigned integer of its size.
@@ -172,24 +171,11 @@ def numba_ready(volume: torch.Tensor) -> bool:
             and volume.dtype in _NUMBA_DTYPES and _kernels() is not None)
 
 
-# The process whose main thread started numba's thread pool (the first parallel call).
-_POOL_OWNER: list[int] = []
-
-
 def _kernel(name: str) -> Callable:
-    """The numba kernel ``name``: parallel with torch's thread count where that is safe, else its serial copy."""
+    """The numba kernel ``name`` of :mod:`gpuprep.functional.fused_kernels` (see :func:`pick_kernel`)."""
     kernels = _kernels()
     assert kernels is not None
-    import numba
-
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
-    forked = bool(_POOL_OWNER) and _POOL_OWNER[0] != os.getpid()
-    if threads < 2 or forked or threading.current_thread() is not threading.main_thread():
-        return getattr(kernels, name + "_serial")
-    if not _POOL_OWNER:
-        _POOL_OWNER.append(os.getpid())
-    numba.set_num_threads(threads)
-    return getattr(kernels, name)
+    return pick_kernel(kernels, name)
 
 
 def _prepare(volume: torch.Tensor, out_shape, fill, mode: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:

@@ -13,9 +13,8 @@ into data:
    (:func:`composed_maps`), and a warping step (one per run) contributes its dense field between
    the maps before and after it (:class:`ChainGeometry`).
 
-Adding a new kind of warping step (for example a dense field found by a registration optimiser)
-is local: name its entry in :data:`gpuprep.records.WARP_ENTRIES` and register the function that
-builds its field in :data:`gpuprep.transforms.warp_fields.FIELD_BUILDERS`.
+Adding a new kind of warping step (a dense field found by a registration, say) is local: name its
+entry in :data:`gpuprep.records.WARP_ENTRIES`, its field's builder in ``warp_fields.FIELD_BUILDERS``.
 
 Data follow the **kind** of their key (:func:`gpuprep.get_kind`), never the dtype: intensity
 images are interpolated (an integer one becomes float32 when a step interpolates) and padded with
@@ -42,6 +41,7 @@ from ..functional.warp import warp
 from ..records import warp_entry
 from ..sample import LABEL, collate, decollate, dtype_kind, get_kind, get_meta, image_keys
 from .base import replace_meta
+from .intensity_fusion import apply_voxel_fused, joins_voxel_run, voxelwise
 from .spatial.padding import fusable_runs, padding_fill, padding_wish
 from .warp_fields import FIELD_BUILDERS
 
@@ -62,21 +62,25 @@ _MODE_ORDER = {"nearest": 0, "linear": 1, "cubic": 2}
 
 
 def fusion_runs(transforms: Sequence[Transform]) -> list[list[Transform]]:
-    """Group consecutive fusable spatial transforms into runs; every other transform stands alone.
+    """Group consecutive fusable spatial transforms, and consecutive voxel-wise ones, into runs.
 
     A transform is fusable when it is spatial and its grid does not depend on the data
     (``SpatialTransform.fusable``). A run holds at most one warping transform (``warps``), and
-    never a warp together with cubic interpolation.
+    never a warp together with cubic interpolation. Voxel-wise intensity transforms form runs of
+    their own (:func:`~gpuprep.transforms.intensity_fusion.joins_voxel_run`). Every other
+    transform stands alone.
 
     Example
     -------
     >>> import gpuprep as gp
-    >>> [len(run) for run in fusion_runs([gp.Flip("image", 0), gp.Resample("image", 2.0), gp.ZNormalize("image")])]
-    [2, 1]
+    >>> steps = [gp.Flip("image", 0), gp.Resample("image", 2.0), gp.RandGamma("image"), gp.RandNoise("image")]
+    >>> [len(run) for run in fusion_runs(steps + [gp.ZNormalize("image")])]
+    [2, 2, 1]
     """
     runs: list[list[Any]] = []
     for transform in transforms:
-        if runs and _fusable(transform) and _fusable(runs[-1][-1]) and not _conflict(transform, runs[-1]):
+        spatial = runs and _fusable(transform) and _fusable(runs[-1][-1]) and not _conflict(transform, runs[-1])
+        if spatial or (runs and joins_voxel_run(transform, runs[-1])):
             runs[-1].append(transform)
         else:
             runs.append([transform])
@@ -122,7 +126,8 @@ def apply_fused(transforms: Sequence[Transform], data: Mapping, recorded: Sequen
     so the history is the same as without fusion. The records of ``n > 1`` steps resampled
     together are marked ``"fused": {"index": i, "count": n}``, so that :func:`gpuprep.replay` can
     resample them together again. Steps that pad intensity images with different values are not
-    fused with each other (see :func:`~gpuprep.transforms.spatial.padding.fusable_runs`).
+    fused with each other (see :func:`~gpuprep.transforms.spatial.padding.fusable_runs`). Voxel-wise runs: see
+    :func:`~gpuprep.transforms.intensity_fusion.apply_voxel_fused`.
 
     Parameters
     ----------
@@ -144,6 +149,8 @@ def apply_fused(transforms: Sequence[Transform], data: Mapping, recorded: Sequen
     >>> [r["fused"] for r in gp.get_history(out)]
     [{'index': 0, 'count': 2}, {'index': 1, 'count': 2}]
     """
+    if voxelwise(transforms[0]):
+        return apply_voxel_fused(transforms, data, recorded)
     if recorded is None:
         runs = fusable_runs(cast("Sequence[SpatialTransform]", transforms))  # a run holds spatial transforms
         if len(runs) > 1:

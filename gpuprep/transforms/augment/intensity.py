@@ -16,11 +16,13 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ...errors import ConfigError
 from ...functional.augment_intensity import adjust_contrast, bias_field, bias_field_terms, signed_power
 from ...functional.filters import gaussian_filter
+from ...functional.intensity_chain import VoxelStep
 from ...random.ranges import symmetric_range, uniform_range
 from ...records import applied_samples
 from ...validation import check_bool, check_int
@@ -34,7 +36,14 @@ __all__ = ["RandBiasField", "RandBlur", "RandBrightness", "RandContrast", "RandG
 
 
 class _RandomIntensity(RandomTransform, abstract=True):
-    """Applies :meth:`augment` to the samples whose ``apply`` is True, for each float key."""
+    """Applies :meth:`augment` to the samples whose ``apply`` is True, for each float key.
+
+    A subclass that changes each voxel on its own sets ``voxelwise = True`` and describes its
+    step with :meth:`voxel_step`; :class:`~gpuprep.Compose` then applies consecutive such
+    steps in one pass (:mod:`gpuprep.transforms.intensity_fusion`).
+    """
+
+    voxelwise = False
 
     def apply_params(self, batch: dict, keys: list[str], params: list[dict]) -> dict:
         chosen = applied_samples(params)
@@ -57,6 +66,20 @@ class _RandomIntensity(RandomTransform, abstract=True):
     def augment(self, x: torch.Tensor, params: list[dict]) -> torch.Tensor:
         """Transform ``x`` ``[b, C, D, H, W]`` (the chosen samples) with their ``params``."""
         raise NotImplementedError
+
+    def voxel_step(self, key: str, params: list[dict]) -> VoxelStep:
+        """This transform's step on ``key`` for a whole batch (``params``: one dict per sample)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _numbers(params: list[dict], *names: str, default: float = 0.0) -> np.ndarray:
+        """``[B, len(names)]`` float64: each sample's numbers (``default`` for the samples skipped)."""
+        return np.array([[float(p.get(name, default)) for name in names] for p in params]).reshape(len(params), -1)
+
+
+def _applied(params: list[dict]) -> list[bool]:
+    chosen = set(applied_samples(params))
+    return [index in chosen for index in range(len(params))]
 
 
 class RandGamma(_RandomIntensity):
@@ -101,8 +124,13 @@ class RandGamma(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"gamma": math.exp(rng.uniform(*self.log_gamma))}
 
+    voxelwise = True
+
     def augment(self, x, params):
         return signed_power(x, [p["gamma"] for p in params])
+
+    def voxel_step(self, key, params):
+        return VoxelStep("gamma", _applied(params), self._numbers(params, "gamma", default=1.0))
 
 
 class RandBiasField(_RandomIntensity):
@@ -165,6 +193,12 @@ class RandBiasField(_RandomIntensity):
         field = bias_field(x.shape[2:], coefficients, self.order, dtype)
         return (x.to(dtype) * field).to(x.dtype)
 
+    voxelwise = True
+
+    def voxel_step(self, key, params):
+        coefficients = np.array([p.get("coefficients", [0.0] * self.n_terms) for p in params], dtype=np.float64)
+        return VoxelStep("bias", _applied(params), np.zeros((len(params), 0)), coefficients, self.order)
+
 
 class RandContrast(_RandomIntensity):
     """Scale deviations from the mean: ``mean + f * (x - mean)``, ``f ~ U(factor)``.
@@ -212,6 +246,14 @@ class RandContrast(_RandomIntensity):
     def augment(self, x, params):
         return adjust_contrast(x, [p["factor"] for p in params], self.preserve_range)
 
+    voxelwise = True
+    needs_input_statistics = True  # the mean: a fused run of voxel-wise steps can only start with it
+
+    def voxel_step(self, key, params):
+        numbers = self._numbers(params, "factor", default=1.0)
+        flags = np.full((len(params), 1), float(self.preserve_range))
+        return VoxelStep("contrast", _applied(params), np.hstack([numbers, flags]))
+
 
 class RandBrightness(_RandomIntensity):
     """Add one random offset per sample: ``x + s``, ``s ~ U(shift)`` (MONAI's RandShiftIntensity).
@@ -254,6 +296,11 @@ class RandBrightness(_RandomIntensity):
     def augment(self, x, params):
         shift = torch.tensor([p["shift"] for p in params], dtype=x.dtype).to(x.device)
         return x + shift.reshape(-1, 1, 1, 1, 1)
+
+    voxelwise = True
+
+    def voxel_step(self, key, params):
+        return VoxelStep("shift", _applied(params), self._numbers(params, "shift"))
 
 
 class RandBlur(_RandomIntensity):

@@ -6,11 +6,14 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ...errors import ConfigError
 from ...functional.augment_intensity import apply_noise, draw_noise
+from ...functional.intensity_chain import VoxelStep
 from ...random.ranges import uniform_range
 from ..random_base import RandomOptions
-from .intensity import _RandomIntensity
+from .intensity import _applied, _RandomIntensity
 
 if TYPE_CHECKING:  # typing.Unpack is Python 3.11+
     from typing_extensions import Unpack
@@ -81,9 +84,19 @@ class RandNoise(_RandomIntensity):
     def draw(self, rng: random.Random) -> dict:
         return {"std": rng.uniform(*self.std), "noise_seed": rng.getrandbits(63)}
 
+    voxelwise = True
+
     def augment_key(self, key, x, params):
-        position = self.keys.index(key)  # each key its own noise
-        seeds = [(p["noise_seed"] + position) % 2**63 for p in params]
+        seeds = self._noise_seeds(key, params)
         noise = draw_noise(x, seeds, count=2 if self.kind == "rician" else 1)
         means = [self.mean] * len(params)
         return apply_noise(x, noise, means, [p["std"] for p in params], self.kind)
+
+    def _noise_seeds(self, key: str, params: list[dict]) -> list[int]:
+        position = self.keys.index(key)  # each key its own noise
+        return [(p.get("noise_seed", 0) + position) % 2**63 for p in params]
+
+    def voxel_step(self, key, params):
+        numbers = np.column_stack([[self.mean] * len(params), self._numbers(params, "std")])
+        kind = "noise" if self.kind == "gaussian" else "rician"
+        return VoxelStep(kind, _applied(params), numbers, noise_seeds=self._noise_seeds(key, params))

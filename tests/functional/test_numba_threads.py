@@ -1,0 +1,40 @@
+"""Which compiled copy of a kernel runs: the parallel one only on the main thread with two or more threads."""
+
+from __future__ import annotations
+
+import threading
+import types
+
+import pytest
+import torch
+
+pytest.importorskip("numba")
+
+from gpuprep.functional.numba_threads import jit_pair, pick_kernel
+
+
+def _double(x):
+    return 2 * x
+
+
+def test_pick_kernel_serial_for_one_thread_and_other_threads():
+    module = types.SimpleNamespace(run=lambda: "parallel", run_serial=lambda: "serial")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert pick_kernel(module, "run")() == "parallel"
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(pick_kernel(module, "run")()))
+        worker.start()
+        worker.join()
+        assert seen == ["serial"]
+        torch.set_num_threads(1)
+        assert pick_kernel(module, "run")() == "serial"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_jit_pair_compiles_both_copies_under_their_own_names():
+    parallel, serial = jit_pair(_double)
+    assert parallel(3) == serial(3) == 6
+    assert serial.py_func.__name__ == "_double_serial" and parallel.py_func.__name__ == "_double"

@@ -48,6 +48,8 @@ def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma
     src, dst = volume.reshape(-1), out.reshape(-1)
     plane, in_size, out_size = np.uint64(in_h * in_w), in_d * in_h * in_w, out_d * out_h * out_w
     one, two, zero = consts[0], consts[1], consts[8]
+    # ((g + 1) / 2) (n - 1) == (g + 1) ((n - 1) / 2) bit for bit (halving is exact): no division per voxel.
+    sw, sh, sd = consts[5] / two, consts[6] / two, consts[7] / two
     for bd in numba.prange(batch * out_d):
         b, d = bd // out_d, bd % out_d
         t = theta[b]
@@ -61,9 +63,64 @@ def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma
                     for c in range(channels):
                         dst[row + c * out_size + w] = fill[b, c]
                     continue
-                ix = min(consts[5], max((g0 + one) / two * consts[5], zero))
-                iy = min(consts[6], max((g1 + one) / two * consts[6], zero))
-                iz = min(consts[7], max((g2 + one) / two * consts[7], zero))
+                ix = min(consts[5], max((g0 + one) * sw, zero))
+                iy = min(consts[6], max((g1 + one) * sh, zero))
+                iz = min(consts[7], max((g2 + one) * sd, zero))
+                fx, fy, fz = np.floor(ix), np.floor(iy), np.floor(iz)
+                x0, y0, z0 = np.uint64(fx), np.uint64(fy), np.uint64(fz)
+                # The upper corner's offset; 0 at the last voxel, where its weight is 0 (torch skips it).
+                dx = np.uint64(1) if x0 + 1 < in_w else np.uint64(0)
+                dy = np.uint64(in_w) if y0 + 1 < in_h else np.uint64(0)
+                dz = plane if z0 + 1 < in_d else np.uint64(0)
+                hx, hy, hz = ix - fx, iy - fy, iz - fz  # weights of the upper corners
+                lx, ly, lz = fx + one - ix, fy + one - iy, fz + one - iz
+                for c in range(channels):
+                    p = np.uint64((b * channels + c) * in_size) + z0 * plane + y0 * np.uint64(in_w) + x0
+                    dst[row + c * out_size + w] = (
+                        src[p] * (lx * ly * lz) + src[p + dx] * (hx * ly * lz)
+                        + src[p + dy] * (lx * hy * lz) + src[p + dy + dx] * (hx * hy * lz)
+                        + src[p + dz] * (lx * ly * hz) + src[p + dz + dx] * (hx * ly * hz)
+                        + src[p + dz + dy] * (lx * hy * hz) + src[p + dz + dy + dx] * (hx * hy * hz)
+                    )
+
+
+def _grid_linear_with_labels(volume, labels, theta, ax, ay, az, consts, zeros, fill, out,  # pragma: no cover
+                             labels_out):
+    """:func:`grid_linear` of ``volume`` and :func:`grid_nearest` of ``labels`` (bits, padded with 0) in one pass.
+
+    Both read the input at the same points: the labels at the rounded (``nearbyint``) coordinates
+    of the trilinear ones, as ``grid_nearest`` rounds them.
+    """
+    batch, channels, in_d, in_h, in_w = volume.shape
+    out_d, out_h, out_w = out.shape[2:]
+    src, dst = volume.reshape(-1), out.reshape(-1)
+    label_src, label_dst, label_channels = labels.reshape(-1), labels_out.reshape(-1), labels.shape[1]
+    plane, in_size, out_size = np.uint64(in_h * in_w), in_d * in_h * in_w, out_d * out_h * out_w
+    one, two, zero = consts[0], consts[1], consts[8]
+    sw, sh, sd = consts[5] / two, consts[6] / two, consts[7] / two
+    for bd in numba.prange(batch * out_d):
+        b, d = bd // out_d, bd % out_d
+        t = theta[b]
+        a0, a1, a2 = t[0, 2] * az[d] + t[0, 3], t[1, 2] * az[d] + t[1, 3], t[2, 2] * az[d] + t[2, 3]
+        for h in range(out_h):
+            b0, b1, b2 = a0 + t[0, 1] * ay[h], a1 + t[1, 1] * ay[h], a2 + t[2, 1] * ay[h]
+            row = (b * channels * out_d + d) * out_h * out_w + h * out_w
+            label_row = (b * label_channels * out_d + d) * out_h * out_w + h * out_w
+            for w in range(out_w):
+                g0, g1, g2 = b0 + t[0, 0] * ax[w], b1 + t[1, 0] * ax[w], b2 + t[2, 0] * ax[w]
+                if zeros and not (abs(g0) <= consts[2] and abs(g1) <= consts[3] and abs(g2) <= consts[4]):
+                    for c in range(channels):
+                        dst[row + c * out_size + w] = fill[b, c]
+                    for c in range(label_channels):
+                        label_dst[label_row + c * out_size + w] = 0
+                    continue
+                ix = min(consts[5], max((g0 + one) * sw, zero))
+                iy = min(consts[6], max((g1 + one) * sh, zero))
+                iz = min(consts[7], max((g2 + one) * sd, zero))
+                nearest = (np.uint64(b * label_channels * in_size) + np.uint64(np.rint(iz)) * plane
+                           + np.uint64(np.rint(iy)) * np.uint64(in_w) + np.uint64(np.rint(ix)))
+                for c in range(label_channels):
+                    label_dst[label_row + c * out_size + w] = label_src[nearest + np.uint64(c * in_size)]
                 fx, fy, fz = np.floor(ix), np.floor(iy), np.floor(iz)
                 x0, y0, z0 = np.uint64(fx), np.uint64(fy), np.uint64(fz)
                 # The upper corner's offset; 0 at the last voxel, where its weight is 0 (torch skips it).
@@ -84,26 +141,31 @@ def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma
 
 def _grid_nearest(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled
     """Nearest ``grid_sample`` (``nearbyint``: ties to even) with ``inside_grid``'s zeros; as ``grid_linear``."""
-    batch, channels = volume.shape[:2]
+    batch, channels, in_d, in_h, in_w = volume.shape
     out_d, out_h, out_w = out.shape[2:]
+    src, dst = volume.reshape(-1), out.reshape(-1)
+    plane, in_size, out_size = np.uint64(in_h * in_w), in_d * in_h * in_w, out_d * out_h * out_w
     one, two, zero = consts[0], consts[1], consts[8]
+    sw, sh, sd = consts[5] / two, consts[6] / two, consts[7] / two  # as in grid_linear
     for bd in numba.prange(batch * out_d):
         b, d = bd // out_d, bd % out_d
         t = theta[b]
         a0, a1, a2 = t[0, 2] * az[d] + t[0, 3], t[1, 2] * az[d] + t[1, 3], t[2, 2] * az[d] + t[2, 3]
         for h in range(out_h):
             b0, b1, b2 = a0 + t[0, 1] * ay[h], a1 + t[1, 1] * ay[h], a2 + t[2, 1] * ay[h]
+            row = (b * channels * out_d + d) * out_h * out_w + h * out_w
             for w in range(out_w):
                 g0, g1, g2 = b0 + t[0, 0] * ax[w], b1 + t[1, 0] * ax[w], b2 + t[2, 0] * ax[w]
                 if zeros and not (abs(g0) <= consts[2] and abs(g1) <= consts[3] and abs(g2) <= consts[4]):
                     for c in range(channels):
-                        out[b, c, d, h, w] = fill[b, c]
+                        dst[row + c * out_size + w] = fill[b, c]
                     continue
-                x = int(np.rint(min(consts[5], max((g0 + one) / two * consts[5], zero))))
-                y = int(np.rint(min(consts[6], max((g1 + one) / two * consts[6], zero))))
-                z = int(np.rint(min(consts[7], max((g2 + one) / two * consts[7], zero))))
+                x = np.uint64(np.rint(min(consts[5], max((g0 + one) * sw, zero))))
+                y = np.uint64(np.rint(min(consts[6], max((g1 + one) * sh, zero))))
+                z = np.uint64(np.rint(min(consts[7], max((g2 + one) * sd, zero))))
+                p = np.uint64(b * channels * in_size) + z * plane + y * np.uint64(in_w) + x
                 for c in range(channels):
-                    out[b, c, d, h, w] = volume[b, c, z, y, x]
+                    dst[row + c * out_size + w] = src[p + np.uint64(c * in_size)]
 
 
 def _voxel_nearest(volume, maps, bounds, zeros, fill, out):  # pragma: no cover - compiled
@@ -144,4 +206,5 @@ def _voxel_nearest(volume, maps, bounds, zeros, fill, out):  # pragma: no cover 
 
 grid_linear, grid_linear_serial = jit_pair(_grid_linear)
 grid_nearest, grid_nearest_serial = jit_pair(_grid_nearest)
+grid_linear_with_labels, grid_linear_with_labels_serial = jit_pair(_grid_linear_with_labels)
 voxel_nearest, voxel_nearest_serial = jit_pair(_voxel_nearest)

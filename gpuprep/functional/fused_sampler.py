@@ -210,6 +210,17 @@ def sample_grid_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence
     out_shape = tuple(int(s) for s in out_shape)
     in_shape = tuple(volume.shape[2:])
     grid_dtype = grid_dtype or (volume.dtype if volume.is_floating_point() else torch.float32)
+    theta, ax, ay, az, consts = _grid_constants(maps, in_shape, out_shape, grid_dtype)
+    values, fills, out = _prepare(volume, out_shape, fill, mode)
+    if mode == "linear" and volume.dtype != grid_dtype:
+        raise TypeError(f"linear sampling needs a float32 or float64 volume of the grid's dtype: {volume.dtype}")
+    kernel = _kernel("grid_linear" if mode == "linear" else "grid_nearest")
+    kernel(values, theta, ax, ay, az, consts, padding_mode == "zeros", fills, np.from_dlpack(out))
+    return out.view(volume.dtype)
+
+
+def _grid_constants(maps: np.ndarray, in_shape: tuple, out_shape: tuple, grid_dtype: torch.dtype) -> tuple:
+    """The grid kernels' ``theta``, output axes and ``consts`` in the grid's dtype, as ``general_batched`` has them."""
     numpy_dtype = np.float32 if grid_dtype == torch.float32 else np.float64
     theta = np.stack([normalized_theta(m, in_shape, out_shape) for m in maps]).astype(numpy_dtype)
     # The output's normalised axes exactly as _affine_grid builds them (torch.linspace in that dtype).
@@ -217,12 +228,37 @@ def sample_grid_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence
                   for n in reversed(out_shape))
     thresholds = [1.0 + 1.0 / max(n - 1, 1) + 1e-6 for n in reversed(in_shape)]
     consts = np.array([1.0, 2.0, *thresholds, *(n - 1 for n in reversed(in_shape)), 0.0], dtype=numpy_dtype)
-    values, fills, out = _prepare(volume, out_shape, fill, mode)
-    if mode == "linear" and volume.dtype != grid_dtype:
-        raise TypeError(f"linear sampling needs a float32 or float64 volume of the grid's dtype: {volume.dtype}")
-    kernel = _kernel("grid_linear" if mode == "linear" else "grid_nearest")
-    kernel(values, theta, ax, ay, az, consts, padding_mode == "zeros", fills, np.from_dlpack(out))
-    return out.view(volume.dtype)
+    return theta, ax, ay, az, consts
+
+
+def sample_grid_rule_with_labels(volume: torch.Tensor, labels: torch.Tensor, maps: np.ndarray,
+                                 out_shape: Sequence[int], padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample_grid_rule` of a float32 ``volume`` (linear) and of ``labels`` (nearest) in one pass.
+
+    The results equal the two calls' (no fill: zeros outside under ``"zeros"``); the input
+    coordinates are computed once for both. ``labels`` is an integer or bool batch on the same
+    input grid (any channel count).
+
+    Example
+    -------
+    >>> x, labels = torch.rand(2, 1, 6, 6, 6), torch.randint(0, 3, (2, 1, 6, 6, 6), dtype=torch.uint8)
+    >>> m = np.stack([np.eye(4), np.eye(4)])
+    >>> m[1, 1:3, 1:3] = [[0.96, -0.28], [0.28, 0.96]]  # a rotation
+    >>> image, label = sample_grid_rule_with_labels(x, labels, m, (6, 6, 6), "zeros")
+    >>> torch.equal(label, sample_grid_rule(labels, m, (6, 6, 6), "nearest", "zeros"))
+    True
+    """
+    if volume.dtype != torch.float32 or labels.is_floating_point() or labels.shape[2:] != volume.shape[2:]:
+        raise TypeError(f"need a float32 volume and integer labels on one grid, got {volume.dtype} "
+                        f"{tuple(volume.shape)} and {labels.dtype} {tuple(labels.shape)}")
+    out_shape = tuple(int(s) for s in out_shape)
+    in_shape = tuple(volume.shape[2:])
+    theta, ax, ay, az, consts = _grid_constants(maps, in_shape, out_shape, torch.float32)
+    values, fills, out = _prepare(volume, out_shape, None, "linear")
+    label_values, _, label_out = _prepare(labels, out_shape, None, "nearest")
+    _kernel("grid_linear_with_labels")(values, label_values, theta, ax, ay, az, consts, padding_mode == "zeros",
+                                       fills, np.from_dlpack(out), np.from_dlpack(label_out))
+    return out, label_out.view(labels.dtype)
 
 
 def sample_voxel_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], padding_mode: str,

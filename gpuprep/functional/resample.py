@@ -32,9 +32,10 @@ from .axis_operators import (
 )
 from .boundary import fill_tensor
 from .filters import gaussian_filter
-from .fused_sampler import numba_ready, sample_grid_rule, sample_voxel_rule
+from .fused_sampler import numba_ready, sample_grid_rule, sample_grid_rule_with_labels, sample_voxel_rule
 from .grid import axis_permutation, is_lattice_map
 from .resample_general import (
+    _EXACT_IN_FLOAT32,
     GridCache,
     antialias,
     batchable,
@@ -125,6 +126,35 @@ def resample(
         out[indices] = _resample_one_map(part, maps[indices[0]], out_shape, mode, anti_aliasing, padding_mode,
                                          part_fill, cache)
     return out
+
+
+def resample_with_labels(image: torch.Tensor, labels: torch.Tensor, voxel_maps: np.ndarray, out_shape: Sequence[int],
+                         padding_mode: str = "zeros") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``resample`` of an image (linear) and of its labels (nearest) in one pass, or None where it cannot.
+
+    Random spatial augmentation moves an image and its label map by one map per sample; the numba
+    kernel then reads both at the same points in one pass (both padded with 0 under ``"zeros"``).
+    The results are those of :func:`resample` called on each. None (call :func:`resample` on
+    each) unless both would be sampled by the numba grid kernels: a float32 image, integer labels
+    on its grid, different general maps per sample, numba installed.
+
+    Example
+    -------
+    >>> x, labels = torch.rand(2, 1, 6, 6, 6), torch.randint(0, 3, (2, 1, 6, 6, 6), dtype=torch.uint8)
+    >>> maps = np.stack([np.eye(4), np.eye(4)])
+    >>> maps[1, 1:3, 1:3] = [[0.96, -0.28], [0.28, 0.96]]  # a rotation
+    >>> pair = resample_with_labels(x, labels, maps, (6, 6, 6))
+    >>> pair is None or torch.equal(pair[1], resample(labels, maps, (6, 6, 6), "nearest"))
+    True
+    """
+    maps = np.asarray(voxel_maps, dtype=np.float64)
+    shared_grid = image.shape[0] == labels.shape[0] == len(maps) and image.shape[2:] == labels.shape[2:]
+    if not (shared_grid and image.dtype == torch.float32 and labels.dtype in _EXACT_IN_FLOAT32
+            and numba_ready(image) and numba_ready(labels)):
+        return None
+    if len({m.tobytes() for m in maps}) < 2 or not batchable(image, maps, "linear"):
+        return None  # resample takes another path than the grid kernels
+    return sample_grid_rule_with_labels(image, labels, maps, out_shape, padding_mode)
 
 
 def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding_mode, fill=None,

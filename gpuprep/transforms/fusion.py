@@ -35,15 +35,14 @@ import torch
 from ..errors import TransformError
 from ..foreign import adopt_foreign, sync_monai_meta_dicts
 from ..functional.grid import is_lattice_map
-from ..functional.resample import resample, resample_labels
-from ..functional.resample_general import GridCache, antialias
-from ..functional.warp import warp
+from ..functional.resample import resample_labels
+from ..functional.resample_general import GridCache
 from ..records import warp_entry
 from ..sample import LABEL, collate, decollate, dtype_kind, get_kind, get_meta, image_keys
 from .base import replace_meta
+from .chain_geometry import ChainGeometry, composed_maps
 from .intensity_fusion import apply_voxel_fused, joins_voxel_run, voxelwise
 from .spatial.padding import fusable_runs, padding_fill, padding_wish
-from .warp_fields import FIELD_BUILDERS
 
 if TYPE_CHECKING:
     from .base import Transform
@@ -264,8 +263,9 @@ def resample_chains(batch: dict, chains: Mapping[str, Sequence[tuple[Any, list[d
     the same maps (an image and its label maps) build one sampling grid and one warp field.
     """
     cache = GridCache()
+    paired = _resample_images_with_labels(batch, chains, cache)
     for key, chain in chains.items():
-        if not chain:
+        if not chain or key in paired:
             continue
         last = chain[-1][1]
         shapes = {tuple(s["out_shape"]) for s in last}
@@ -277,6 +277,42 @@ def resample_chains(batch: dict, chains: Mapping[str, Sequence[tuple[Any, list[d
         batch[key] = resample_steps(batch[key], [steps for _, steps in chain], shapes.pop(),
                                     how=Resampling.of_chain(chain), kind=get_kind(batch, key), cache=cache)
         replace_meta(batch, key, affine=torch.from_numpy(np.stack([np.asarray(s["out_affine"]) for s in last])))
+
+
+def _resample_images_with_labels(batch: dict, chains: Mapping[str, Sequence[tuple[Any, list[dict]]]],
+                                 cache: GridCache) -> set[str]:
+    """Resample an image and a label map moved by the same chain in one pass where the kernel can; the keys done.
+
+    An image interpolated linearly, padded with 0 or its border, and a label map by nearest
+    neighbour (see :meth:`ChainGeometry.sample_with_labels`); the results are those of
+    :func:`resample_steps` on each.
+    """
+    done: set[str] = set()
+    labels = [key for key, chain in chains.items() if chain and get_kind(batch, key) == LABEL]
+    for key, chain in chains.items():
+        how = Resampling.of_chain(chain) if chain and key not in labels else None
+        if how is None or how.mode != "linear" or how.anti_aliasing or how.label_mode != "nearest" or (
+                how.padding_mode == "zeros" and how.padding_value != 0):
+            continue
+        steps = [s for _, s in chain]
+        geometry = ChainGeometry.of(steps, batch[key].device, cache)
+        out_shape = tuple(chain[-1][1][0]["out_shape"])
+        for label in (k for k in labels if k not in done and len(chains[k]) == len(chain)):
+            other = ChainGeometry.of([s for _, s in chains[label]], batch[label].device, cache)
+            if (other.field is not None or tuple(chains[label][-1][1][0]["out_shape"]) != out_shape
+                    or not np.array_equal(other.maps, geometry.maps)):
+                continue
+            image = batch[key] if batch[key].is_floating_point() else batch[key].float()
+            pair = geometry.sample_with_labels(image, batch[label], out_shape, padding_mode=how.padding_mode)
+            if pair is not None:
+                batch[key], batch[label] = pair
+                for done_key in (key, label):
+                    last = chains[done_key][-1][1]
+                    affines = np.stack([np.asarray(s["out_affine"]) for s in last])
+                    replace_meta(batch, done_key, affine=torch.from_numpy(affines))
+                done |= {key, label}
+            break
+    return done
 
 
 def resample_steps(volume: torch.Tensor, chain: Sequence[Sequence[Mapping]], out_shape: Sequence[int], *,
@@ -311,88 +347,6 @@ def resample_steps(volume: torch.Tensor, chain: Sequence[Sequence[Mapping]], out
                                         padding_mode=how.padding_mode)
         return resample_labels(volume, geometry.maps, out_shape, "linear", how.padding_mode, sampler=sample_mask)
     return geometry.sample(volume, out_shape, mode="nearest", padding_mode=how.padding_mode)
-
-
-def composed_maps(chain: Sequence[Sequence[Mapping]], size: int) -> np.ndarray:
-    """Per sample, the product of a chain's voxel maps ``[size, 4, 4]`` (the identity for an empty chain).
-
-    The first step's map is on the left: an output voxel goes through the last step's map first.
-
-    Example
-    -------
-    >>> scale = {"voxel_map": np.diag([2.0, 2.0, 2.0, 1.0]).tolist()}
-    >>> composed_maps([[scale], [scale]], 1)[0].diagonal().tolist()
-    [4.0, 4.0, 4.0, 1.0]
-    """
-    maps = []
-    for index in range(size):
-        product = np.eye(4)
-        for steps in reversed(chain):  # right to left, as numpy.linalg.multi_dot orders square matrices
-            product = np.dot(np.asarray(steps[index]["voxel_map"], dtype=np.float64), product)
-        maps.append(product)
-    return np.stack(maps)
-
-
-@dataclass(frozen=True, eq=False)
-class ChainGeometry:
-    """Where each output voxel of a chain samples its input: voxel maps, and a warp field between them.
-
-    Without a warping step the chain is one map per sample (``before``). With one, an output
-    voxel goes through ``after`` (the steps after the warp), the field, then ``before`` (the steps
-    up to and including the warp's own map).
-    """
-
-    before: np.ndarray
-    field: torch.Tensor | None = None
-    after: np.ndarray | None = None
-    field_key: tuple | None = None
-    cache: GridCache | None = None
-
-    @classmethod
-    def of(cls, chain: Sequence[Sequence[Mapping]], device: torch.device,
-           cache: GridCache | None = None) -> ChainGeometry:
-        """The geometry of a chain (per position, the per-sample steps); its field is built on ``device``.
-
-        ``cache`` keeps the field and the sampling grids for the next key moved by the same chain.
-        """
-        size = len(chain[0])
-        warped = [position for position, steps in enumerate(chain) if any(warp_entry(s) for s in steps)]
-        if len(warped) > 1:
-            raise TransformError("one resampling can apply one elastic step: Compose splits its runs so, and "
-                                 "gp.invert cannot yet undo a history with two elastic steps for one key")
-        if not warped:
-            return cls(before=composed_maps(chain, size), cache=cache)
-        position = warped[0]
-        before, after = composed_maps(chain[: position + 1], size), composed_maps(chain[position + 1:], size)
-        steps = chain[position]
-        entry = next(e for e in map(warp_entry, steps) if e is not None)
-        field_key = ("field", before.tobytes(), after.tobytes(), repr([s.get(entry) for s in steps]),
-                     repr([s.get("inverse") for s in steps]), str(device))
-        build = functools.partial(FIELD_BUILDERS[entry], steps, device)
-        field = build() if cache is None else cache.get(field_key, build)
-        return cls(before=before, field=field, after=after, field_key=field_key, cache=cache)
-
-    @property
-    def maps(self) -> np.ndarray:
-        """The voxel maps of the whole chain with the field left out ``[B, 4, 4]``."""
-        return self.before if self.after is None else self.before @ self.after
-
-    @property
-    def lattice(self) -> bool:
-        """Whether every output voxel centre falls on an input voxel centre (no interpolation needed)."""
-        return self.field is None and all(is_lattice_map(m) for m in self.maps)
-
-    def sample(self, volume: torch.Tensor, out_shape: Sequence[int], *, mode: str, padding_mode: str,
-               fill: float | torch.Tensor = 0.0, anti_aliasing: bool = False) -> torch.Tensor:
-        """Sample ``volume`` ``[B, C, D, H, W]`` at the chain's points; ``fill`` outside under ``"zeros"``."""
-        if self.field is None or self.after is None:
-            return resample(volume, self.maps, out_shape, mode, anti_aliasing, padding_mode, fill, cache=self.cache)
-        if anti_aliasing:
-            volume = antialias(volume, self.maps)
-        if isinstance(fill, torch.Tensor) or fill != 0.0:  # a constant c outside: warp(x - c) + c
-            return self.sample(volume - fill, out_shape, mode=mode, padding_mode=padding_mode) + fill
-        return warp(volume, self.before, self.field, self.after, out_shape, mode, padding_mode,
-                    cache=self.cache, field_key=self.field_key)
 
 
 def _is_exact(steps: Sequence[Mapping]) -> bool:

@@ -183,3 +183,17 @@ def test_serial_kernels_in_threads_and_forked_processes():
     child.start()
     child.join(timeout=120)
     assert child.exitcode == 0 and queue.get(timeout=5) == pytest.approx(parallel.sum().item())
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16, torch.bool])
+def test_image_and_labels_in_one_pass_equal_two_passes(padding_mode, label_dtype):
+    for seed in range(4):
+        volume, maps, out_shape = _case(seed, 3, torch.float32)
+        labels = (volume[:, :1] * 3).round().clamp(0, 5).to(label_dtype)
+        labels = torch.cat([labels, labels.flip(2)], dim=1)  # two label channels
+        image, label = fused_sampler.sample_grid_rule_with_labels(volume, labels, maps, out_shape, padding_mode)
+        assert torch.equal(image, fused_sampler.sample_grid_rule(volume, maps, out_shape, "linear", padding_mode))
+        assert torch.equal(label, fused_sampler.sample_grid_rule(labels, maps, out_shape, "nearest", padding_mode))
+    with pytest.raises(TypeError, match="float32 volume and integer labels"):
+        fused_sampler.sample_grid_rule_with_labels(volume.double(), labels, maps, out_shape, padding_mode)

@@ -8,7 +8,7 @@ import scipy.ndimage as ndi
 import torch
 
 from gpuprep.functional.grid import axis_permutation, is_lattice_map, scaling_map
-from gpuprep.functional.resample import resample
+from gpuprep.functional.resample import resample, resample_with_labels
 
 ORDERS = {"nearest": 0, "linear": 1, "cubic": 3}
 
@@ -140,3 +140,24 @@ def test_linear_rescale_of_an_axis_that_keeps_its_length_interpolates_that_axis(
     reference = ndi.affine_transform(volume, voxel_map, order=1, mode="nearest")
     inside = _well_inside(voxel_map, volume.shape, volume.shape, margin=0.0)
     np.testing.assert_allclose(out[0, 0].cpu().numpy()[inside], reference[inside], atol=1e-9)
+
+
+def test_an_image_with_its_labels_equals_resample_on_each_or_declines():
+    pytest.importorskip("numba")
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand((2, 1, 7, 8, 9), generator=generator)
+    labels = (image * 3).to(torch.uint8)
+    maps = np.stack([np.eye(4), np.eye(4)])
+    maps[0, :3, :3] = [[0.95, 0.2, 0.0], [-0.2, 0.95, 0.0], [0.0, 0.0, 1.1]]
+    maps[1, :3, :3] = [[0.9, -0.3, 0.0], [0.3, 0.9, 0.1], [0.0, -0.1, 1.0]]
+    for padding_mode in ("zeros", "border"):
+        pair = resample_with_labels(image, labels, maps, (6, 8, 10), padding_mode)
+        assert pair is not None
+        assert torch.equal(pair[0], resample(image, maps, (6, 8, 10), "linear", padding_mode=padding_mode))
+        assert torch.equal(pair[1], resample(labels, maps, (6, 8, 10), "nearest", padding_mode=padding_mode))
+    # Where resample would take another path (one map, an axis-aligned one, float64, float labels, other grids).
+    assert resample_with_labels(image, labels, maps[:1].repeat(2, 0), (7, 8, 9)) is None
+    assert resample_with_labels(image, labels, np.stack([np.eye(4), maps[1]]), (7, 8, 9)) is None
+    assert resample_with_labels(image.double(), labels, maps, (7, 8, 9)) is None
+    assert resample_with_labels(image, labels.float(), maps, (7, 8, 9)) is None
+    assert resample_with_labels(image, labels[:, :, 1:], maps, (7, 8, 9)) is None

@@ -79,7 +79,7 @@ def test_same_on_batch():
 
 
 def test_fused_with_deterministic_steps_resamples_once(monkeypatch):
-    import gpuprep.transforms.fusion as fusion
+    import gpuprep.transforms.chain_geometry as fusion
 
     keys = ["image", "label"]
     steps = [gp.Resample(keys, 2.0), gp.RandAffine(keys, rotate=10, scale=0.1, seed=3),

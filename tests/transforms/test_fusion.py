@@ -62,3 +62,30 @@ def test_a_new_kind_of_warp_needs_only_its_entry_and_its_field_builder(monkeypat
     np.testing.assert_allclose(out[0, 0].numpy()[inner], expected[inner], atol=1e-5)
     inverse = records.inverse_step(step)
     assert inverse["constant_shift"] == step["constant_shift"] and inverse["inverse"] is True
+
+
+def test_an_image_and_its_labels_are_resampled_in_one_pass_with_the_same_results(monkeypatch):
+    """A batch with one random map per sample: the numba kernel reads the image and the label map at the same
+    points in one pass; the results equal each key resampled alone (labels exactly)."""
+    pytest.importorskip("numba")
+    import gpuprep.transforms.chain_geometry as chain_geometry
+
+    samples = []
+    for index in range(3):
+        generator = torch.Generator().manual_seed(index)
+        image = torch.rand((2, 10, 11, 9), generator=generator)
+        label = (image[:1] * 4).to(torch.int16)
+        samples.append(gp.make_sample({"image": image, "label": label, "t1": image[1:].clone()}))
+    steps = [gp.RandAffine(["image", "label", "t1"], rotate=20, scale=0.1, seed=1), gp.Flip(["image", "label"], 1)]
+    batch = gp.collate(samples)
+    pairs = []
+    original = chain_geometry.resample_with_labels
+    monkeypatch.setattr(chain_geometry, "resample_with_labels", lambda *a, **k: pairs.append(original(*a, **k))
+                        or pairs[-1])
+    out = gp.Compose(steps)(batch)
+    assert len(pairs) == 1 and pairs[0] is not None  # t1's chain differs (no flip): resampled alone
+    monkeypatch.setattr(chain_geometry, "resample_with_labels", lambda *a, **k: None)
+    alone = gp.Compose(steps)(batch)
+    assert torch.equal(out["label"], alone["label"]) and torch.equal(out["image"], alone["image"])
+    assert torch.equal(out["t1"], alone["t1"])
+    assert torch.equal(gp.get_affine(out, "label"), gp.get_affine(alone, "label"))

@@ -260,7 +260,7 @@ def test_fused_equals_unfused_and_resamples_once(monkeypatch):
     sample = _sample(image, _lps(oblique_affine(spacing=(1.1, 0.9, 1.3))), labels)
     unfused = gp.Compose(PIPELINE, fuse=False)(sample)
     calls = []
-    import gpuprep.transforms.fusion as fusion
+    import gpuprep.transforms.chain_geometry as fusion
 
     original = fusion.resample
     monkeypatch.setattr(fusion, "resample", lambda *a, **k: calls.append(1) or original(*a, **k))

@@ -1,0 +1,119 @@
+"""Where the output voxels of a chain of spatial steps read their input: voxel maps and a warp field.
+
+:func:`composed_maps` multiplies a chain's voxel maps into one map per sample, and
+:class:`ChainGeometry` adds the dense field of a warping step (one per chain) between the maps
+before and after it. :mod:`gpuprep.transforms.fusion` resamples each key through it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import TransformError
+from ..functional.grid import is_lattice_map
+from ..functional.resample import resample, resample_with_labels
+from ..functional.resample_general import GridCache, antialias
+from ..functional.warp import warp
+from ..records import warp_entry
+from .warp_fields import FIELD_BUILDERS
+
+__all__ = ["ChainGeometry", "composed_maps"]
+
+
+def composed_maps(chain: Sequence[Sequence[Mapping]], size: int) -> np.ndarray:
+    """Per sample, the product of a chain's voxel maps ``[size, 4, 4]`` (the identity for an empty chain).
+
+    The first step's map is on the left: an output voxel goes through the last step's map first.
+
+    Example
+    -------
+    >>> scale = {"voxel_map": np.diag([2.0, 2.0, 2.0, 1.0]).tolist()}
+    >>> composed_maps([[scale], [scale]], 1)[0].diagonal().tolist()
+    [4.0, 4.0, 4.0, 1.0]
+    """
+    maps = []
+    for index in range(size):
+        product = np.eye(4)
+        for steps in reversed(chain):  # right to left, as numpy.linalg.multi_dot orders square matrices
+            product = np.dot(np.asarray(steps[index]["voxel_map"], dtype=np.float64), product)
+        maps.append(product)
+    return np.stack(maps)
+
+
+@dataclass(frozen=True, eq=False)
+class ChainGeometry:
+    """Where each output voxel of a chain samples its input: voxel maps, and a warp field between them.
+
+    Without a warping step the chain is one map per sample (``before``). With one, an output
+    voxel goes through ``after`` (the steps after the warp), the field, then ``before`` (the steps
+    up to and including the warp's own map).
+    """
+
+    before: np.ndarray
+    field: torch.Tensor | None = None
+    after: np.ndarray | None = None
+    field_key: tuple | None = None
+    cache: GridCache | None = None
+
+    @classmethod
+    def of(cls, chain: Sequence[Sequence[Mapping]], device: torch.device,
+           cache: GridCache | None = None) -> ChainGeometry:
+        """The geometry of a chain (per position, the per-sample steps); its field is built on ``device``.
+
+        ``cache`` keeps the field and the sampling grids for the next key moved by the same chain.
+        """
+        size = len(chain[0])
+        warped = [position for position, steps in enumerate(chain) if any(warp_entry(s) for s in steps)]
+        if len(warped) > 1:
+            raise TransformError("one resampling can apply one elastic step: Compose splits its runs so, and "
+                                 "gp.invert cannot yet undo a history with two elastic steps for one key")
+        if not warped:
+            return cls(before=composed_maps(chain, size), cache=cache)
+        position = warped[0]
+        before, after = composed_maps(chain[: position + 1], size), composed_maps(chain[position + 1:], size)
+        steps = chain[position]
+        entry = next(e for e in map(warp_entry, steps) if e is not None)
+        field_key = ("field", before.tobytes(), after.tobytes(), repr([s.get(entry) for s in steps]),
+                     repr([s.get("inverse") for s in steps]), str(device))
+        build = functools.partial(FIELD_BUILDERS[entry], steps, device)
+        field = build() if cache is None else cache.get(field_key, build)
+        return cls(before=before, field=field, after=after, field_key=field_key, cache=cache)
+
+    @property
+    def maps(self) -> np.ndarray:
+        """The voxel maps of the whole chain with the field left out ``[B, 4, 4]``."""
+        return self.before if self.after is None else self.before @ self.after
+
+    @property
+    def lattice(self) -> bool:
+        """Whether every output voxel centre falls on an input voxel centre (no interpolation needed)."""
+        return self.field is None and all(is_lattice_map(m) for m in self.maps)
+
+    def sample(self, volume: torch.Tensor, out_shape: Sequence[int], *, mode: str, padding_mode: str,
+               fill: float | torch.Tensor = 0.0, anti_aliasing: bool = False) -> torch.Tensor:
+        """Sample ``volume`` ``[B, C, D, H, W]`` at the chain's points; ``fill`` outside under ``"zeros"``."""
+        if self.field is None or self.after is None:
+            return resample(volume, self.maps, out_shape, mode, anti_aliasing, padding_mode, fill, cache=self.cache)
+        if anti_aliasing:
+            volume = antialias(volume, self.maps)
+        if isinstance(fill, torch.Tensor) or fill != 0.0:  # a constant c outside: warp(x - c) + c
+            return self.sample(volume - fill, out_shape, mode=mode, padding_mode=padding_mode) + fill
+        return warp(volume, self.before, self.field, self.after, out_shape, mode, padding_mode,
+                    cache=self.cache, field_key=self.field_key)
+
+    def sample_with_labels(self, image: torch.Tensor, labels: torch.Tensor, out_shape: Sequence[int], *,
+                           padding_mode: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An image (linear) and its labels (nearest) sampled in one pass, padded with 0; None where that cannot be.
+
+        The results are :meth:`sample`'s for each (see
+        :func:`~gpuprep.functional.resample.resample_with_labels`); chains with a warp field are
+        not paired.
+        """
+        if self.field is not None:
+            return None
+        return resample_with_labels(image, labels, self.maps, out_shape, padding_mode)

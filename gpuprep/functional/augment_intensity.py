@@ -11,6 +11,7 @@ floating dtype.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -21,6 +22,7 @@ __all__ = [
     "bias_field_coordinates",
     "bias_field_terms",
     "draw_noise",
+    "fill_standard_normal",
     "signed_power",
 ]
 
@@ -63,10 +65,36 @@ def draw_noise(
         raise ValueError(f"draw_noise: need one seed per sample ({x.shape[0]}), got {len(seeds)}")
     dtype = dtype or _compute_dtype(x)
     noise = torch.empty((x.shape[0], count, *x.shape[1:]), device=x.device, dtype=dtype)
-    for index, seed in enumerate(seeds):  # per sample, so that its noise does not depend on its batch
-        generator = torch.Generator(device=x.device).manual_seed(int(seed))
-        noise[index].normal_(generator=generator)  # what torch.randn does, written in place
+    # Per sample, so that its noise does not depend on its batch.
+    fill_standard_normal([(noise[index], int(seed)) for index, seed in enumerate(seeds)])
     return noise.transpose(0, 1)
+
+
+def fill_standard_normal(jobs: Sequence[tuple[torch.Tensor, int]]) -> None:
+    """Fill each tensor in place with standard normal noise from ``torch.Generator`` seeded with its seed.
+
+    Each tensor gets one ``normal_`` call (what ``torch.randn`` does) from its own generator, so
+    its values do not depend on the others. On the CPU torch draws them on one thread each: with
+    several threads allowed (``torch.get_num_threads()``), the tensors are filled concurrently.
+
+    Example
+    -------
+    >>> a, b = torch.empty(3), torch.empty(3)
+    >>> fill_standard_normal([(a, 1), (b, 1)])
+    >>> torch.equal(a, b) and torch.equal(a, torch.randn(3, generator=torch.Generator().manual_seed(1)))
+    True
+    """
+    def fill(job: tuple[torch.Tensor, int]) -> None:
+        tensor, seed = job
+        tensor.normal_(generator=torch.Generator(device=tensor.device).manual_seed(int(seed)))
+
+    threads = min(torch.get_num_threads(), len(jobs))
+    if threads > 1 and all(tensor.device.type == "cpu" for tensor, _ in jobs):
+        with ThreadPoolExecutor(threads) as pool:  # a new pool per call: a forked DataLoader worker has none
+            list(pool.map(fill, jobs))
+    else:
+        for job in jobs:
+            fill(job)
 
 
 def apply_noise(

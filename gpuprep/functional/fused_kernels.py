@@ -32,8 +32,35 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import overload
 
 from .numba_threads import jit_pair
+
+
+def _as_float_like(value, like):
+    """``value`` as a float of ``like``'s type (compiled by the overload below)."""
+    return type(like)(value)
+
+
+def _round_half_even(x):
+    """``nearbyint(x)`` (ties to even) of ``0 <= x < 2 ** 23``, in ``x``'s type, without a libm call."""
+    return np.rint(x)
+
+
+@overload(_as_float_like)
+def _as_float_like_compiled(value, like):
+    if like == types.float32:
+        return lambda value, like: np.float32(value)
+    return lambda value, like: np.float64(value)
+
+
+@overload(_round_half_even)
+def _round_half_even_compiled(x):
+    # Adding 2 ** 23 (float32) or 2 ** 52 (float64) leaves no fraction bits: the sum is rounded to an
+    # integer, ties to even (IEEE's default), exactly as nearbyint; subtracting it back is exact.
+    magic = np.float32(2.0**23) if x == types.float32 else 2.0**52
+    return lambda x: (x + magic) - magic
 
 
 def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled
@@ -66,8 +93,9 @@ def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma
                 ix = min(consts[5], max((g0 + one) * sw, zero))
                 iy = min(consts[6], max((g1 + one) * sh, zero))
                 iz = min(consts[7], max((g2 + one) * sd, zero))
-                fx, fy, fz = np.floor(ix), np.floor(iy), np.floor(iz)
-                x0, y0, z0 = np.uint64(fx), np.uint64(fy), np.uint64(fz)
+                x0, y0, z0 = np.int64(ix), np.int64(iy), np.int64(iz)  # floor: the coordinates are >= 0
+                fx, fy, fz = _as_float_like(x0, ix), _as_float_like(y0, iy), _as_float_like(z0, iz)
+                x0, y0, z0 = np.uint64(x0), np.uint64(y0), np.uint64(z0)
                 # The upper corner's offset; 0 at the last voxel, where its weight is 0 (torch skips it).
                 dx = np.uint64(1) if x0 + 1 < in_w else np.uint64(0)
                 dy = np.uint64(in_w) if y0 + 1 < in_h else np.uint64(0)
@@ -117,12 +145,14 @@ def _grid_linear_with_labels(volume, labels, theta, ax, ay, az, consts, zeros, f
                 ix = min(consts[5], max((g0 + one) * sw, zero))
                 iy = min(consts[6], max((g1 + one) * sh, zero))
                 iz = min(consts[7], max((g2 + one) * sd, zero))
-                nearest = (np.uint64(b * label_channels * in_size) + np.uint64(np.rint(iz)) * plane
-                           + np.uint64(np.rint(iy)) * np.uint64(in_w) + np.uint64(np.rint(ix)))
+                nearest = (np.uint64(b * label_channels * in_size) + np.uint64(np.int64(_round_half_even(iz))) * plane
+                           + np.uint64(np.int64(_round_half_even(iy))) * np.uint64(in_w)
+                           + np.uint64(np.int64(_round_half_even(ix))))
                 for c in range(label_channels):
                     label_dst[label_row + c * out_size + w] = label_src[nearest + np.uint64(c * in_size)]
-                fx, fy, fz = np.floor(ix), np.floor(iy), np.floor(iz)
-                x0, y0, z0 = np.uint64(fx), np.uint64(fy), np.uint64(fz)
+                x0, y0, z0 = np.int64(ix), np.int64(iy), np.int64(iz)  # floor: the coordinates are >= 0
+                fx, fy, fz = _as_float_like(x0, ix), _as_float_like(y0, iy), _as_float_like(z0, iz)
+                x0, y0, z0 = np.uint64(x0), np.uint64(y0), np.uint64(z0)
                 # The upper corner's offset; 0 at the last voxel, where its weight is 0 (torch skips it).
                 dx = np.uint64(1) if x0 + 1 < in_w else np.uint64(0)
                 dy = np.uint64(in_w) if y0 + 1 < in_h else np.uint64(0)
@@ -160,9 +190,9 @@ def _grid_nearest(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragm
                     for c in range(channels):
                         dst[row + c * out_size + w] = fill[b, c]
                     continue
-                x = np.uint64(np.rint(min(consts[5], max((g0 + one) * sw, zero))))
-                y = np.uint64(np.rint(min(consts[6], max((g1 + one) * sh, zero))))
-                z = np.uint64(np.rint(min(consts[7], max((g2 + one) * sd, zero))))
+                x = np.uint64(np.int64(_round_half_even(min(consts[5], max((g0 + one) * sw, zero)))))
+                y = np.uint64(np.int64(_round_half_even(min(consts[6], max((g1 + one) * sh, zero)))))
+                z = np.uint64(np.int64(_round_half_even(min(consts[7], max((g2 + one) * sd, zero)))))
                 p = np.uint64(b * channels * in_size) + z * plane + y * np.uint64(in_w) + x
                 for c in range(channels):
                     dst[row + c * out_size + w] = src[p + np.uint64(c * in_size)]

@@ -41,6 +41,7 @@ from .augment_intensity import (
     bias_field,
     bias_field_coordinates,
     bias_field_terms,
+    fill_standard_normal,
     signed_power,
 )
 from .numba_threads import pick_kernel
@@ -133,12 +134,10 @@ def draw_step_noise(volume: torch.Tensor, steps: Sequence[VoxelStep]) -> tuple[t
         slots[index], total = total, total + _NOISE_VOLUMES.get(step.kind, 0)
     dtype = torch.float64 if volume.dtype == torch.float64 else torch.float32  # as draw_noise
     noise = torch.empty((volume.shape[0], max(total, 1), *volume.shape[1:]), device=volume.device, dtype=dtype)
-    for index, step in enumerate(steps):
-        count = _NOISE_VOLUMES.get(step.kind, 0)
-        for b, applied in enumerate(step.applied):
-            if count and applied:
-                generator = torch.Generator(device=volume.device).manual_seed(int(step.noise_seeds[b]))  # type: ignore[index]
-                noise[b, slots[index]: slots[index] + count].normal_(generator=generator)
+    jobs = [(noise[b, slots[index]: slots[index] + _NOISE_VOLUMES[step.kind]], int(step.noise_seeds[b]))  # type: ignore[index]
+            for index, step in enumerate(steps) if step.kind in _NOISE_VOLUMES
+            for b, applied in enumerate(step.applied) if applied]
+    fill_standard_normal(jobs)
     return noise, slots
 
 

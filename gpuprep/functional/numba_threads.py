@@ -2,9 +2,11 @@
 
 Every numba kernel of the package is compiled twice (:func:`jit_pair`): with ``parallel=True``
 and without threads (``*_serial``). :func:`pick_kernel` takes the serial copy for one thread,
-for threads other than the main one (numba's ``workqueue`` layer is not thread-safe) and for
-processes forked after the parent started numba's OpenMP pool (GNU OpenMP is not fork-safe:
-DataLoader workers); otherwise the parallel one, with as many threads as torch uses.
+for processes forked after the parent started numba's thread pool (GNU OpenMP is not fork-safe:
+DataLoader workers), and for threads other than the main one when numba's threading layer is
+``workqueue``, which is not thread-safe; otherwise the parallel one, with as many threads as
+torch uses. So :class:`~gpuprep.DeviceLoader`'s background thread augments with every thread
+where numba's layer is OpenMP or TBB.
 
 Example
 -------
@@ -44,12 +46,26 @@ def pick_kernel(module: Any, name: str) -> Callable:
 
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     forked = bool(_POOL_OWNER) and _POOL_OWNER[0] != os.getpid()
-    if threads < 2 or forked or threading.current_thread() is not threading.main_thread():
+    other_thread = threading.current_thread() is not threading.main_thread()
+    if threads < 2 or forked or (other_thread and not _thread_safe_layer()):
         return getattr(module, name + "_serial")
     if not _POOL_OWNER:
         _POOL_OWNER.append(os.getpid())
     numba.set_num_threads(threads)
     return getattr(module, name)
+
+
+def _thread_safe_layer() -> bool:
+    """Whether numba's threading layer (chosen now if no parallel kernel has run yet) is thread-safe."""
+    import numba
+
+    try:
+        from numba.np.ufunc.parallel import _launch_threads  # chooses and loads the layer, compiles nothing
+
+        _launch_threads()
+        return numba.threading_layer() != "workqueue"
+    except (ImportError, ValueError, RuntimeError):  # a numba without this private function: stay serial
+        return False
 
 
 def jit_pair(function: Callable) -> tuple[Callable, Callable]:

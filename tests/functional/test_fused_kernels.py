@@ -22,3 +22,23 @@ def test_identity_map_copies_and_shifted_map_pads_with_fill():
     np.testing.assert_array_equal(out[0], volume[0])
     np.testing.assert_array_equal(out[1, ..., :4], volume[1, ..., 2:])
     assert (out[1, ..., 4:] == -7).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rounding_helpers_equal_numpy_without_libm(dtype):
+    """Ties to even as ``np.rint`` and truncation as ``np.floor`` for the non-negative coordinates the kernels use."""
+    import numba
+
+    values = np.concatenate([np.arange(0, 300, 0.25), np.random.default_rng(0).uniform(0, 5000, 2000)]).astype(dtype)
+
+    @numba.njit
+    def both(values, rounded, floors):
+        for i in range(values.shape[0]):
+            rounded[i] = fused_kernels._round_half_even(values[i])
+            floors[i] = fused_kernels._as_float_like(np.int64(values[i]), values[i])
+
+    rounded, floors = np.empty_like(values), np.empty_like(values)
+    both(values, rounded, floors)
+    np.testing.assert_array_equal(rounded, np.rint(values))
+    np.testing.assert_array_equal(floors, np.floor(values))
+    assert fused_kernels._round_half_even(2.5) == 2.0 and fused_kernels._as_float_like(3, np.float32(1)) == 3.0

@@ -8,8 +8,9 @@ import types
 import pytest
 import torch
 
-pytest.importorskip("numba")
+numba = pytest.importorskip("numba")
 
+from gpuprep.functional import numba_threads
 from gpuprep.functional.numba_threads import jit_pair, pick_kernel
 
 
@@ -17,17 +18,25 @@ def _double(x):
     return 2 * x
 
 
-def test_pick_kernel_serial_for_one_thread_and_other_threads():
+def _in_a_thread(function):
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(function()))
+    worker.start()
+    worker.join()
+    return seen[0]
+
+
+def test_pick_kernel_serial_for_one_thread_and_for_other_threads_without_a_thread_safe_layer(monkeypatch):
     module = types.SimpleNamespace(run=lambda: "parallel", run_serial=lambda: "serial")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
         assert pick_kernel(module, "run")() == "parallel"
-        seen = []
-        worker = threading.Thread(target=lambda: seen.append(pick_kernel(module, "run")()))
-        worker.start()
-        worker.join()
-        assert seen == ["serial"]
+        safe = numba_threads._thread_safe_layer()
+        assert safe == (numba.threading_layer() in ("omp", "tbb"))
+        assert _in_a_thread(lambda: pick_kernel(module, "run")()) == ("parallel" if safe else "serial")
+        monkeypatch.setattr(numba_threads, "_thread_safe_layer", lambda: False)  # workqueue
+        assert _in_a_thread(lambda: pick_kernel(module, "run")()) == "serial"
         torch.set_num_threads(1)
         assert pick_kernel(module, "run")() == "serial"
     finally:

@@ -254,11 +254,54 @@ def sample_grid_rule_with_labels(volume: torch.Tensor, labels: torch.Tensor, map
     out_shape = tuple(int(s) for s in out_shape)
     in_shape = tuple(volume.shape[2:])
     theta, ax, ay, az, consts = _grid_constants(maps, in_shape, out_shape, torch.float32)
+    return _linear_with_labels(volume, labels, theta, (ax, ay, az), consts, padding_mode, None)
+
+
+def _linear_with_labels(volume, labels, theta, axes, consts, padding_mode, warp) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call the ``grid_linear_with_labels`` kernel; ``warp``: None or ``(field, linear)`` float32 arrays."""
+    out_shape = tuple(len(a) for a in reversed(axes))
     values, fills, out = _prepare(volume, out_shape, None, "linear")
     label_values, _, label_out = _prepare(labels, out_shape, None, "nearest")
-    _kernel("grid_linear_with_labels")(values, label_values, theta, ax, ay, az, consts, padding_mode == "zeros",
-                                       fills, np.from_dlpack(out), np.from_dlpack(label_out))
+    no_field = (np.zeros((1, 3, 1, 1, 1), np.float32), np.zeros((1, 3, 3), np.float32))
+    field, linear = warp if warp is not None else no_field
+    _kernel("grid_linear_with_labels")(values, label_values, theta, *axes, consts, padding_mode == "zeros", fills,
+                                       warp is not None, field, linear, np.from_dlpack(out), np.from_dlpack(label_out))
     return out, label_out.view(labels.dtype)
+
+
+def warp_with_labels(volume: torch.Tensor, labels: torch.Tensor, pre_maps: np.ndarray, field: torch.Tensor,
+                     out_shape: Sequence[int], padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``functional.warp.warp`` of a float32 ``volume`` (linear) and of ``labels`` (nearest) in one pass.
+
+    For a warp that is the last step of its chain (``post`` the identity, the output on the warp's
+    grid: ``field`` ``[B, 3, D, H, W]`` in voxels has the output's shape). No grid, mask or field
+    sample is made; the points are :func:`~gpuprep.functional.warp.warp_grid`'s, operation for
+    operation, so the labels equal ``warp``'s and the image agrees to float rounding. Either
+    ``volume`` or ``labels`` may have no channels.
+
+    Example
+    -------
+    >>> from gpuprep.functional.warp import warp
+    >>> x, labels = torch.rand(1, 1, 6, 6, 6), torch.randint(0, 3, (1, 1, 6, 6, 6), dtype=torch.uint8)
+    >>> u = torch.rand(1, 3, 6, 6, 6) - 0.5
+    >>> image, label = warp_with_labels(x, labels, np.eye(4)[None], u, (6, 6, 6), "zeros")
+    >>> torch.equal(label, warp(labels, np.eye(4)[None], u, np.eye(4)[None], (6, 6, 6), "nearest"))
+    True
+    """
+    out_shape = tuple(int(s) for s in out_shape)
+    in_shape = tuple(volume.shape[2:])
+    if volume.dtype != torch.float32 or labels.is_floating_point() or labels.shape[2:] != volume.shape[2:]:
+        raise TypeError(f"need a float32 volume and integer labels on one grid, got {volume.dtype} "
+                        f"{tuple(volume.shape)} and {labels.dtype} {tuple(labels.shape)}")
+    if tuple(field.shape[2:]) != out_shape:
+        raise ValueError(f"the field {tuple(field.shape)} is not on the output grid {out_shape}")
+    pre = np.asarray(pre_maps, dtype=np.float64)
+    theta = np.stack([normalized_theta(m @ np.eye(4), in_shape, out_shape) for m in pre]).astype(np.float32)
+    _, ax, ay, az, consts = _grid_constants(pre, in_shape, out_shape, torch.float32)
+    scale = np.array([2.0 / max(n - 1, 1) for n in in_shape])
+    linear = (pre[:, :3, :3] * scale[None, :, None]).astype(np.float32)
+    values = np.from_dlpack(field.detach().to(torch.float32).contiguous())
+    return _linear_with_labels(volume, labels, theta, (ax, ay, az), consts, padding_mode, (values, linear))
 
 
 def sample_voxel_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], padding_mode: str,

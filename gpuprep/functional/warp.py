@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fused_sampler import numba_ready, warp_with_labels
 from .grid import normalized_theta
 from .resample_general import GridCache, _affine_grid, inside_grid
 
-__all__ = ["invert_displacement", "sample_field", "warp", "warp_grid"]
+__all__ = ["invert_displacement", "sample_field", "warp", "warp_grid", "warp_image_and_labels"]
 
 # Integer dtypes whose values survive float32; larger ones go through float64.
 _EXACT_IN_FLOAT32 = (torch.uint8, torch.int8, torch.int16, torch.bool)
@@ -120,6 +121,11 @@ def warp(
     >>> torch.allclose(warp(x, eye, torch.zeros(2, 3, 6, 7, 8), eye, (6, 7, 8)), x, atol=1e-6)
     True
     """
+    if _kernel_warps(volume, field, post_maps, out_shape, "nearest" if not volume.is_floating_point() else mode):
+        empty = volume.new_empty((volume.shape[0], 0, *volume.shape[2:]), dtype=torch.uint8)
+        if volume.is_floating_point():
+            return warp_with_labels(volume, empty, pre_maps, field, out_shape, padding_mode)[0]
+        return warp_with_labels(empty.float(), volume, pre_maps, field, out_shape, padding_mode)[1]
     if volume.is_floating_point():
         work = volume
     else:
@@ -137,6 +143,41 @@ def warp(
     if padding_mode == "zeros":
         out.mul_(inside)
     return out if volume.is_floating_point() else out.round().to(volume.dtype)
+
+
+def warp_image_and_labels(image: torch.Tensor, labels: torch.Tensor, pre_maps: np.ndarray, field: torch.Tensor,
+                          post_maps: np.ndarray, out_shape: Sequence[int],
+                          padding_mode: str = "zeros") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`warp` of an image (linear) and its labels (nearest) in one pass of the numba kernel, or None.
+
+    None (warp each) unless the kernel reproduces :func:`warp` here: numba installed, a float32
+    image and integer labels on one grid, and the warp the last step (``post`` the identity, the
+    output on the field's grid). The labels then equal :func:`warp`'s and the image agrees to float
+    rounding.
+
+    Example
+    -------
+    >>> x, labels = torch.rand(1, 1, 6, 6, 6), torch.randint(0, 3, (1, 1, 6, 6, 6), dtype=torch.uint8)
+    >>> eye, u = np.eye(4)[None], torch.rand(1, 3, 6, 6, 6) - 0.5
+    >>> pair = warp_image_and_labels(x, labels, eye, u, eye, (6, 6, 6))
+    >>> pair is None or torch.equal(pair[1], warp(labels, eye, u, eye, (6, 6, 6)))
+    True
+    """
+    usable = (image.dtype == torch.float32 and labels.dtype in _EXACT_IN_FLOAT32
+              and image.shape[2:] == labels.shape[2:] and image.shape[0] == labels.shape[0])
+    if not (usable and _kernel_warps(image, field, post_maps, out_shape, "linear") and numba_ready(labels)):
+        return None
+    return warp_with_labels(image, labels, pre_maps, field, out_shape, padding_mode)
+
+
+def _kernel_warps(volume: torch.Tensor, field: torch.Tensor, post_maps: np.ndarray, out_shape: Sequence[int],
+                  mode: str) -> bool:
+    """Whether the numba kernel reproduces :func:`warp` for ``volume``: see :func:`warp_image_and_labels`."""
+    kind_ok = (volume.dtype == torch.float32 and mode == "linear") or volume.dtype in _EXACT_IN_FLOAT32
+    post = np.asarray(post_maps, dtype=np.float64)
+    last_step = tuple(field.shape[2:]) == tuple(int(n) for n in out_shape) and np.allclose(post, np.eye(4), atol=1e-12)
+    return (kind_ok and last_step and numba_ready(volume) and field.device.type == "cpu"
+            and not field.requires_grad and field.shape[0] == volume.shape[0])
 
 
 def _warp_grid_and_mask(pre_maps, field, post_maps, in_shape, out_shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from ..errors import TransformError
 from ..functional.grid import is_lattice_map
 from ..functional.resample import resample, resample_with_labels
 from ..functional.resample_general import GridCache, antialias
-from ..functional.warp import warp
+from ..functional.warp import warp, warp_image_and_labels
 from ..records import warp_entry
 from .warp_fields import FIELD_BUILDERS
 
@@ -111,9 +111,9 @@ class ChainGeometry:
         """An image (linear) and its labels (nearest) sampled in one pass, padded with 0; None where that cannot be.
 
         The results are :meth:`sample`'s for each (see
-        :func:`~gpuprep.functional.resample.resample_with_labels`); chains with a warp field are
-        not paired.
+        :func:`~gpuprep.functional.resample.resample_with_labels` and, with a warp field,
+        :func:`~gpuprep.functional.warp.warp_image_and_labels`).
         """
-        if self.field is not None:
-            return None
-        return resample_with_labels(image, labels, self.maps, out_shape, padding_mode)
+        if self.field is None or self.after is None:
+            return resample_with_labels(image, labels, self.maps, out_shape, padding_mode)
+        return warp_image_and_labels(image, labels, self.before, self.field, self.after, out_shape, padding_mode)

@@ -299,7 +299,7 @@ def _resample_images_with_labels(batch: dict, chains: Mapping[str, Sequence[tupl
         out_shape = tuple(chain[-1][1][0]["out_shape"])
         for label in (k for k in labels if k not in done and len(chains[k]) == len(chain)):
             other = ChainGeometry.of([s for _, s in chains[label]], batch[label].device, cache)
-            if (other.field is not None or tuple(chains[label][-1][1][0]["out_shape"]) != out_shape
+            if (other.field_key != geometry.field_key or tuple(chains[label][-1][1][0]["out_shape"]) != out_shape
                     or not np.array_equal(other.maps, geometry.maps)):
                 continue
             image = batch[key] if batch[key].is_floating_point() else batch[key].float()

@@ -25,3 +25,62 @@ def test_inverse_displacement_against_scipy():
         residual = np.abs(v + u_at)
         assert residual.max() < bound and residual.mean() < bound / 10, (stride, residual.max())
     assert np.abs(u64).max() > 1  # a real deformation
+
+
+def _warp_case(seed: int, batch: int = 2):
+    from gpuprep.functional.elastic import bspline_field
+
+    rng = np.random.default_rng(seed)
+    in_shape, out_shape = (11, 9, 10), (12, 10, 9)
+    pre = np.stack([np.eye(4) for _ in range(batch)])
+    for m in pre:
+        angle = rng.uniform(-0.4, 0.4)
+        m[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+        m[:3, :3] *= rng.uniform(0.9, 1.1)
+        m[:3, 3] = (np.array(in_shape) - 1) / 2 - m[:3, :3] @ ((np.array(out_shape) - 1) / 2) + rng.uniform(-1, 1, 3)
+    coefficients = torch.from_numpy(rng.uniform(-2, 2, (batch, 3, 5, 5, 5))).float()
+    field = bspline_field(coefficients, out_shape)
+    image = torch.from_numpy(rng.normal(size=(batch, 2, *in_shape))).float()
+    labels = torch.from_numpy(rng.integers(0, 6, (batch, 1, *in_shape))).to(torch.int16)
+    return image, labels, pre, field, out_shape
+
+
+def test_the_warp_kernel_equals_the_grid_sample_path(monkeypatch):
+    """Labels bit for bit, images to float rounding, each key alone or an image with its labels in one pass."""
+    import pytest
+
+    pytest.importorskip("numba")
+    from gpuprep.functional import warp as warp_module
+
+    eye = np.stack([np.eye(4)] * 2)
+    for seed in range(4):
+        image, labels, pre, field, out_shape = _warp_case(seed)
+        for padding_mode in ("zeros", "border"):
+            kernel = [warp_module.warp(image, pre, field, eye, out_shape, "linear", padding_mode),
+                      warp_module.warp(labels, pre, field, eye, out_shape, "nearest", padding_mode)]
+            pair = warp_module.warp_image_and_labels(image, labels, pre, field, eye, out_shape, padding_mode)
+            with monkeypatch.context() as patch:
+                patch.setattr(warp_module, "_kernel_warps", lambda *a: False)  # the grid_sample path
+                torch_path = [warp_module.warp(image, pre, field, eye, out_shape, "linear", padding_mode),
+                              warp_module.warp(labels, pre, field, eye, out_shape, "nearest", padding_mode)]
+            assert pair is not None
+            for ours in (kernel, pair):
+                torch.testing.assert_close(ours[0], torch_path[0], rtol=0, atol=1e-5)
+                assert torch.equal(ours[1], torch_path[1])
+            assert (torch_path[1] == 0).any() if padding_mode == "zeros" else True
+
+
+def test_the_warp_kernel_declines_where_it_would_differ():
+    import pytest
+
+    pytest.importorskip("numba")
+    from gpuprep.functional.warp import warp_image_and_labels
+
+    image, labels, pre, field, out_shape = _warp_case(5)
+    eye = np.stack([np.eye(4)] * 2)
+    shifted = eye.copy()
+    shifted[:, 0, 3] = 0.5  # a step after the warp: the field is read at other points
+    assert warp_image_and_labels(image, labels, pre, field, shifted, out_shape) is None
+    assert warp_image_and_labels(image.double(), labels, pre, field, eye, out_shape) is None
+    assert warp_image_and_labels(image, labels.float(), pre, field, eye, out_shape) is None
+    assert warp_image_and_labels(image, labels, pre, field[:, :, 1:], eye, out_shape) is None

@@ -42,9 +42,12 @@ def bspline_field(coefficients: torch.Tensor, shape: Sequence[int]) -> torch.Ten
     >>> bspline_field(torch.ones(1, 3, 5, 5, 5), (6, 7, 8)).shape
     torch.Size([1, 3, 6, 7, 8])
     """
-    field = coefficients
-    for axis, n in enumerate(shape):
-        basis = torch.as_tensor(bspline_basis(n, coefficients.shape[2 + axis]), dtype=field.dtype, device=field.device)
-        field = torch.movedim(torch.tensordot(field, basis, dims=([2 + axis], [1])), -1, 2 + axis)
-    return field
-
+    batch, components, n_d, n_h, _ = coefficients.shape
+    depth, height, width = (int(n) for n in shape)
+    basis = [torch.as_tensor(bspline_basis(n, m), dtype=coefficients.dtype, device=coefficients.device)
+             for n, m in zip((depth, height, width), coefficients.shape[2:])]
+    # W, then H, then D: the last and largest product is written contiguously, with no copy.
+    field = torch.matmul(coefficients, basis[2].T)  # [B, 3, nD, nH, W]
+    field = torch.matmul(basis[1], field)  # [B, 3, nD, H, W]
+    field = torch.matmul(basis[0], field.reshape(batch, components, n_d, height * width))
+    return field.reshape(batch, components, depth, height, width)

@@ -1,4 +1,4 @@
-"""The fused numba sampler against the torch path it replaces, beside the machine's memory bandwidth.
+"""The fused numba kernels against the torch paths they replace, beside the machine's memory bandwidth.
 
 A batch of 4 MNI152 1 mm crops of 128^3 (float32 image, uint8 tissue labels), each with its own
 random rotation (±15°) and scaling (±10 %), as ``RandAffine`` draws them. Resampled:
@@ -6,8 +6,12 @@ random rotation (±15°) and scaling (±10 %), as ``RandAffine`` draws them. Res
 - **torch**: ``general_batched`` as ``resample`` ran it before the kernel: one sampling grid
   (``[B, D, H, W, 3]``, built once and shared through a ``GridCache``), ``grid_sample`` linear
   for the image and nearest for the labels, each followed by the inside mask;
-- **numba**: ``sample_grid_rule`` for both (same results: labels equal, images to 1e-5), the
-  source coordinate of each voxel computed in the kernel.
+- **numba**: ``sample_grid_rule_with_labels``: the image and the labels in one pass (same results:
+  labels equal, images to 1e-5), the source coordinate of each voxel computed in the kernel.
+
+Then the intensity chain RandBiasField -> RandGamma -> RandNoise on the image: the torch path
+(``voxel_chain_torch``: one tensor per step, the transforms' own functions) against the numba
+kernel (``apply_voxel_chain``: one pass), both drawing the same noise with torch's generator.
 
 Beside them: the memory bandwidth (a 256 MiB ``Tensor.copy_``) and the time the kernels would
 take if they only read the input once and wrote the output once at that bandwidth. Then the
@@ -31,7 +35,8 @@ import numpy as np
 import torch
 from _common import machine_line, measure, mni_t1_and_tissue
 
-from gpuprep.functional.fused_sampler import sample_grid_rule
+from gpuprep.functional.fused_sampler import sample_grid_rule_with_labels
+from gpuprep.functional.intensity_chain import VoxelStep, apply_voxel_chain, draw_step_noise, voxel_chain_torch
 from gpuprep.functional.resample_general import GridCache, general_batched
 
 BATCH = 4
@@ -69,8 +74,36 @@ def torch_path(image, label, maps):
 
 
 def numba_path(image, label, maps):
-    return (sample_grid_rule(image, maps, SHAPE, "linear", "zeros"),
-            sample_grid_rule(label, maps, SHAPE, "nearest", "zeros"))
+    return sample_grid_rule_with_labels(image, label, maps, SHAPE, "zeros")
+
+
+def intensity_chain(batch: int, seed: int = 0) -> list[VoxelStep]:
+    """RandBiasField (order 3, coefficients 0.5), RandGamma (log gamma 0.3), RandNoise (std up to 0.1) steps."""
+    rng = np.random.default_rng(seed)
+    return [VoxelStep("bias", [True] * batch, np.zeros((batch, 0)), rng.uniform(-0.5, 0.5, (batch, 20)), 3),
+            VoxelStep("gamma", [True] * batch, np.exp(rng.uniform(-0.3, 0.3, (batch, 1)))),
+            VoxelStep("noise", [True] * batch, np.column_stack([np.zeros(batch), rng.uniform(0, 0.1, batch)]),
+                      noise_seeds=list(range(batch)))]
+
+
+def chain_timings(repeats: int) -> None:
+    image, _, _ = batch_and_maps()
+    steps = intensity_chain(BATCH)
+    ours, theirs = apply_voxel_chain(image, steps), voxel_chain_torch(image, steps)
+    error = ((ours - theirs).abs() / theirs.abs().clamp_min(1)).max().item()
+    print(f"\nintensity chain (bias field, gamma, noise): max relative difference {error:.1e}\n")
+    moved = 3 * image.numel() * image.element_size() / BATCH  # read the image and the noise, write the output
+    print("| threads | torch path ms / volume | numba ms / volume | speed-up | of which drawing the noise ms | "
+          "one pass at copy bandwidth ms |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        rate = bandwidth(repeats)
+        torch_s, _ = measure(lambda: voxel_chain_torch(image, steps), repeats)
+        numba_s, _ = measure(lambda: apply_voxel_chain(image, steps), repeats)
+        noise_s, _ = measure(lambda: draw_step_noise(image, steps), repeats)
+        print(f"| {threads} | {1e3 * torch_s / BATCH:.1f} | {1e3 * numba_s / BATCH:.1f} | {torch_s / numba_s:.1f}x "
+              f"| {1e3 * noise_s / BATCH:.1f} | {1e3 * moved / rate:.2f} |")
 
 
 def bandwidth(repeats: int) -> float:
@@ -104,13 +137,14 @@ def timings(repeats: int) -> None:
 _FIRST_CALL = """
 import time, torch
 start = time.perf_counter()
-from bench_kernels import batch_and_maps, numba_path
+from bench_kernels import apply_voxel_chain, batch_and_maps, intensity_chain, numba_path
 image, label, maps = batch_and_maps()
 image, label = image[:, :, :32, :32, :32].contiguous(), label[:, :, :32, :32, :32].contiguous()
+steps = intensity_chain(len(image))
 ready = time.perf_counter()
-numba_path(image, label, maps)
+numba_path(image, label, maps), apply_voxel_chain(image, steps)
 first = time.perf_counter()
-numba_path(image, label, maps)
+numba_path(image, label, maps), apply_voxel_chain(image, steps)
 print(first - ready - (time.perf_counter() - first))
 """
 
@@ -125,7 +159,7 @@ def first_call_cost() -> None:
             done = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, capture_output=True, text=True,
                                   check=True)
             costs.append(float(done.stdout.split()[-1]))
-    print(f"\nfirst call (numba import + image linear float32 + labels nearest uint8 kernels): "
+    print(f"\nfirst call (numba import + the image-and-labels and intensity-chain kernels): "
           f"{costs[0]:.1f} s compiling (empty NUMBA_CACHE_DIR), {costs[1]:.2f} s from numba's cache")
 
 
@@ -138,6 +172,7 @@ def main() -> None:
           f"and scaling per sample, zeros padding; {args.repeats} runs, median\n")
     start = time.perf_counter()
     timings(args.repeats)
+    chain_timings(args.repeats)
     first_call_cost()
     print(f"\n(benchmark took {time.perf_counter() - start:.0f} s)")
 

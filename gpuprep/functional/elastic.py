@@ -42,7 +42,7 @@ def bspline_field(coefficients: torch.Tensor, shape: Sequence[int]) -> torch.Ten
     >>> bspline_field(torch.ones(1, 3, 5, 5, 5), (6, 7, 8)).shape
     torch.Size([1, 3, 6, 7, 8])
     """
-    batch, components, n_d, n_h, _ = coefficients.shape
+    batch, components, n_d = coefficients.shape[:3]
     depth, height, width = (int(n) for n in shape)
     basis = [torch.as_tensor(bspline_basis(n, m), dtype=coefficients.dtype, device=coefficients.device)
              for n, m in zip((depth, height, width), coefficients.shape[2:])]

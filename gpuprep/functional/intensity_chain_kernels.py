@@ -55,7 +55,7 @@ _EXP_POLY = (_F(1.9875691500e-4), _F(1.3981999507e-3), _F(8.3334519073e-3), _F(4
              _F(1.6666665459e-1), _F(5.0000001201e-1))
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def log_abs(src, dst, bits):  # pragma: no cover - compiled
     """``dst = log|src|`` (float32 rows; ``bits`` int32 scratch). ``log 0 = -88``-ish, times a 0 sign later."""
     raw = src.view(np.int32)
@@ -78,7 +78,7 @@ def log_abs(src, dst, bits):  # pragma: no cover - compiled
         dst[x] = magnitude if magnitude == np.inf or magnitude != magnitude else value
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def exp_into(src, dst, bits):  # pragma: no cover - compiled
     """``dst = exp(src)`` (float32 rows; ``bits`` int32 scratch): ``inf`` above 88.7, 0 below -87.3."""
     scale = bits.view(np.float32)
@@ -107,61 +107,71 @@ def _sign_log(buf, sign, logs, bits):  # pragma: no cover - compiled
 
 
 def _voxel_chain(volume, codes, applied, numbers, cubes, u, v, w, noise, slots, stats, out):  # pragma: no cover
-    """One pass of the chain over ``volume`` ``[B, C, D, H, W]`` (float32) into ``out`` (see the module)."""
-    batch, channels, depth, height, width = volume.shape
-    steps, size = codes.shape[0], cubes.shape[2]
+    """One pass of the chain over ``volume`` ``[B, C, D, H, W]`` (float32) into ``out`` (see the module).
+
+    The parallel loop only hands out slices: its body is compiled once, as :func:`_chain_slice`
+    (numba's parallel analysis of a large body takes long).
+    """
+    batch, depth = volume.shape[0], volume.shape[2]
     for bd in numba.prange(batch * depth):
-        b, d = bd // depth, bd % depth
-        planes = np.zeros((steps, size, size))  # each bias cube contracted with u[d] ** i
-        rows = np.zeros((steps, size), np.float32)  # ... and with v[h] ** j: a polynomial in w
-        buf, sign, logs = np.empty(width, np.float32), np.empty(width, np.float32), np.empty(width, np.float32)
-        field, bits = np.empty(width, np.float32), np.empty(width, np.int32)
-        for k in range(steps):
-            if codes[k] == BIAS and applied[b, k]:
-                power = 1.0
-                for i in range(size):
-                    planes[k] += cubes[b, k, i] * power
-                    power *= u[d]
-        for h in range(height):
-            _bias_rows(codes, applied[b], planes, v[h], rows)
-            for c in range(channels):
-                source = volume[b, c, d, h]
-                for x in range(width):
-                    buf[x] = source[x]
-                logged = False  # the row is sign * exp(logs), not buf
-                for k in range(steps):
-                    if not applied[b, k]:
-                        continue
-                    code = codes[k]
-                    if code == BIAS:
-                        _polynomial(rows[k], w, field)
-                        if not logged and k + 1 < steps and codes[k + 1] == GAMMA and applied[b, k + 1]:
-                            _sign_log(buf, sign, logs, bits)
-                            logged = True
-                        if logged:
-                            for x in range(width):
-                                logs[x] += field[x]
-                        else:
-                            exp_into(field, sign, bits)
-                            for x in range(width):
-                                buf[x] *= sign[x]
-                    elif code == GAMMA:
-                        if not logged:
-                            _sign_log(buf, sign, logs, bits)
-                            logged = True
-                        gamma = _F(numbers[b, k, 0])
+        _chain_slice(bd // depth, bd % depth, volume, codes, applied, numbers, cubes, u, v, w, noise, slots, stats,
+                     out)
+
+
+def _chain_slice(b, d, volume, codes, applied, numbers, cubes, u, v, w, noise, slots, stats, out):  # pragma: no cover
+    """The chain on slice ``d`` of sample ``b``."""
+    channels, height, width = volume.shape[1], volume.shape[3], volume.shape[4]
+    steps, size = codes.shape[0], cubes.shape[2]
+    planes = np.zeros((steps, size, size))  # each bias cube contracted with u[d] ** i
+    rows = np.zeros((steps, size), np.float32)  # ... and with v[h] ** j: a polynomial in w
+    buf, sign, logs = np.empty(width, np.float32), np.empty(width, np.float32), np.empty(width, np.float32)
+    field, bits = np.empty(width, np.float32), np.empty(width, np.int32)
+    for k in range(steps):
+        if codes[k] == BIAS and applied[b, k]:
+            power = 1.0
+            for i in range(size):
+                planes[k] += cubes[b, k, i] * power
+                power *= u[d]
+    for h in range(height):
+        _bias_rows(codes, applied[b], planes, v[h], rows)
+        for c in range(channels):
+            source = volume[b, c, d, h]
+            for x in range(width):
+                buf[x] = source[x]
+            logged = False  # the row is sign * exp(logs), not buf
+            for k in range(steps):
+                if not applied[b, k]:
+                    continue
+                code = codes[k]
+                if code == BIAS:
+                    _polynomial(rows[k], w, field)
+                    if not logged and k + 1 < steps and codes[k + 1] == GAMMA and applied[b, k + 1]:
+                        _sign_log(buf, sign, logs, bits)
+                        logged = True
+                    if logged:
                         for x in range(width):
-                            logs[x] *= gamma
+                            logs[x] += field[x]
                     else:
-                        if logged:
-                            _from_logs(logs, sign, buf, bits)
-                            logged = False
-                        _linear_step(code, numbers[b, k], noise, b, slots[k], c, d, h, stats[b, c], buf, logs, sign)
-                if logged:
-                    _from_logs(logs, sign, buf, bits)
-                target = out[b, c, d, h]
-                for x in range(width):
-                    target[x] = buf[x]
+                        exp_into(field, sign, bits)
+                        for x in range(width):
+                            buf[x] *= sign[x]
+                elif code == GAMMA:
+                    if not logged:
+                        _sign_log(buf, sign, logs, bits)
+                        logged = True
+                    gamma = _F(numbers[b, k, 0])
+                    for x in range(width):
+                        logs[x] *= gamma
+                else:
+                    if logged:
+                        _from_logs(logs, sign, buf, bits)
+                        logged = False
+                    _linear_step(code, numbers[b, k], noise, b, slots[k], c, d, h, stats[b, c], buf, logs, sign)
+            if logged:
+                _from_logs(logs, sign, buf, bits)
+            target = out[b, c, d, h]
+            for x in range(width):
+                target[x] = buf[x]
 
 
 def _polynomial(coefficients, w, field):  # pragma: no cover - compiled
@@ -219,6 +229,6 @@ def _bias_rows(codes, applied, planes, v_h, rows):  # pragma: no cover - compile
                 rows[k, m] = total
 
 
-_sign_log, _bias_rows, _polynomial, _from_logs, _linear_step = (
-    numba.njit(cache=True, inline="always")(f) for f in (_sign_log, _bias_rows, _polynomial, _from_logs, _linear_step))
+_sign_log, _bias_rows, _polynomial, _from_logs, _linear_step, _chain_slice = (
+    numba.njit(cache=True)(f) for f in (_sign_log, _bias_rows, _polynomial, _from_logs, _linear_step, _chain_slice))
 voxel_chain, voxel_chain_serial = jit_pair(_voxel_chain)

@@ -112,7 +112,7 @@ def test_without_numba_and_off_the_kernels_dtype_the_torch_path_runs(monkeypatch
     volume = torch.from_numpy(rng.normal(1.0, 0.5, (2, 1, 4, 5, 6))).float()
     steps = _random_chain(rng, 2, with_contrast=False)
     assert chain_backend(volume.double(), steps) == "torch"
-    assert chain_backend(volume, steps[::-1] + [VoxelStep("contrast", [True, True], np.ones((2, 2)))]) == "torch"
+    assert chain_backend(volume, [*steps[::-1], VoxelStep("contrast", [True, True], np.ones((2, 2)))]) == "torch"
     assert torch.equal(apply_voxel_chain(volume.double(), steps), voxel_chain_torch(volume.double(), steps))
     monkeypatch.setitem(sys.modules, "gpuprep.functional.intensity_chain_kernels", None)
     intensity_chain._kernels.cache_clear()

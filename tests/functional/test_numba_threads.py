@@ -8,10 +8,10 @@ import types
 import pytest
 import torch
 
-numba = pytest.importorskip("numba")
-
 from gpuprep.functional import numba_threads
 from gpuprep.functional.numba_threads import jit_pair, pick_kernel
+
+numba = pytest.importorskip("numba")
 
 
 def _double(x):
@@ -43,6 +43,7 @@ def test_pick_kernel_serial_for_one_thread_and_for_other_threads_without_a_threa
         torch.set_num_threads(threads)
 
 
+@pytest.mark.filterwarnings("ignore:.*parallel=True.*")  # nothing to parallelise in this function
 def test_jit_pair_compiles_both_copies_under_their_own_names():
     parallel, serial = jit_pair(_double)
     assert parallel(3) == serial(3) == 6

@@ -87,7 +87,8 @@ def test_missing_keys_and_float64_images():
     del sample["t2"]
     with pytest.raises(gp.errors.MissingKeyError, match="t2"):
         gp.Compose(_chain(), seed=0)(sample)
-    steps = [gp.RandGamma(["image", "t2"], allow_missing_keys=True), gp.RandNoise(["image", "t2"], allow_missing_keys=True)]
+    keys = ["image", "t2"]
+    steps = [gp.RandGamma(keys, allow_missing_keys=True), gp.RandNoise(keys, allow_missing_keys=True)]
     out = gp.Compose(steps, seed=1)(sample)
     reference = gp.Compose(steps, seed=1, fuse=False)(sample)
     assert out["image"].dtype == torch.float64 and torch.equal(out["image"], reference["image"])

@@ -4,7 +4,7 @@
 # Prepare here with `bash scripts/gpu_wheels.sh`, then run there (device tool, carry ".whl"):
 #   bash scripts/gpu_check.sh "$OUT"
 # Results go to OUT_DIR (default ./gpu-check): machine.txt, triton_tests.txt, bench_triton_sampler.txt,
-# tests.txt, bench_denoise.txt. The whole run stays within 8 minutes: every step's timeout is capped
+# tests.txt, bench_augment.txt, bench_loader.txt, bench_denoise.txt. The whole run stays within 8 minutes: every step's timeout is capped
 # by what is left of that budget.
 # TorchIO (it needs SimpleITK, a 50 MB wheel) does not travel, so only peers without it run there.
 set -uo pipefail
@@ -35,10 +35,19 @@ timeout "$(cap 120)" python3 -m pytest -q -rs -p no:cacheprovider -o addopts="" 
 timeout "$(cap 60)" python3 benchmarks/bench_triton_sampler.py --device cuda --repeats 5 2>&1 \
   | tee "$OUT_DIR/bench_triton_sampler.txt"
 
+# Issue 18: the augmentation pipeline on a batch of 32 x 128^3 against MONAI per sample on the GPU (and
+# nnU-Net's 13.5 ms per batch on an A100) (TorchIO does not travel).
+timeout "$(cap 150)" python3 benchmarks/bench_augment.py --device cuda --batch 32 --skip-torchio --threads 16 \
+  --repeats 5 2>&1 | tee "$OUT_DIR/bench_augment.txt"
+
 # Every test that takes the `device` fixture runs on CUDA too; `-k cuda` selects those runs.
 # Modules that import packages absent there (SimpleITK, TorchIO) fail to collect and are listed.
-timeout "$(cap 300)" python3 -m pytest -q -k cuda -p no:cacheprovider --continue-on-collection-errors \
+timeout "$(cap 200)" python3 -m pytest -q -k cuda -p no:cacheprovider --continue-on-collection-errors \
   -o addopts="" tests 2>&1 | tail -40 | tee "$OUT_DIR/tests.txt"
+
+# The loader with augmentation on the GPU.
+timeout "$(cap 120)" python3 benchmarks/bench_loader.py --device cuda --skip-torchio --threads 16 --epochs 2 2>&1 \
+  | tee "$OUT_DIR/bench_loader.txt"
 
 timeout "$(cap 180)" python3 benchmarks/bench_denoise.py --device cuda --threads 16 --repeats 3 2>&1 \
   | tee "$OUT_DIR/bench_denoise.txt"

@@ -179,7 +179,9 @@ def _numba_chain(volume: torch.Tensor, steps: Sequence[VoxelStep]) -> torch.Tens
         stats[:, :, 0] = volume.mean(dim=(2, 3, 4)).double().numpy()  # as adjust_contrast: a float32 mean
         stats[:, :, 1] = volume.amin(dim=(2, 3, 4)).double().numpy()
         stats[:, :, 2] = volume.amax(dim=(2, 3, 4)).double().numpy()
-    out = torch.empty_like(volume)
+    # With one noise volume (or none) the output takes its place: the kernel reads each row's noise
+    # before it writes that row, and the fresh buffer is not allocated (and page-faulted) twice.
+    out = noise[:, 0] if noise.shape[1] == 1 else torch.empty_like(volume)
     pick_kernel(_kernels(), "voxel_chain")(np.from_dlpack(volume), codes, applied, numbers, cubes, *axes,
                                            np.from_dlpack(noise), slots, stats, np.from_dlpack(out))
     return out

@@ -3,7 +3,9 @@
 :func:`voxel_chain` applies a chain of voxel-wise intensity steps to a float32 batch in one
 pass: in parallel over ``(sample, slice)``, each image row is read once into a small buffer,
 every step runs over the buffer as a loop that LLVM vectorises, and the row is written once.
-A step is a code of :data:`CODES` with, per sample, an ``applied`` flag and up to four numbers:
+Each row's noise is read before the row is written, so ``out`` may be the noise array's first
+volume. A step is a code of :data:`CODES` with, per sample, an ``applied`` flag and up to four
+numbers:
 
 - ``BIAS``: ``v * exp(p(u, v, w))``, the polynomial of the sample's coefficient cube
   ``cubes[b, k]`` (``[S, S, S]`` on the D, H, W exponents) at the voxel's coordinates;

@@ -135,3 +135,16 @@ def test_an_empty_chain_copies_and_bad_steps_are_refused():
         VoxelStep("noise", [True], np.zeros((1, 2)))
     with pytest.raises(ValueError, match="1 samples for a batch of 2"):
         apply_voxel_chain(x, [VoxelStep("shift", [True], np.zeros((1, 1)))])
+
+
+@pytest.mark.parametrize("kinds", [("bias", "gamma", "noise"), ("gamma",), ("noise", "shift", "noise")])
+def test_chains_with_one_noise_volume_or_none(kinds):
+    """The output then takes the noise buffer's place; the input is never written."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(7)
+    volume = torch.from_numpy(rng.uniform(0.1, 2.0, (2, 2, 6, 5, 9))).float()
+    before = volume.clone()
+    steps = [step for step in _random_chain(rng, 2, with_contrast=False) if step.kind in kinds]
+    ours = apply_voxel_chain(volume, steps)
+    _assert_close(ours, voxel_chain_torch(volume, steps))
+    assert torch.equal(volume, before) and ours.is_contiguous() and ours.shape == volume.shape

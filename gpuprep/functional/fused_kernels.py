@@ -113,16 +113,18 @@ def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma
 
 
 def _grid_linear_with_labels(volume, labels, theta, ax, ay, az, consts, zeros, fill,  # pragma: no cover
-                             warped, field, linear, out, labels_out):
+                             warped, rows, first, taps, linear, out, labels_out):
     """:func:`grid_linear` of ``volume`` and :func:`grid_nearest` of ``labels`` (bits, padded with 0) in one pass.
 
     Both read the input at the same points: the labels at the rounded (``nearbyint``) coordinates
     of the trilinear ones, as ``grid_nearest`` rounds them. Either may have no channels.
 
-    With ``warped``, each point also moves by the displacement ``field`` ``[B, 3, D, H, W]`` (voxels
-    of the output grid, which is the warp's) times ``linear`` ``[B, 3, 3]`` (the map before the warp
-    in normalised units), as ``functional.warp.warp_grid`` adds it: component ``2 - i`` of the
-    point gains ``(l[i, 0] u0 + l[i, 1] u1) + l[i, 2] u2``.
+    With ``warped``, each point also moves by the displacement ``u`` (voxels of the output grid,
+    which is the warp's) times ``linear`` ``[B, 3, 3]`` (the map before the warp in normalised
+    units), as ``functional.warp.warp_grid`` adds it: component ``2 - i`` of the point gains
+    ``(l[i, 0] u0 + l[i, 1] u1) + l[i, 2] u2``. ``u`` is evaluated here, as
+    ``functional.elastic.rows_to_field`` evaluates it, from the B-spline ``rows``
+    ``[B, 3, D, H, nW]`` and the W taps (``first`` ``[W]``, ``taps`` ``[W, 4]``): no dense field.
     """
     batch, channels, in_d, in_h, in_w = volume.shape
     out_d, out_h, out_w = out.shape[2:]
@@ -142,7 +144,13 @@ def _grid_linear_with_labels(volume, labels, theta, ax, ay, az, consts, zeros, f
             for w in range(out_w):
                 g0, g1, g2 = b0 + t[0, 0] * ax[w], b1 + t[1, 0] * ax[w], b2 + t[2, 0] * ax[w]
                 if warped:
-                    u0, u1, u2 = field[b, 0, d, h, w], field[b, 1, d, h, w], field[b, 2, d, h, w]
+                    f, k0, k1, k2, k3 = first[w], taps[w, 0], taps[w, 1], taps[w, 2], taps[w, 3]
+                    r = rows[b, 0, d, h]
+                    u0 = ((r[f] * k0 + r[f + 1] * k1) + r[f + 2] * k2) + r[f + 3] * k3
+                    r = rows[b, 1, d, h]
+                    u1 = ((r[f] * k0 + r[f + 1] * k1) + r[f + 2] * k2) + r[f + 3] * k3
+                    r = rows[b, 2, d, h]
+                    u2 = ((r[f] * k0 + r[f + 1] * k1) + r[f + 2] * k2) + r[f + 3] * k3
                     g0 += (linear[b, 2, 0] * u0 + linear[b, 2, 1] * u1) + linear[b, 2, 2] * u2
                     g1 += (linear[b, 1, 0] * u0 + linear[b, 1, 1] * u1) + linear[b, 1, 2] * u2
                     g2 += (linear[b, 0, 0] * u0 + linear[b, 0, 1] * u1) + linear[b, 0, 2] * u2

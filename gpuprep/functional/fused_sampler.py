@@ -257,53 +257,6 @@ def sample_grid_rule_with_labels(volume: torch.Tensor, labels: torch.Tensor, map
     return _linear_with_labels(volume, labels, theta, (ax, ay, az), consts, padding_mode, None)
 
 
-def _linear_with_labels(volume, labels, theta, axes, consts, padding_mode, warp) -> tuple[torch.Tensor, torch.Tensor]:
-    """Call the ``grid_linear_with_labels`` kernel; ``warp``: None or ``(field, linear)`` float32 arrays."""
-    out_shape = tuple(len(a) for a in reversed(axes))
-    values, fills, out = _prepare(volume, out_shape, None, "linear")
-    label_values, _, label_out = _prepare(labels, out_shape, None, "nearest")
-    no_field = (np.zeros((1, 3, 1, 1, 1), np.float32), np.zeros((1, 3, 3), np.float32))
-    field, linear = warp if warp is not None else no_field
-    _kernel("grid_linear_with_labels")(values, label_values, theta, *axes, consts, padding_mode == "zeros", fills,
-                                       warp is not None, field, linear, np.from_dlpack(out), np.from_dlpack(label_out))
-    return out, label_out.view(labels.dtype)
-
-
-def warp_with_labels(volume: torch.Tensor, labels: torch.Tensor, pre_maps: np.ndarray, field: torch.Tensor,
-                     out_shape: Sequence[int], padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``functional.warp.warp`` of a float32 ``volume`` (linear) and of ``labels`` (nearest) in one pass.
-
-    For a warp that is the last step of its chain (``post`` the identity, the output on the warp's
-    grid: ``field`` ``[B, 3, D, H, W]`` in voxels has the output's shape). No grid, mask or field
-    sample is made; the points are :func:`~gpuprep.functional.warp.warp_grid`'s, operation for
-    operation, so the labels equal ``warp``'s and the image agrees to float rounding. Either
-    ``volume`` or ``labels`` may have no channels.
-
-    Example
-    -------
-    >>> from gpuprep.functional.warp import warp
-    >>> x, labels = torch.rand(1, 1, 6, 6, 6), torch.randint(0, 3, (1, 1, 6, 6, 6), dtype=torch.uint8)
-    >>> u = torch.rand(1, 3, 6, 6, 6) - 0.5
-    >>> image, label = warp_with_labels(x, labels, np.eye(4)[None], u, (6, 6, 6), "zeros")
-    >>> torch.equal(label, warp(labels, np.eye(4)[None], u, np.eye(4)[None], (6, 6, 6), "nearest"))
-    True
-    """
-    out_shape = tuple(int(s) for s in out_shape)
-    in_shape = tuple(volume.shape[2:])
-    if volume.dtype != torch.float32 or labels.is_floating_point() or labels.shape[2:] != volume.shape[2:]:
-        raise TypeError(f"need a float32 volume and integer labels on one grid, got {volume.dtype} "
-                        f"{tuple(volume.shape)} and {labels.dtype} {tuple(labels.shape)}")
-    if tuple(field.shape[2:]) != out_shape:
-        raise ValueError(f"the field {tuple(field.shape)} is not on the output grid {out_shape}")
-    pre = np.asarray(pre_maps, dtype=np.float64)
-    theta = np.stack([normalized_theta(m @ np.eye(4), in_shape, out_shape) for m in pre]).astype(np.float32)
-    _, ax, ay, az, consts = _grid_constants(pre, in_shape, out_shape, torch.float32)
-    scale = np.array([2.0 / max(n - 1, 1) for n in in_shape])
-    linear = (pre[:, :3, :3] * scale[None, :, None]).astype(np.float32)
-    values = np.from_dlpack(field.detach().to(torch.float32).contiguous())
-    return _linear_with_labels(volume, labels, theta, (ax, ay, az), consts, padding_mode, (values, linear))
-
-
 def sample_voxel_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], padding_mode: str,
                       fill: torch.Tensor | None = None) -> torch.Tensor:
     """``nearest_general``'s result (float64 voxel coordinates, ties up) with one map per sample, from numba.
@@ -322,3 +275,58 @@ def sample_voxel_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequenc
     rows = np.ascontiguousarray(np.asarray(maps, dtype=np.float64).reshape(-1, 4, 4)[:, :3])
     _kernel("voxel_nearest")(values, rows, bounds, padding_mode == "zeros", fills, np.from_dlpack(out))
     return out.view(volume.dtype)
+
+
+def _linear_with_labels(volume, labels, theta, axes, consts, padding_mode, warp) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call the ``grid_linear_with_labels`` kernel; ``warp``: None or ``(rows, first, taps, linear)`` arrays."""
+    out_shape = tuple(len(a) for a in reversed(axes))
+    values, fills, out = _prepare(volume, out_shape, None, "linear")
+    label_values, _, label_out = _prepare(labels, out_shape, None, "nearest")
+    no_warp = (np.zeros((1, 3, 1, 1, 4), np.float32), np.zeros(1, np.int64), np.zeros((1, 4), np.float32),
+               np.zeros((1, 3, 3), np.float32))
+    _kernel("grid_linear_with_labels")(values, label_values, theta, *axes, consts, padding_mode == "zeros", fills,
+                                       warp is not None, *(warp or no_warp), np.from_dlpack(out),
+                                       np.from_dlpack(label_out))
+    return out, label_out.view(labels.dtype)
+
+
+def warp_with_labels(volume: torch.Tensor, labels: torch.Tensor, pre_maps: np.ndarray, rows: torch.Tensor,
+                     first: np.ndarray, taps: np.ndarray, out_shape: Sequence[int],
+                     padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``functional.warp.warp`` of a float32 ``volume`` (linear) and of ``labels`` (nearest) in one pass.
+
+    For a warp that is the last step of its chain (``post`` the identity, the output on the warp's
+    grid) whose B-spline field is given separably: ``rows`` ``[B, 3, D, H, nW]``
+    (``elastic.bspline_rows``) and the W taps ``first``, ``taps`` (``elastic.bspline_taps``). No
+    field, grid or mask is made: each voxel's displacement is evaluated in the kernel as
+    ``elastic.rows_to_field`` evaluates it, and its point as ``warp.warp_grid`` makes it, so the
+    labels equal ``warp``'s (with the field of ``rows_to_field``) and the image agrees to float
+    rounding. Either ``volume`` or ``labels`` may have no channels.
+
+    Example
+    -------
+    >>> from gpuprep.functional.elastic import bspline_rows, bspline_taps, rows_to_field
+    >>> from gpuprep.functional.warp import warp
+    >>> x, labels = torch.rand(1, 1, 6, 6, 6), torch.randint(0, 3, (1, 1, 6, 6, 6), dtype=torch.uint8)
+    >>> rows, (first, taps) = bspline_rows(torch.rand(1, 3, 4, 4, 4) - 0.5, (6, 6, 6)), bspline_taps(6, 4)
+    >>> image, label = warp_with_labels(x, labels, np.eye(4)[None], rows, first, taps, (6, 6, 6), "zeros")
+    >>> u = rows_to_field(rows, first, taps)
+    >>> torch.equal(label, warp(labels, np.eye(4)[None], u, np.eye(4)[None], (6, 6, 6), "nearest"))
+    True
+    """
+    out_shape = tuple(int(s) for s in out_shape)
+    in_shape = tuple(volume.shape[2:])
+    if volume.dtype != torch.float32 or labels.is_floating_point() or labels.shape[2:] != volume.shape[2:]:
+        raise TypeError(f"need a float32 volume and integer labels on one grid, got {volume.dtype} "
+                        f"{tuple(volume.shape)} and {labels.dtype} {tuple(labels.shape)}")
+    if tuple(rows.shape[2:4]) != out_shape[:2] or len(first) != out_shape[2]:
+        raise ValueError(f"the field's rows {tuple(rows.shape)} and {len(first)} taps are not on the output grid "
+                         f"{out_shape}")
+    pre = np.asarray(pre_maps, dtype=np.float64)
+    theta = np.stack([normalized_theta(m @ np.eye(4), in_shape, out_shape) for m in pre]).astype(np.float32)
+    _, ax, ay, az, consts = _grid_constants(pre, in_shape, out_shape, torch.float32)
+    scale = np.array([2.0 / max(n - 1, 1) for n in in_shape])
+    linear = (pre[:, :3, :3] * scale[None, :, None]).astype(np.float32)
+    values = np.from_dlpack(rows.detach().to(torch.float32).contiguous())
+    warp = (values, np.ascontiguousarray(first, dtype=np.int64), np.ascontiguousarray(taps, dtype=np.float32), linear)
+    return _linear_with_labels(volume, labels, theta, (ax, ay, az), consts, padding_mode, warp)

@@ -121,11 +121,6 @@ def warp(
     >>> torch.allclose(warp(x, eye, torch.zeros(2, 3, 6, 7, 8), eye, (6, 7, 8)), x, atol=1e-6)
     True
     """
-    if _kernel_warps(volume, field, post_maps, out_shape, "nearest" if not volume.is_floating_point() else mode):
-        empty = volume.new_empty((volume.shape[0], 0, *volume.shape[2:]), dtype=torch.uint8)
-        if volume.is_floating_point():
-            return warp_with_labels(volume, empty, pre_maps, field, out_shape, padding_mode)[0]
-        return warp_with_labels(empty.float(), volume, pre_maps, field, out_shape, padding_mode)[1]
     if volume.is_floating_point():
         work = volume
     else:
@@ -145,39 +140,44 @@ def warp(
     return out if volume.is_floating_point() else out.round().to(volume.dtype)
 
 
-def warp_image_and_labels(image: torch.Tensor, labels: torch.Tensor, pre_maps: np.ndarray, field: torch.Tensor,
-                          post_maps: np.ndarray, out_shape: Sequence[int],
-                          padding_mode: str = "zeros") -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`warp` of an image (linear) and its labels (nearest) in one pass of the numba kernel, or None.
+def warp_image_and_labels(image: torch.Tensor | None, labels: torch.Tensor | None, pre_maps: np.ndarray,
+                          rows: torch.Tensor, first: np.ndarray, taps: np.ndarray, post_maps: np.ndarray,
+                          out_shape: Sequence[int], padding_mode: str = "zeros") -> tuple | None:
+    """:func:`warp` of an image (linear) and/or its labels (nearest) in one pass of the numba kernel, or None.
 
-    None (warp each) unless the kernel reproduces :func:`warp` here: numba installed, a float32
-    image and integer labels on one grid, and the warp the last step (``post`` the identity, the
-    output on the field's grid). The labels then equal :func:`warp`'s and the image agrees to float
-    rounding.
+    The B-spline field comes separably: ``rows`` (``elastic.bspline_rows``) and the W axis's
+    ``first``, ``taps`` (``elastic.bspline_taps``); the results are :func:`warp`'s with the field
+    ``elastic.rows_to_field(rows, first, taps)`` (labels equal, the image to float rounding).
+    Returns ``(image, labels)`` (None for the one not given), or None (use :func:`warp`) unless
+    numba is installed, the image is float32 and the labels integer, on one grid, and the warp is
+    the last step (``post`` the identity, the output on the field's grid).
 
     Example
     -------
-    >>> x, labels = torch.rand(1, 1, 6, 6, 6), torch.randint(0, 3, (1, 1, 6, 6, 6), dtype=torch.uint8)
-    >>> eye, u = np.eye(4)[None], torch.rand(1, 3, 6, 6, 6) - 0.5
-    >>> pair = warp_image_and_labels(x, labels, eye, u, eye, (6, 6, 6))
-    >>> pair is None or torch.equal(pair[1], warp(labels, eye, u, eye, (6, 6, 6)))
+    >>> from gpuprep.functional.elastic import bspline_rows, bspline_taps, rows_to_field
+    >>> labels = torch.randint(0, 3, (1, 1, 6, 6, 6), dtype=torch.uint8)
+    >>> rows, (first, taps) = bspline_rows(torch.rand(1, 3, 4, 4, 4) - 0.5, (6, 6, 6)), bspline_taps(6, 4)
+    >>> eye = np.eye(4)[None]
+    >>> pair = warp_image_and_labels(None, labels, eye, rows, first, taps, eye, (6, 6, 6))
+    >>> pair is None or torch.equal(pair[1], warp(labels, eye, rows_to_field(rows, first, taps), eye, (6, 6, 6)))
     True
     """
-    usable = (image.dtype == torch.float32 and labels.dtype in _EXACT_IN_FLOAT32
-              and image.shape[2:] == labels.shape[2:] and image.shape[0] == labels.shape[0])
-    if not (usable and _kernel_warps(image, field, post_maps, out_shape, "linear") and numba_ready(labels)):
-        return None
-    return warp_with_labels(image, labels, pre_maps, field, out_shape, padding_mode)
-
-
-def _kernel_warps(volume: torch.Tensor, field: torch.Tensor, post_maps: np.ndarray, out_shape: Sequence[int],
-                  mode: str) -> bool:
-    """Whether the numba kernel reproduces :func:`warp` for ``volume``: see :func:`warp_image_and_labels`."""
-    kind_ok = (volume.dtype == torch.float32 and mode == "linear") or volume.dtype in _EXACT_IN_FLOAT32
+    given = [v for v in (image, labels) if v is not None]
+    out_shape = tuple(int(n) for n in out_shape)
     post = np.asarray(post_maps, dtype=np.float64)
-    last_step = tuple(field.shape[2:]) == tuple(int(n) for n in out_shape) and np.allclose(post, np.eye(4), atol=1e-12)
-    return (kind_ok and last_step and numba_ready(volume) and field.device.type == "cpu"
-            and not field.requires_grad and field.shape[0] == volume.shape[0])
+    usable = (bool(given) and (image is None or image.dtype == torch.float32)
+              and (labels is None or labels.dtype in _EXACT_IN_FLOAT32)
+              and all(v.shape[2:] == given[0].shape[2:] and v.shape[0] == rows.shape[0] for v in given)
+              and all(numba_ready(v) for v in given) and rows.device.type == "cpu" and not rows.requires_grad
+              and tuple(rows.shape[2:4]) == out_shape[:2] and len(first) == out_shape[2]
+              and np.allclose(post, np.eye(4), atol=1e-12))
+    if not usable:
+        return None
+    template = given[0]
+    empty = template.new_empty((template.shape[0], 0, *template.shape[2:]), dtype=torch.uint8)
+    out = warp_with_labels(empty.float() if image is None else image, empty if labels is None else labels,
+                           pre_maps, rows, first, taps, out_shape, padding_mode)
+    return (None if image is None else out[0]), (None if labels is None else out[1])
 
 
 def _warp_grid_and_mask(pre_maps, field, post_maps, in_shape, out_shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:

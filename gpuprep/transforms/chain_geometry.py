@@ -8,7 +8,7 @@ before and after it. :mod:`gpuprep.transforms.fusion` resamples each key through
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,7 @@ from ..functional.resample import resample, resample_with_labels
 from ..functional.resample_general import GridCache, antialias
 from ..functional.warp import warp, warp_image_and_labels
 from ..records import warp_entry
-from .warp_fields import FIELD_BUILDERS
+from .warp_fields import FIELD_BUILDERS, SEPARABLE_BUILDERS
 
 __all__ = ["ChainGeometry", "composed_maps"]
 
@@ -51,14 +51,16 @@ class ChainGeometry:
 
     Without a warping step the chain is one map per sample (``before``). With one, an output
     voxel goes through ``after`` (the steps after the warp), the field, then ``before`` (the steps
-    up to and including the warp's own map).
+    up to and including the warp's own map). The field is built when first needed: the dense
+    :attr:`field` for the torch path, or its separable :attr:`rows` for the numba warp kernel.
     """
 
     before: np.ndarray
-    field: torch.Tensor | None = None
     after: np.ndarray | None = None
     field_key: tuple | None = None
     cache: GridCache | None = None
+    build_field: Callable[[], torch.Tensor] | None = None
+    build_rows: Callable[[], tuple | None] | None = None
 
     @classmethod
     def of(cls, chain: Sequence[Sequence[Mapping]], device: torch.device,
@@ -80,9 +82,33 @@ class ChainGeometry:
         entry = next(e for e in map(warp_entry, steps) if e is not None)
         field_key = ("field", before.tobytes(), after.tobytes(), repr([s.get(entry) for s in steps]),
                      repr([s.get("inverse") for s in steps]), str(device))
-        build = functools.partial(FIELD_BUILDERS[entry], steps, device)
-        field = build() if cache is None else cache.get(field_key, build)
-        return cls(before=before, field=field, after=after, field_key=field_key, cache=cache)
+        rows = SEPARABLE_BUILDERS.get(entry)
+        return cls(before=before, after=after, field_key=field_key, cache=cache,
+                   build_field=functools.partial(FIELD_BUILDERS[entry], steps, device),
+                   build_rows=None if rows is None else functools.partial(rows, steps, device))
+
+    @property
+    def warped(self) -> bool:
+        """Whether the chain has a warping step (a displacement field between ``before`` and ``after``)."""
+        return self.field_key is not None
+
+    @functools.cached_property
+    def field(self) -> torch.Tensor | None:
+        """The warp's dense displacement field ``[B, 3, D, H, W]`` (voxels), None without a warp."""
+        if self.build_field is None:
+            return None
+        if self.cache is None or self.field_key is None:
+            return self.build_field()
+        return self.cache.get(self.field_key, self.build_field)
+
+    @functools.cached_property
+    def rows(self) -> tuple | None:
+        """The warp's field separably, ``(rows, first, taps)`` for the numba kernel, or None."""
+        if self.build_rows is None:
+            return None
+        if self.cache is None:
+            return self.build_rows()
+        return self.cache.get(("rows", *(self.field_key or ())), self.build_rows)
 
     @property
     def maps(self) -> np.ndarray:
@@ -92,18 +118,25 @@ class ChainGeometry:
     @property
     def lattice(self) -> bool:
         """Whether every output voxel centre falls on an input voxel centre (no interpolation needed)."""
-        return self.field is None and all(is_lattice_map(m) for m in self.maps)
+        return not self.warped and all(is_lattice_map(m) for m in self.maps)
 
     def sample(self, volume: torch.Tensor, out_shape: Sequence[int], *, mode: str, padding_mode: str,
                fill: float | torch.Tensor = 0.0, anti_aliasing: bool = False) -> torch.Tensor:
         """Sample ``volume`` ``[B, C, D, H, W]`` at the chain's points; ``fill`` outside under ``"zeros"``."""
-        if self.field is None or self.after is None:
+        if not self.warped or self.after is None:
             return resample(volume, self.maps, out_shape, mode, anti_aliasing, padding_mode, fill, cache=self.cache)
         if anti_aliasing:
             volume = antialias(volume, self.maps)
         if isinstance(fill, torch.Tensor) or fill != 0.0:  # a constant c outside: warp(x - c) + c
             return self.sample(volume - fill, out_shape, mode=mode, padding_mode=padding_mode) + fill
-        return warp(volume, self.before, self.field, self.after, out_shape, mode, padding_mode,
+        if volume.is_floating_point() == (mode == "linear"):  # an image interpolated, or labels copied
+            image, labels = (volume, None) if volume.is_floating_point() else (None, volume)
+            warped = self._warp_in_kernel(image, labels, out_shape, padding_mode)
+            if warped is not None:
+                return warped[0] if image is not None else warped[1]
+        field = self.field
+        assert field is not None  # warped
+        return warp(volume, self.before, field, self.after, out_shape, mode, padding_mode,
                     cache=self.cache, field_key=self.field_key)
 
     def sample_with_labels(self, image: torch.Tensor, labels: torch.Tensor, out_shape: Sequence[int], *,
@@ -111,9 +144,21 @@ class ChainGeometry:
         """An image (linear) and its labels (nearest) sampled in one pass, padded with 0; None where that cannot be.
 
         The results are :meth:`sample`'s for each (see
-        :func:`~gpuprep.functional.resample.resample_with_labels` and, with a warp field,
+        :func:`~gpuprep.functional.resample.resample_with_labels` and, with a warp,
         :func:`~gpuprep.functional.warp.warp_image_and_labels`).
         """
-        if self.field is None or self.after is None:
+        if not self.warped or self.after is None:
             return resample_with_labels(image, labels, self.maps, out_shape, padding_mode)
-        return warp_image_and_labels(image, labels, self.before, self.field, self.after, out_shape, padding_mode)
+        return self._warp_in_kernel(image, labels, out_shape, padding_mode)
+
+    def _warp_in_kernel(self, image, labels, out_shape, padding_mode) -> tuple | None:
+        """The numba warp kernel's ``(image, labels)``, or None where it does not apply (``warp_image_and_labels``)."""
+        given = image if image is not None else labels
+        if given is None or given.device.type != "cpu" or self.build_rows is None or self.after is None:
+            return None
+        separable = self.rows
+        if separable is None:
+            return None
+        rows, first, taps = separable
+        return warp_image_and_labels(image, labels, self.before, rows, first, taps, self.after, out_shape,
+                                     padding_mode)

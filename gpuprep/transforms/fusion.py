@@ -334,7 +334,7 @@ def resample_steps(volume: torch.Tensor, chain: Sequence[Sequence[Mapping]], out
     [3.0, 2.0, 1.0, 0.0]
     """
     geometry = ChainGeometry.of(chain, volume.device, cache)
-    if geometry.field is not None and how.mode == "cubic":
+    if geometry.warped and how.mode == "cubic":
         raise TransformError("cubic interpolation cannot be fused with an elastic step; use mode='linear'")
     if (kind or dtype_kind(volume)) != LABEL:
         if not volume.is_floating_point() and how.mode != "nearest":

@@ -14,10 +14,35 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..functional.elastic import bspline_field
+from ..functional.elastic import bspline_field, bspline_rows, bspline_taps
 from ..functional.warp import invert_displacement
 
-__all__ = ["FIELD_BUILDERS", "bspline_displacement_field"]
+__all__ = ["FIELD_BUILDERS", "SEPARABLE_BUILDERS", "bspline_displacement_field", "bspline_displacement_rows"]
+
+
+def _coefficients(steps: Sequence[Mapping]) -> np.ndarray:
+    """The control-point displacements ``[B, 3, nD, nH, nW]`` of an elastic step; zero for samples it skipped."""
+    grids = [np.asarray(s["displacement"], dtype=np.float32) for s in steps if "displacement" in s]
+    coefficients = np.zeros((len(steps), *grids[0].shape), dtype=np.float32)
+    for index, step in enumerate(steps):
+        if "displacement" in step:
+            coefficients[index] = step["displacement"]
+    return coefficients
+
+
+def bspline_displacement_rows(steps: Sequence[Mapping], device: torch.device) -> tuple | None:
+    """An elastic step's field, separably: ``(rows, first, taps)`` for the numba warp kernel; None for an inverse.
+
+    ``rows`` is :func:`~gpuprep.functional.elastic.bspline_rows` ``[B, 3, D, H, nW]`` and
+    ``first``, ``taps`` the W axis's :func:`~gpuprep.functional.elastic.bspline_taps`: the kernel
+    evaluates :func:`bspline_displacement_field` from them, bit for bit. An inverse field (for
+    ``gp.invert``) is solved numerically and has no such form.
+    """
+    if any(s.get("inverse", False) for s in steps):
+        return None
+    shape = tuple(steps[0]["in_shape"])
+    coefficients = torch.from_numpy(_coefficients(steps)).to(device)
+    return (bspline_rows(coefficients, shape), *bspline_taps(int(shape[2]), coefficients.shape[4]))
 
 
 def bspline_displacement_field(steps: Sequence[Mapping], device: torch.device) -> torch.Tensor:
@@ -31,11 +56,7 @@ def bspline_displacement_field(steps: Sequence[Mapping], device: torch.device) -
     (1, 3, 4, 4, 4)
     """
     shape = tuple(steps[0]["in_shape"])
-    grids = [np.asarray(s["displacement"], dtype=np.float32) for s in steps if "displacement" in s]
-    coefficients = np.zeros((len(steps), *grids[0].shape), dtype=np.float32)
-    for index, step in enumerate(steps):
-        if "displacement" in step:
-            coefficients[index] = step["displacement"]
+    coefficients = _coefficients(steps)
     field = bspline_field(torch.from_numpy(coefficients).to(device), shape)
     if any(s.get("inverse", False) for s in steps):
         # The inverse is solved on a coarser grid where control points lie >= 24 voxels apart:
@@ -50,4 +71,11 @@ def bspline_displacement_field(steps: Sequence[Mapping], device: torch.device) -
 #: warping step's per-sample steps.
 FIELD_BUILDERS: dict[str, Callable[[Sequence[Mapping], torch.device], torch.Tensor]] = {
     "displacement": bspline_displacement_field,
+}
+
+#: Per warp entry, the function ``(steps, device) -> (rows, first, taps) | None`` giving the field
+#: separably for the numba warp kernel (see :func:`bspline_displacement_rows`); an entry without
+#: one is always warped through its dense field.
+SEPARABLE_BUILDERS: dict[str, Callable[[Sequence[Mapping], torch.device], tuple | None]] = {
+    "displacement": bspline_displacement_rows,
 }

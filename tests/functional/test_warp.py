@@ -28,7 +28,7 @@ def test_inverse_displacement_against_scipy():
 
 
 def _warp_case(seed: int, batch: int = 2):
-    from gpuprep.functional.elastic import bspline_field
+    from gpuprep.functional.elastic import bspline_rows, bspline_taps
 
     rng = np.random.default_rng(seed)
     in_shape, out_shape = (11, 9, 10), (12, 10, 9)
@@ -38,36 +38,48 @@ def _warp_case(seed: int, batch: int = 2):
         m[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
         m[:3, :3] *= rng.uniform(0.9, 1.1)
         m[:3, 3] = (np.array(in_shape) - 1) / 2 - m[:3, :3] @ ((np.array(out_shape) - 1) / 2) + rng.uniform(-1, 1, 3)
-    coefficients = torch.from_numpy(rng.uniform(-2, 2, (batch, 3, 5, 5, 5))).float()
-    field = bspline_field(coefficients, out_shape)
+    coefficients = torch.from_numpy(rng.uniform(-2, 2, (batch, 3, 5, 5, 6))).float()
+    separable = (bspline_rows(coefficients, out_shape), *bspline_taps(out_shape[2], 6))
     image = torch.from_numpy(rng.normal(size=(batch, 2, *in_shape))).float()
     labels = torch.from_numpy(rng.integers(0, 6, (batch, 1, *in_shape))).to(torch.int16)
-    return image, labels, pre, field, out_shape
+    return image, labels, pre, separable, out_shape
 
 
-def test_the_warp_kernel_equals_the_grid_sample_path(monkeypatch):
-    """Labels bit for bit, images to float rounding, each key alone or an image with its labels in one pass."""
+def test_the_dense_field_is_its_separable_form():
+    """bspline_field (the torch path's field) against an explicit sum over every control point."""
+    from gpuprep.functional.elastic import bspline_basis, bspline_field, bspline_rows, bspline_taps, rows_to_field
+
+    coefficients = torch.from_numpy(np.random.default_rng(1).normal(size=(1, 3, 5, 6, 7)))
+    shape = (9, 8, 11)
+    basis = [bspline_basis(n, m) for n, m in zip(shape, coefficients.shape[2:])]
+    expected = np.einsum("bcijk,di,hj,wk->bcdhw", coefficients.numpy(), *basis)
+    np.testing.assert_allclose(bspline_field(coefficients, shape).numpy(), expected, rtol=0, atol=1e-12)
+    rows = bspline_rows(coefficients, shape)
+    assert torch.equal(rows_to_field(rows, *bspline_taps(11, 7)), bspline_field(coefficients, shape))
+
+
+def test_the_warp_kernel_equals_the_grid_sample_path():
+    """Labels bit for bit, images to float rounding: an image with its labels in one pass, or each alone."""
     import pytest
 
     pytest.importorskip("numba")
-    from gpuprep.functional import warp as warp_module
+    from gpuprep.functional.elastic import rows_to_field
+    from gpuprep.functional.warp import warp, warp_image_and_labels
 
     eye = np.stack([np.eye(4)] * 2)
     for seed in range(4):
-        image, labels, pre, field, out_shape = _warp_case(seed)
+        image, labels, pre, separable, out_shape = _warp_case(seed)
+        field = rows_to_field(*separable)
         for padding_mode in ("zeros", "border"):
-            kernel = [warp_module.warp(image, pre, field, eye, out_shape, "linear", padding_mode),
-                      warp_module.warp(labels, pre, field, eye, out_shape, "nearest", padding_mode)]
-            pair = warp_module.warp_image_and_labels(image, labels, pre, field, eye, out_shape, padding_mode)
-            with monkeypatch.context() as patch:
-                patch.setattr(warp_module, "_kernel_warps", lambda *a: False)  # the grid_sample path
-                torch_path = [warp_module.warp(image, pre, field, eye, out_shape, "linear", padding_mode),
-                              warp_module.warp(labels, pre, field, eye, out_shape, "nearest", padding_mode)]
-            assert pair is not None
-            for ours in (kernel, pair):
-                torch.testing.assert_close(ours[0], torch_path[0], rtol=0, atol=1e-5)
-                assert torch.equal(ours[1], torch_path[1])
-            assert (torch_path[1] == 0).any() if padding_mode == "zeros" else True
+            reference = [warp(image, pre, field, eye, out_shape, "linear", padding_mode),
+                         warp(labels, pre, field, eye, out_shape, "nearest", padding_mode)]
+            pair = warp_image_and_labels(image, labels, pre, *separable, eye, out_shape, padding_mode)
+            alone = [warp_image_and_labels(image, None, pre, *separable, eye, out_shape, padding_mode)[0],
+                     warp_image_and_labels(None, labels, pre, *separable, eye, out_shape, padding_mode)[1]]
+            for ours in (pair, alone):
+                torch.testing.assert_close(ours[0], reference[0], rtol=0, atol=1e-5)
+                assert torch.equal(ours[1], reference[1])
+            assert pair[0] is not None and pair[0].shape == reference[0].shape
 
 
 def test_the_warp_kernel_declines_where_it_would_differ():
@@ -76,11 +88,12 @@ def test_the_warp_kernel_declines_where_it_would_differ():
     pytest.importorskip("numba")
     from gpuprep.functional.warp import warp_image_and_labels
 
-    image, labels, pre, field, out_shape = _warp_case(5)
+    image, labels, pre, (rows, first, taps), out_shape = _warp_case(5)
     eye = np.stack([np.eye(4)] * 2)
     shifted = eye.copy()
     shifted[:, 0, 3] = 0.5  # a step after the warp: the field is read at other points
-    assert warp_image_and_labels(image, labels, pre, field, shifted, out_shape) is None
-    assert warp_image_and_labels(image.double(), labels, pre, field, eye, out_shape) is None
-    assert warp_image_and_labels(image, labels.float(), pre, field, eye, out_shape) is None
-    assert warp_image_and_labels(image, labels, pre, field[:, :, 1:], eye, out_shape) is None
+    assert warp_image_and_labels(image, labels, pre, rows, first, taps, shifted, out_shape) is None
+    assert warp_image_and_labels(image.double(), labels, pre, rows, first, taps, eye, out_shape) is None
+    assert warp_image_and_labels(image, labels.float(), pre, rows, first, taps, eye, out_shape) is None
+    assert warp_image_and_labels(image, labels, pre, rows[:, :, 1:], first, taps, eye, out_shape) is None
+    assert warp_image_and_labels(None, None, pre, rows, first, taps, eye, out_shape) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -72,11 +73,17 @@ def rows_to_field(rows: torch.Tensor, first: np.ndarray, weights: np.ndarray) ->
     Each voxel is ``((r[f] w0 + r[f+1] w1) + r[f+2] w2) + r[f+3] w3`` in the rows' dtype (the
     weights cast to it), in that order: the numba warp kernel repeats it bit for bit.
     """
-    index = torch.as_tensor(first, device=rows.device)
     taps = torch.as_tensor(weights, dtype=rows.dtype, device=rows.device)
-    field = rows.index_select(-1, index) * taps[:, 0]
-    for tap in range(1, 4):
-        field += rows.index_select(-1, index + tap) * taps[:, tap]
+    first = np.asarray(first)
+    starts = [0, *(np.flatnonzero(np.diff(first)) + 1).tolist(), len(first)]
+    field = rows.new_empty((*rows.shape[:-1], len(first)))
+    scratch = rows.new_empty((*rows.shape[:-1], max(b - a for a, b in itertools.pairwise(starts))))
+    for start, stop in itertools.pairwise(starts):  # the voxels of one B-spline cell share their 4 rows
+        cell, weight = int(first[start]), taps[start:stop]
+        block, product = field[..., start:stop], scratch[..., : stop - start]
+        torch.mul(rows[..., cell: cell + 1], weight[:, 0], out=block)
+        for tap in range(1, 4):
+            block.add_(torch.mul(rows[..., cell + tap: cell + tap + 1], weight[:, tap], out=product))
     return field
 
 

@@ -113,11 +113,12 @@ def _grid_linear(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma
 
 
 def _grid_linear_with_labels(volume, labels, theta, ax, ay, az, consts, zeros, fill,  # pragma: no cover
-                             warped, rows, first, taps, linear, out, labels_out):
+                             warped, rows, first, taps, linear, onehot, out, labels_out):
     """:func:`grid_linear` of ``volume`` and :func:`grid_nearest` of ``labels`` (bits, padded with 0) in one pass.
 
     Both read the input at the same points: the labels at the rounded (``nearbyint``) coordinates
-    of the trilinear ones, as ``grid_nearest`` rounds them. Either may have no channels.
+    of the trilinear ones, as ``grid_nearest`` rounds them. Either may have no channels. With
+    ``onehot`` the labels are ``resample_labels``'s instead (see :func:`_onehot_label`).
 
     With ``warped``, each point also moves by the displacement ``u`` (voxels of the output grid,
     which is the warp's) times ``linear`` ``[B, 3, 3]`` (the map before the warp in normalised
@@ -141,16 +142,11 @@ def _grid_linear_with_labels(volume, labels, theta, ax, ay, az, consts, zeros, f
             b0, b1, b2 = a0 + t[0, 1] * ay[h], a1 + t[1, 1] * ay[h], a2 + t[2, 1] * ay[h]
             row = (b * channels * out_d + d) * out_h * out_w + h * out_w
             label_row = (b * label_channels * out_d + d) * out_h * out_w + h * out_w
+            field_row = rows[b, :, d, h] if warped else rows[0, :, 0, 0]  # this image row's B-spline rows
             for w in range(out_w):
                 g0, g1, g2 = b0 + t[0, 0] * ax[w], b1 + t[1, 0] * ax[w], b2 + t[2, 0] * ax[w]
                 if warped:
-                    f, k0, k1, k2, k3 = first[w], taps[w, 0], taps[w, 1], taps[w, 2], taps[w, 3]
-                    r = rows[b, 0, d, h]
-                    u0 = ((r[f] * k0 + r[f + 1] * k1) + r[f + 2] * k2) + r[f + 3] * k3
-                    r = rows[b, 1, d, h]
-                    u1 = ((r[f] * k0 + r[f + 1] * k1) + r[f + 2] * k2) + r[f + 3] * k3
-                    r = rows[b, 2, d, h]
-                    u2 = ((r[f] * k0 + r[f + 1] * k1) + r[f + 2] * k2) + r[f + 3] * k3
+                    u0, u1, u2 = _displacement(field_row, first[w], taps[w])
                     g0 += (linear[b, 2, 0] * u0 + linear[b, 2, 1] * u1) + linear[b, 2, 2] * u2
                     g1 += (linear[b, 1, 0] * u0 + linear[b, 1, 1] * u1) + linear[b, 1, 2] * u2
                     g2 += (linear[b, 0, 0] * u0 + linear[b, 0, 1] * u1) + linear[b, 0, 2] * u2
@@ -163,11 +159,12 @@ def _grid_linear_with_labels(volume, labels, theta, ax, ay, az, consts, zeros, f
                 ix = min(consts[5], max((g0 + one) * sw, zero))
                 iy = min(consts[6], max((g1 + one) * sh, zero))
                 iz = min(consts[7], max((g2 + one) * sd, zero))
-                nearest = (np.uint64(b * label_channels * in_size) + np.uint64(np.int64(_round_half_even(iz))) * plane
-                           + np.uint64(np.int64(_round_half_even(iy))) * np.uint64(in_w)
-                           + np.uint64(np.int64(_round_half_even(ix))))
-                for c in range(label_channels):
-                    label_dst[label_row + c * out_size + w] = label_src[nearest + np.uint64(c * in_size)]
+                if not onehot:
+                    nearest = (np.uint64(np.int64(_round_half_even(iz))) * plane
+                               + np.uint64(np.int64(_round_half_even(iy))) * np.uint64(in_w)
+                               + np.uint64(np.int64(_round_half_even(ix))))
+                    _copy_channels(label_src, label_dst, np.uint64(b * label_channels * in_size) + nearest,
+                                   label_row + w, label_channels, in_size, out_size)
                 x0, y0, z0 = np.int64(ix), np.int64(iy), np.int64(iz)  # floor: the coordinates are >= 0
                 fx, fy, fz = _as_float_like(x0, ix), _as_float_like(y0, iy), _as_float_like(z0, iz)
                 x0, y0, z0 = np.uint64(x0), np.uint64(y0), np.uint64(z0)
@@ -177,14 +174,71 @@ def _grid_linear_with_labels(volume, labels, theta, ax, ay, az, consts, zeros, f
                 dz = plane if z0 + 1 < in_d else np.uint64(0)
                 hx, hy, hz = ix - fx, iy - fy, iz - fz  # weights of the upper corners
                 lx, ly, lz = fx + one - ix, fy + one - iy, fz + one - iz
+                weights = (lx * ly * lz, hx * ly * lz, lx * hy * lz, hx * hy * lz,
+                           lx * ly * hz, hx * ly * hz, lx * hy * hz, hx * hy * hz)
+                corner = z0 * plane + y0 * np.uint64(in_w) + x0
+                offsets = (np.uint64(0), dx, dy, dy + dx, dz, dz + dx, dz + dy, dz + dy + dx)
                 for c in range(channels):
-                    p = np.uint64((b * channels + c) * in_size) + z0 * plane + y0 * np.uint64(in_w) + x0
-                    dst[row + c * out_size + w] = (
-                        src[p] * (lx * ly * lz) + src[p + dx] * (hx * ly * lz)
-                        + src[p + dy] * (lx * hy * lz) + src[p + dy + dx] * (hx * hy * lz)
-                        + src[p + dz] * (lx * ly * hz) + src[p + dz + dx] * (hx * ly * hz)
-                        + src[p + dz + dy] * (lx * hy * hz) + src[p + dz + dy + dx] * (hx * hy * hz)
-                    )
+                    p = np.uint64((b * channels + c) * in_size) + corner
+                    dst[row + c * out_size + w] = _trilinear(src, p, offsets, weights)
+                if onehot:
+                    for c in range(label_channels):
+                        p = np.uint64((b * label_channels + c) * in_size) + corner
+                        label_dst[label_row + c * out_size + w] = _onehot_label(label_src, p, offsets, weights, zero)
+
+
+def _trilinear(src, p, offsets, weights):  # pragma: no cover - compiled
+    """The eight corners from ``p`` weighted and summed in ``grid_linear``'s order."""
+    return (src[p] * weights[0] + src[p + offsets[1]] * weights[1]
+            + src[p + offsets[2]] * weights[2] + src[p + offsets[3]] * weights[3]
+            + src[p + offsets[4]] * weights[4] + src[p + offsets[5]] * weights[5]
+            + src[p + offsets[6]] * weights[6] + src[p + offsets[7]] * weights[7])
+
+
+def _displacement(rows, first, taps):  # pragma: no cover - compiled
+    """The three components of a B-spline displacement at one voxel, as ``elastic.rows_to_field`` sums them.
+
+    ``rows`` ``[3, nW]`` is the voxel's image row of ``bspline_rows``; ``first`` and ``taps`` its W taps.
+    """
+    r, f = rows[0], first
+    u0 = ((r[f] * taps[0] + r[f + 1] * taps[1]) + r[f + 2] * taps[2]) + r[f + 3] * taps[3]
+    r = rows[1]
+    u1 = ((r[f] * taps[0] + r[f + 1] * taps[1]) + r[f + 2] * taps[2]) + r[f + 3] * taps[3]
+    r = rows[2]
+    u2 = ((r[f] * taps[0] + r[f + 1] * taps[1]) + r[f + 2] * taps[2]) + r[f + 3] * taps[3]
+    return u0, u1, u2
+
+
+def _copy_channels(source, target, start, row, channels, in_size, out_size):  # pragma: no cover - compiled
+    """Copy one voxel of every channel: ``target[row + c * out_size] = source[start + c * in_size]``."""
+    for c in range(channels):
+        target[row + c * out_size] = source[start + np.uint64(c * in_size)]
+
+
+def _onehot_label(labels, p, offsets, weights, zero):  # pragma: no cover - compiled
+    """``resample_labels``'s label at a point: each label's one-hot mask interpolated, then the argmax.
+
+    A label's score is the sum of the trilinear weights of the corners holding it, added in corner
+    order as ``grid_linear`` adds the mask's eight terms (a corner of another label adds an exact 0);
+    the highest score wins, ties going to the smaller label (``resample_labels`` visits the labels in
+    ascending order and keeps the first maximum), and 0 where no label has weight.
+    """
+    best_score, best_label = zero, labels[p] - labels[p]  # 0 in the labels' type
+    for i in range(8):
+        label = labels[p + offsets[i]]
+        score = zero
+        for k in range(8):
+            if labels[p + offsets[k]] == label:
+                score += weights[k]
+        if score > best_score or (score == best_score and score > zero and label < best_label):
+            best_score, best_label = score, label
+    return best_label
+
+
+_onehot_label = numba.njit(cache=True)(_onehot_label)
+# Inlined by numba: called per voxel, they must cost nothing beyond their arithmetic.
+_displacement, _copy_channels, _trilinear = (numba.njit(cache=True, inline="always")(f) for f in (
+    _displacement, _copy_channels, _trilinear))
 
 
 def _grid_nearest(volume, theta, ax, ay, az, consts, zeros, fill, out):  # pragma: no cover - compiled

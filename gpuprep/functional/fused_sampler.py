@@ -232,12 +232,15 @@ def _grid_constants(maps: np.ndarray, in_shape: tuple, out_shape: tuple, grid_dt
 
 
 def sample_grid_rule_with_labels(volume: torch.Tensor, labels: torch.Tensor, maps: np.ndarray,
-                                 out_shape: Sequence[int], padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+                                 out_shape: Sequence[int], padding_mode: str,
+                                 onehot: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`sample_grid_rule` of a float32 ``volume`` (linear) and of ``labels`` (nearest) in one pass.
 
     The results equal the two calls' (no fill: zeros outside under ``"zeros"``); the input
     coordinates are computed once for both. ``labels`` is an integer or bool batch on the same
-    input grid (any channel count).
+    input grid (any channel count). With ``onehot`` the labels are instead ``resample_labels``'s
+    through ``sample_grid_rule`` (each label's mask interpolated linearly, then the argmax; not for
+    int8 labels, whose bits do not sort like their values).
 
     Example
     -------
@@ -253,8 +256,10 @@ def sample_grid_rule_with_labels(volume: torch.Tensor, labels: torch.Tensor, map
                         f"{tuple(volume.shape)} and {labels.dtype} {tuple(labels.shape)}")
     out_shape = tuple(int(s) for s in out_shape)
     in_shape = tuple(volume.shape[2:])
+    if onehot and labels.dtype == torch.int8:
+        raise TypeError("one-hot sampling compares label bits: int8 labels are not supported")
     theta, ax, ay, az, consts = _grid_constants(maps, in_shape, out_shape, torch.float32)
-    return _linear_with_labels(volume, labels, theta, (ax, ay, az), consts, padding_mode, None)
+    return _linear_with_labels(volume, labels, theta, (ax, ay, az), consts, padding_mode, None, onehot)
 
 
 def sample_voxel_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequence[int], padding_mode: str,
@@ -277,7 +282,8 @@ def sample_voxel_rule(volume: torch.Tensor, maps: np.ndarray, out_shape: Sequenc
     return out.view(volume.dtype)
 
 
-def _linear_with_labels(volume, labels, theta, axes, consts, padding_mode, warp) -> tuple[torch.Tensor, torch.Tensor]:
+def _linear_with_labels(volume, labels, theta, axes, consts, padding_mode, warp,
+                        onehot: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Call the ``grid_linear_with_labels`` kernel; ``warp``: None or ``(rows, first, taps, linear)`` arrays."""
     out_shape = tuple(len(a) for a in reversed(axes))
     values, fills, out = _prepare(volume, out_shape, None, "linear")
@@ -285,14 +291,14 @@ def _linear_with_labels(volume, labels, theta, axes, consts, padding_mode, warp)
     no_warp = (np.zeros((1, 3, 1, 1, 4), np.float32), np.zeros(1, np.int64), np.zeros((1, 4), np.float32),
                np.zeros((1, 3, 3), np.float32))
     _kernel("grid_linear_with_labels")(values, label_values, theta, *axes, consts, padding_mode == "zeros", fills,
-                                       warp is not None, *(warp or no_warp), np.from_dlpack(out),
+                                       warp is not None, *(warp or no_warp), onehot, np.from_dlpack(out),
                                        np.from_dlpack(label_out))
     return out, label_out.view(labels.dtype)
 
 
 def warp_with_labels(volume: torch.Tensor, labels: torch.Tensor, pre_maps: np.ndarray, rows: torch.Tensor,
-                     first: np.ndarray, taps: np.ndarray, out_shape: Sequence[int],
-                     padding_mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+                     first: np.ndarray, taps: np.ndarray, out_shape: Sequence[int], padding_mode: str,
+                     onehot: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``functional.warp.warp`` of a float32 ``volume`` (linear) and of ``labels`` (nearest) in one pass.
 
     For a warp that is the last step of its chain (``post`` the identity, the output on the warp's
@@ -301,7 +307,8 @@ def warp_with_labels(volume: torch.Tensor, labels: torch.Tensor, pre_maps: np.nd
     field, grid or mask is made: each voxel's displacement is evaluated in the kernel as
     ``elastic.rows_to_field`` evaluates it, and its point as ``warp.warp_grid`` makes it, so the
     labels equal ``warp``'s (with the field of ``rows_to_field``) and the image agrees to float
-    rounding. Either ``volume`` or ``labels`` may have no channels.
+    rounding. Either ``volume`` or ``labels`` may have no channels. ``onehot``: as in
+    :func:`sample_grid_rule_with_labels`.
 
     Example
     -------
@@ -329,4 +336,6 @@ def warp_with_labels(volume: torch.Tensor, labels: torch.Tensor, pre_maps: np.nd
     linear = (pre[:, :3, :3] * scale[None, :, None]).astype(np.float32)
     values = np.from_dlpack(rows.detach().to(torch.float32).contiguous())
     warp = (values, np.ascontiguousarray(first, dtype=np.int64), np.ascontiguousarray(taps, dtype=np.float32), linear)
-    return _linear_with_labels(volume, labels, theta, (ax, ay, az), consts, padding_mode, warp)
+    if onehot and labels.dtype == torch.int8:
+        raise TypeError("one-hot sampling compares label bits: int8 labels are not supported")
+    return _linear_with_labels(volume, labels, theta, (ax, ay, az), consts, padding_mode, warp, onehot)

@@ -129,8 +129,11 @@ def resample(
 
 
 def resample_with_labels(image: torch.Tensor, labels: torch.Tensor, voxel_maps: np.ndarray, out_shape: Sequence[int],
-                         padding_mode: str = "zeros") -> tuple[torch.Tensor, torch.Tensor] | None:
+                         padding_mode: str = "zeros", onehot: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``resample`` of an image (linear) and of its labels (nearest) in one pass, or None where it cannot.
+
+    ``onehot``: the labels as :func:`resample_labels` gives them (linear masks, the argmax), not
+    by nearest neighbour.
 
     Random spatial augmentation moves an image and its label map by one map per sample; the numba
     kernel then reads both at the same points in one pass (both padded with 0 under ``"zeros"``).
@@ -150,11 +153,11 @@ def resample_with_labels(image: torch.Tensor, labels: torch.Tensor, voxel_maps: 
     maps = np.asarray(voxel_maps, dtype=np.float64)
     shared_grid = image.shape[0] == labels.shape[0] == len(maps) and image.shape[2:] == labels.shape[2:]
     if not (shared_grid and image.dtype == torch.float32 and labels.dtype in _EXACT_IN_FLOAT32
-            and numba_ready(image) and numba_ready(labels)):
+            and numba_ready(image) and numba_ready(labels) and not (onehot and labels.dtype == torch.int8)):
         return None
     if len({m.tobytes() for m in maps}) < 2 or not batchable(image, maps, "linear"):
         return None  # resample takes another path than the grid kernels
-    return sample_grid_rule_with_labels(image, labels, maps, out_shape, padding_mode)
+    return sample_grid_rule_with_labels(image, labels, maps, out_shape, padding_mode, onehot)
 
 
 def _resample_one_map(volume, voxel_map, out_shape, mode, anti_aliasing, padding_mode, fill=None,

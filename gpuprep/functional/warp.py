@@ -142,7 +142,7 @@ def warp(
 
 def warp_image_and_labels(image: torch.Tensor | None, labels: torch.Tensor | None, pre_maps: np.ndarray,
                           rows: torch.Tensor, first: np.ndarray, taps: np.ndarray, post_maps: np.ndarray,
-                          out_shape: Sequence[int], padding_mode: str = "zeros") -> tuple | None:
+                          out_shape: Sequence[int], padding_mode: str = "zeros", onehot: bool = False) -> tuple | None:
     """:func:`warp` of an image (linear) and/or its labels (nearest) in one pass of the numba kernel, or None.
 
     The B-spline field comes separably: ``rows`` (``elastic.bspline_rows``) and the W axis's
@@ -150,7 +150,8 @@ def warp_image_and_labels(image: torch.Tensor | None, labels: torch.Tensor | Non
     ``elastic.rows_to_field(rows, first, taps)`` (labels equal, the image to float rounding).
     Returns ``(image, labels)`` (None for the one not given), or None (use :func:`warp`) unless
     numba is installed, the image is float32 and the labels integer, on one grid, and the warp is
-    the last step (``post`` the identity, the output on the field's grid).
+    the last step (``post`` the identity, the output on the field's grid). ``onehot``: the labels
+    as ``resample_labels`` gives them through :func:`warp` (linear masks, the argmax).
 
     Example
     -------
@@ -170,13 +171,14 @@ def warp_image_and_labels(image: torch.Tensor | None, labels: torch.Tensor | Non
               and all(v.shape[2:] == given[0].shape[2:] and v.shape[0] == rows.shape[0] for v in given)
               and all(numba_ready(v) for v in given) and rows.device.type == "cpu" and not rows.requires_grad
               and tuple(rows.shape[2:4]) == out_shape[:2] and len(first) == out_shape[2]
-              and np.allclose(post, np.eye(4), atol=1e-12))
+              and np.allclose(post, np.eye(4), atol=1e-12) and not (onehot and labels is not None
+                                                                     and labels.dtype == torch.int8))
     if not usable:
         return None
     template = given[0]
     empty = template.new_empty((template.shape[0], 0, *template.shape[2:]), dtype=torch.uint8)
     out = warp_with_labels(empty.float() if image is None else image, empty if labels is None else labels,
-                           pre_maps, rows, first, taps, out_shape, padding_mode)
+                           pre_maps, rows, first, taps, out_shape, padding_mode, onehot)
     return (None if image is None else out[0]), (None if labels is None else out[1])
 
 

@@ -1,7 +1,7 @@
 """Where the output voxels of a chain of spatial steps read their input: voxel maps and a warp field.
 
 :func:`composed_maps` multiplies a chain's voxel maps into one map per sample, and
-:class:`ChainGeometry` adds the dense field of a warping step (one per chain) between the maps
+:class:`ChainGeometry` adds the field of a warping step (one per chain) between the maps
 before and after it. :mod:`gpuprep.transforms.fusion` resamples each key through it.
 """
 
@@ -140,18 +140,18 @@ class ChainGeometry:
                     cache=self.cache, field_key=self.field_key)
 
     def sample_with_labels(self, image: torch.Tensor, labels: torch.Tensor, out_shape: Sequence[int], *,
-                           padding_mode: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """An image (linear) and its labels (nearest) sampled in one pass, padded with 0; None where that cannot be.
+                           padding_mode: str, onehot: bool = False) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An image (linear) and its labels (nearest, or ``onehot``) sampled in one pass, padded with 0; or None.
 
         The results are :meth:`sample`'s for each (see
         :func:`~gpuprep.functional.resample.resample_with_labels` and, with a warp,
         :func:`~gpuprep.functional.warp.warp_image_and_labels`).
         """
         if not self.warped or self.after is None:
-            return resample_with_labels(image, labels, self.maps, out_shape, padding_mode)
-        return self._warp_in_kernel(image, labels, out_shape, padding_mode)
+            return resample_with_labels(image, labels, self.maps, out_shape, padding_mode, onehot)
+        return self._warp_in_kernel(image, labels, out_shape, padding_mode, onehot)
 
-    def _warp_in_kernel(self, image, labels, out_shape, padding_mode) -> tuple | None:
+    def _warp_in_kernel(self, image, labels, out_shape, padding_mode, onehot=False) -> tuple | None:
         """The numba warp kernel's ``(image, labels)``, or None where it does not apply (``warp_image_and_labels``)."""
         given = image if image is not None else labels
         if given is None or given.device.type != "cpu" or self.build_rows is None or self.after is None:
@@ -161,4 +161,4 @@ class ChainGeometry:
             return None
         rows, first, taps = separable
         return warp_image_and_labels(image, labels, self.before, rows, first, taps, self.after, out_shape,
-                                     padding_mode)
+                                     padding_mode, onehot)

@@ -284,14 +284,14 @@ def _resample_images_with_labels(batch: dict, chains: Mapping[str, Sequence[tupl
     """Resample an image and a label map moved by the same chain in one pass where the kernel can; the keys done.
 
     An image interpolated linearly, padded with 0 or its border, and a label map by nearest
-    neighbour (see :meth:`ChainGeometry.sample_with_labels`); the results are those of
+    neighbour or one-hot (see :meth:`ChainGeometry.sample_with_labels`); the results are those of
     :func:`resample_steps` on each.
     """
     done: set[str] = set()
     labels = [key for key, chain in chains.items() if chain and get_kind(batch, key) == LABEL]
     for key, chain in chains.items():
         how = Resampling.of_chain(chain) if chain and key not in labels else None
-        if how is None or how.mode != "linear" or how.anti_aliasing or how.label_mode != "nearest" or (
+        if how is None or how.mode != "linear" or how.anti_aliasing or (
                 how.padding_mode == "zeros" and how.padding_value != 0):
             continue
         steps = [s for _, s in chain]
@@ -303,7 +303,8 @@ def _resample_images_with_labels(batch: dict, chains: Mapping[str, Sequence[tupl
                     or not np.array_equal(other.maps, geometry.maps)):
                 continue
             image = batch[key] if batch[key].is_floating_point() else batch[key].float()
-            pair = geometry.sample_with_labels(image, batch[label], out_shape, padding_mode=how.padding_mode)
+            pair = geometry.sample_with_labels(image, batch[label], out_shape, padding_mode=how.padding_mode,
+                                               onehot=how.label_mode == "onehot" and not geometry.lattice)
             if pair is not None:
                 batch[key], batch[label] = pair
                 for done_key in (key, label):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import sys
 import threading
@@ -197,3 +198,26 @@ def test_image_and_labels_in_one_pass_equal_two_passes(padding_mode, label_dtype
         assert torch.equal(label, fused_sampler.sample_grid_rule(labels, maps, out_shape, "nearest", padding_mode))
     with pytest.raises(TypeError, match="float32 volume and integer labels"):
         fused_sampler.sample_grid_rule_with_labels(volume.double(), labels, maps, out_shape, padding_mode)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.int16])
+def test_one_hot_labels_in_the_same_pass_equal_resample_labels(padding_mode, label_dtype):
+    """Each label's mask interpolated by the grid kernel, then the argmax (ties to the smaller label), as
+    ``resample_labels`` computes it: equal, label for label."""
+    from gpuprep.functional.resample import resample_labels
+
+    for seed in range(4):
+        volume, maps, out_shape = _case(seed, 3, torch.float32)
+        labels = (volume * 2).round().clamp(-2, 3).to(label_dtype)
+        labels = torch.cat([labels, labels.flip(3)], dim=1)[:, :3]
+        image, label = fused_sampler.sample_grid_rule_with_labels(volume, labels, maps, out_shape, padding_mode,
+                                                                  onehot=True)
+        sampler = functools.partial(fused_sampler.sample_grid_rule, maps=maps, out_shape=out_shape, mode="linear",
+                                    padding_mode=padding_mode)
+        expected = resample_labels(labels, maps, out_shape, "linear", padding_mode, sampler=sampler)
+        assert torch.equal(label, expected)
+        assert torch.equal(image, fused_sampler.sample_grid_rule(volume, maps, out_shape, "linear", padding_mode))
+    with pytest.raises(TypeError, match="int8"):
+        fused_sampler.sample_grid_rule_with_labels(volume, labels.to(torch.int8), maps, out_shape, padding_mode,
+                                                   onehot=True)

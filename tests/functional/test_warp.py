@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.ndimage as ndi
 import torch
@@ -97,3 +99,23 @@ def test_the_warp_kernel_declines_where_it_would_differ():
     assert warp_image_and_labels(image, labels.float(), pre, rows, first, taps, eye, out_shape) is None
     assert warp_image_and_labels(image, labels, pre, rows[:, :, 1:], first, taps, eye, out_shape) is None
     assert warp_image_and_labels(None, None, pre, rows, first, taps, eye, out_shape) is None
+
+
+def test_one_hot_labels_through_the_warp_kernel_equal_resample_labels():
+    import pytest
+
+    pytest.importorskip("numba")
+    from gpuprep.functional.elastic import rows_to_field
+    from gpuprep.functional.resample import resample_labels
+    from gpuprep.functional.warp import warp, warp_image_and_labels
+
+    eye = np.stack([np.eye(4)] * 2)
+    for seed in range(3):
+        image, labels, pre, separable, out_shape = _warp_case(seed)
+        field = rows_to_field(*separable)
+        for padding_mode in ("zeros", "border"):
+            _, ours = warp_image_and_labels(image, labels, pre, *separable, eye, out_shape, padding_mode, onehot=True)
+            sampler = functools.partial(warp, pre_maps=pre, field=field, post_maps=eye, out_shape=out_shape,
+                                        mode="linear", padding_mode=padding_mode)
+            expected = resample_labels(labels, pre, out_shape, "linear", padding_mode, sampler=sampler)
+            assert torch.equal(ours, expected)

@@ -89,3 +89,27 @@ def test_an_image_and_its_labels_are_resampled_in_one_pass_with_the_same_results
     assert torch.equal(out["label"], alone["label"]) and torch.equal(out["image"], alone["image"])
     assert torch.equal(out["t1"], alone["t1"])
     assert torch.equal(gp.get_affine(out, "label"), gp.get_affine(alone, "label"))
+
+
+def test_one_hot_labels_ride_along_in_the_same_pass(monkeypatch):
+    """A chain that asks for one-hot labels: the image and the labels in one kernel pass, the same as apart."""
+    pytest.importorskip("numba")
+    import gpuprep.transforms.chain_geometry as chain_geometry
+
+    samples = []
+    for index in range(2):
+        generator = torch.Generator().manual_seed(index)
+        image = torch.rand((1, 12, 11, 10), generator=generator)
+        samples.append(gp.make_sample({"image": image, "label": (image * 3).to(torch.uint8)}, labels="label"))
+    keys = ["image", "label"]
+    upsample = gp.Resample(keys, 0.9, label_mode="onehot", anti_aliasing=False)
+    for steps in ([upsample, gp.RandAffine(keys, rotate=20, seed=2)],
+                  [upsample, gp.RandElastic(keys, max_displacement=2.0, seed=2)]):
+        batch = gp.collate(samples)
+        out = gp.Compose(steps)(batch)
+        monkeypatch.setattr(chain_geometry, "resample_with_labels", lambda *a, **k: None)
+        monkeypatch.setattr(chain_geometry, "warp_image_and_labels", lambda *a, **k: None)
+        alone = gp.Compose(steps)(batch)
+        monkeypatch.undo()
+        assert torch.equal(out["label"], alone["label"])
+        torch.testing.assert_close(out["image"], alone["image"], rtol=0, atol=1e-5)

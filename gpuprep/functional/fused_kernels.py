@@ -6,8 +6,8 @@ each reproducing a torch path of :mod:`gpuprep.functional.resample_general` oper
 operation (same formulas, same order, same precision), so that nearest neighbour is bit-exact:
 
 - the **grid rule** (:func:`grid_linear`, :func:`grid_nearest`, :func:`grid_linear_with_labels`) is
-  ``general_batched``: the normalised ``affine_grid`` coordinate ``((r2 z + r3) + r1 y) + r0 x`` in the grid's dtype ``T``,
-  ``inside_grid``'s mask, ``grid_sample``'s unnormalisation ``((g + 1) / 2) (n - 1)`` with
+  ``general_batched``: the normalised ``affine_grid`` coordinate ``((r2 z + r3) + r1 y) + r0 x``
+  in the grid's dtype ``T``, ``inside_grid``'s mask, ``grid_sample``'s unnormalisation ``((g + 1) / 2) (n - 1)`` with
   ``"border"`` clamping, and its trilinear weights or ``nearbyint`` (ties to even);
 - the **voxel rule** (:func:`voxel_nearest`) is ``nearest_general``: float64 voxel coordinates,
   ``floor(c + 0.5 + 1e-9)`` (ties up) and ``_inside_mask``'s half-voxel test.

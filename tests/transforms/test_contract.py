@@ -44,6 +44,7 @@ EXAMPLES = {
     # A mask as an extra input channel; the stack is a new key, the sources are kept.
     "ConcatKeys": lambda: gp.ConcatKeys(KEYS, output_key="stacked", allow_mixed_kinds=True),
     "HistogramStandardize": lambda: gp.HistogramStandardize(KEYS, mask="nonzero"),
+    "BiasFieldCorrection": lambda: gp.BiasFieldCorrection(KEYS, shrink=2, levels=2, iterations=5),
     "ForegroundMask": lambda: gp.ForegroundMask("image", closing_radius=1),
     "MaskImage": lambda: gp.MaskImage(KEYS, mask_key="label"),
     "GaussianDenoise": lambda: gp.GaussianDenoise(KEYS, sigma=1.5),

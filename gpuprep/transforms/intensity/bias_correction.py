@@ -173,8 +173,8 @@ class BiasFieldCorrection(Transform):
 
 
 def _finite(value: float) -> float | None:
-    """A JSON-friendly number: NaN (an empty mask) becomes None."""
-    return None if math.isnan(value) else float(value)
+    """A JSON-friendly number to 4 significant digits: NaN (an empty mask) becomes None."""
+    return None if math.isnan(value) else float(f"{value:.4g}")
 
 
 def _check_iterations(owner: str, value, levels: int) -> int | tuple[int, ...]:

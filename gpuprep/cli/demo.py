@@ -2,13 +2,14 @@
 
 For each input it writes the preprocessed NIfTI file(s), a JSON sidecar with the full history
 (provenance), the pipeline as YAML, and a PNG montage: three orthogonal slices before and
-after, both rows cut through the centre of the input's field of view and drawn at the same
-scale, so that they show the same anatomy at the same place (with L/R, A/P, S/I letters). It
-prints the device and the time of every step.
+after, with the N4 bias field between them, all rows cut through the centre of the input's
+field of view and drawn at the same scale, so that they show the same anatomy at the same place
+(with L/R, A/P, S/I letters). It prints the device and the time of every step.
 
 Outputs are named after the input's full file name without its image extension (the stem) and
 the key: ``<stem>_preprocessed.nii.gz`` (the image), ``<stem>_foreground_preprocessed.nii.gz``
-(the head mask), ``<stem>_pipeline.yaml``, ``<stem>_qc.png``. Inputs from different folders keep
+(the head mask), ``<stem>_bias_field_preprocessed.nii.gz`` (the N4 bias field that was divided
+out), ``<stem>_pipeline.yaml``, ``<stem>_qc.png`` (input, bias field, output). Inputs from different folders keep
 their folders relative to the inputs' common folder, so ``site1/T1.nii.gz`` and ``site2/T1.nii.gz``
 give ``OUTPUT/site1/T1_preprocessed.nii.gz`` and ``OUTPUT/site2/T1_preprocessed.nii.gz``. All
 outputs are checked before any work: colliding outputs and existing files (unless ``--overwrite``)
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 DEFAULT_OUTPUT = "gpuprep-demo"
 #: Key of the foreground mask the pipeline makes, and the suffix of every preprocessed file.
 MASK_KEY = "foreground"
+FIELD_KEY = "bias_field"
 SUFFIX = "_preprocessed"
 
 
@@ -122,7 +124,8 @@ def output_names(job: dict, label_keys: list[str]) -> list[str]:
     """The names of the files written for one input: each output is named after its input's full stem and its key.
 
     The image keeps ``<stem>_preprocessed.nii.gz``, a label map loaded from its own file keeps
-    that file's stem, and the foreground mask made from the image is ``<stem>_foreground_preprocessed``.
+    that file's stem, the foreground mask made from the image is ``<stem>_foreground_preprocessed`` and
+    its N4 bias field ``<stem>_bias_field_preprocessed``.
 
     Example
     -------
@@ -133,7 +136,7 @@ def output_names(job: dict, label_keys: list[str]) -> list[str]:
 
     stem = strip_image_extension(Path(job["image"]).name)
     stems = [strip_image_extension(Path(job[key]).name) for key in ["image", *label_keys]]
-    stems.append(f"{stem}_{MASK_KEY}")
+    stems += [f"{stem}_{MASK_KEY}", f"{stem}_{FIELD_KEY}"]
     names = [f"{name}{SUFFIX}{extension}" for name in stems for extension in (".nii.gz", ".json")]
     return [*names, f"{stem}_pipeline.yaml", f"{stem}_qc.png"]
 
@@ -182,7 +185,8 @@ def _process(job: dict, label_keys: list[str], device: torch.device, output: Pat
         sample = timed("load labels", LoadImage(label_keys, labels=True), sample)
     sample = timed(f"to {device.type}", _to_device, sample, keys, device)
     before = (sample["image"], get_affine(sample, "image"))
-    pipeline = brain_mri_preprocessing(image_keys=["image"], label_keys=label_keys, mask_key=MASK_KEY)
+    pipeline = brain_mri_preprocessing(image_keys=["image"], label_keys=label_keys, mask_key=MASK_KEY,
+                                       bias_field_key=FIELD_KEY)
     for transform in pipeline.transforms:
         sample = timed(type(transform).__name__, transform, sample)
     stem = strip_image_extension(Path(job["image"]).name)
@@ -190,7 +194,8 @@ def _process(job: dict, label_keys: list[str], device: torch.device, output: Pat
     timed("save NIfTI + JSON", SaveImage(saved, output_dir=output, suffix=SUFFIX, overwrite=overwrite), sample)
     pipeline.to_yaml(output / f"{stem}_pipeline.yaml")
     timed("QC montage", save_montage, output / f"{stem}_qc.png",
-          [("input", *before), ("preprocessed", sample["image"], get_affine(sample, "image"))])
+          [("input", *before), ("N4 bias field", sample[FIELD_KEY], get_affine(sample, FIELD_KEY)),
+           ("preprocessed", sample["image"], get_affine(sample, "image"))])
     if verbose:
         for name, seconds in timings:
             print(f"  {name:<22s} {seconds * 1000:8.1f} ms")

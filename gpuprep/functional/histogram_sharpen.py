@@ -46,6 +46,8 @@ def sharpen_log_intensities(values: torch.Tensor, mask: torch.Tensor, bins: int 
     """
     if bins < 2:
         raise ValueError(f"sharpen_log_intensities: bins must be at least 2, got {bins}")
+    if values.shape[1] == 0:
+        return values
     low = torch.where(mask, values, torch.inf).amin(dim=1).to(torch.float64)
     high = torch.where(mask, values, -torch.inf).amax(dim=1).to(torch.float64)
     usable = torch.isfinite(low) & (high > low)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .compose import Compose
-from .intensity import CTWindow, RescaleIntensity, ZNormalize
+from .intensity import BiasFieldCorrection, CTWindow, RescaleIntensity, ZNormalize
 from .mask import ForegroundMask
 from .spatial import CropForeground, CropOrPad, Orientation, PadToMultiple, Resample
 
@@ -15,10 +15,14 @@ def brain_mri_preprocessing(
     label_keys: Sequence[str] = (),
     spacing: float = 1.5,
     mask_key: str = "foreground",
+    bias_correction: bool = True,
+    bias_field_key: str | None = None,
 ) -> Compose:
     """Return the default brain-MRI preprocessing pipeline used by ``gpuprep demo``.
 
-    RAS orientation, resampling to ``spacing`` mm (images linear, labels nearest), intensities
+    RAS orientation, resampling to ``spacing`` mm (images linear, labels nearest), N4 bias-field
+    correction of each image inside its Otsu foreground (ITK's defaults, see
+    :class:`~gpuprep.BiasFieldCorrection`), intensities
     rescaled by their 0.5-99.5 percentiles, a head (foreground) mask by Otsu's threshold with
     holes filled, a crop to the mask's bounding box (4 voxels of margin), zero padding to a
     multiple of 16 voxels (as a U-Net wants) and z-scores from the voxels inside the mask.
@@ -33,21 +37,34 @@ def brain_mri_preprocessing(
         Target voxel size in mm.
     mask_key:
         Key under which the foreground mask is stored.
+    bias_correction:
+        Include the N4 step.
+    bias_field_key:
+        If given, the first image's bias field is kept under this key (cropped and padded with
+        the images), e.g. for a QC montage.
 
     Example
     -------
-    >>> [type(t).__name__ for t in brain_mri_preprocessing().transforms][:3]
-    ['Orientation', 'Resample', 'RescaleIntensity']
+    >>> [type(t).__name__ for t in brain_mri_preprocessing().transforms][:4]
+    ['Orientation', 'Resample', 'BiasFieldCorrection', 'RescaleIntensity']
     """
     image_keys, label_keys = list(image_keys), list(label_keys)
     keys = [*image_keys, *label_keys]
+    n4: list = []
+    if bias_correction and bias_field_key is None:
+        n4 = [BiasFieldCorrection(image_keys)]
+    elif bias_correction:  # the field of the first image is kept; the others are corrected as usual
+        n4 = [BiasFieldCorrection(image_keys[:1], field_key=bias_field_key)]
+        n4 += [BiasFieldCorrection(image_keys[1:])] if len(image_keys) > 1 else []
+    moved = [*keys, mask_key] + ([bias_field_key] if bias_correction and bias_field_key else [])
     return Compose([
         Orientation(keys, axcodes="RAS"),
         Resample(keys, spacing=spacing),
+        *n4,
         RescaleIntensity(image_keys, percentiles=(0.5, 99.5), out_range=(0.0, 1.0)),
         ForegroundMask(image_keys[0], mask_key=mask_key),
-        CropForeground([*keys, mask_key], source_key=mask_key, margin=4),
-        PadToMultiple([*keys, mask_key], 16),
+        CropForeground(moved, source_key=mask_key, margin=4),
+        PadToMultiple(moved, 16),
         # Last, so that the zero padding is normalised like the rest of the background.
         ZNormalize(image_keys, mask=mask_key),
     ])

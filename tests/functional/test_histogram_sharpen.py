@@ -93,6 +93,7 @@ def test_a_constant_or_empty_sample_is_left_unchanged():
     values = torch.tensor([[2.0, 2.0, 2.0], [1.0, 3.0, 5.0]])
     mask = torch.tensor([[True, True, True], [False, False, False]])
     assert torch.equal(sharpen_log_intensities(values, mask), values)
+    assert sharpen_log_intensities(torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.bool)).shape == (2, 0)
 
 
 def test_bins_below_two_are_refused():

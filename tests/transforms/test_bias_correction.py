@@ -102,3 +102,16 @@ def test_bad_arguments_are_refused_by_name(kwargs, match):
 def test_a_field_key_needs_one_image_key():
     with pytest.raises(ConfigError, match="field_key needs exactly one key"):
         gp.BiasFieldCorrection(["t1", "t2"], field_key="bias")
+
+
+def test_the_brain_mri_preset_corrects_first_and_keeps_the_field_aligned_with_the_image():
+    from gpuprep.transforms.presets import brain_mri_preprocessing
+
+    sample = gp.data.sample_brain()
+    out = brain_mri_preprocessing(spacing=3.0, bias_field_key="bias")(sample)
+    names = [record["name"] for record in gp.get_history(out)]
+    assert names.index("BiasFieldCorrection") < names.index("RescaleIntensity")
+    assert out["bias"].shape == out["image"].shape
+    torch.testing.assert_close(gp.get_affine(out, "bias"), gp.get_affine(out, "image"))
+    without = brain_mri_preprocessing(spacing=3.0, bias_correction=False)(sample)
+    assert "BiasFieldCorrection" not in [record["name"] for record in gp.get_history(without)]

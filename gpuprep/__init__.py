@@ -26,10 +26,11 @@ _API = {
     ".functional.orientation": ["axcodes_of"],
     ".io": ["read_image", "read_sidecar", "sidecar_path", "write_image"],
     ".models": ["SegmentBrain", "SkullStrip"],
+    ".registration": ["RegistrationResult", "register"],
     ".sample": ["collate", "decollate", "get_affine", "get_history", "get_kind", "get_meta", "is_label",
                 "make_meta", "make_sample", "set_kind"],
 }
-_SUBPACKAGES = ("data", "errors", "io", "models", "random", "transforms")
+_SUBPACKAGES = ("data", "errors", "io", "models", "random", "registration", "transforms")
 
 
 def _load() -> None:
@@ -76,6 +77,7 @@ _ALL = [
     "GridPatches",
     "PatchAggregator",
     "RandPatches",
+    "RegistrationResult",
     "SegmentBrain",
     "SkullStrip",
     "__version__",
@@ -102,6 +104,8 @@ _ALL = [
     "records_from_csv",
     "records_from_folder",
     "read_image",
+    "register",
+    "registration",
     "read_sidecar",
     "set_kind",
     "sidecar_path",

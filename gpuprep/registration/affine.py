@@ -1,0 +1,209 @@
+"""Rigid and affine registration: a coarse-to-fine gradient descent on world-space parameters, batched.
+
+For every pair of a batch, the transform ``y = L (x - c) + c + t`` maps fixed-world points to
+moving-world points (RAS mm), about the fixed image's centre of mass ``c``. Each pyramid level
+samples a fixed set of fixed-image voxels (all of them when the level is small), maps them
+through the transform, reads the moving image there trilinearly and scores the pair with the
+metric; Adam moves the parameters. The parameters are scaled so that one unit is about one
+millimetre of motion at the brain's periphery (rotations and linear terms are multiplied by a
+radius of 50 mm), so one learning rate fits them all. Each pair has its own parameters; their
+losses are summed, so their gradients, and Adam's per-parameter steps, stay independent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..functional.pyramid import gaussian_pyramid
+from ..functional.similarity import mean_squared_error, mutual_information, normalized_cross_correlation
+from ..functional.transform_models import (
+    center_of_mass,
+    rotation_from_vector,
+    sample_world_fast,
+    with_world_gradient,
+    world_matrix,
+)
+
+__all__ = ["METRICS", "MODELS", "AffineSettings", "register_affine"]
+
+MODELS = ("rigid", "affine")
+METRICS = ("mi", "ncc", "mse")
+RADIUS_MM = 50.0  # rotation and linear parameters are scaled by it: a unit is ~1 mm at the periphery
+
+
+@dataclass(frozen=True)
+class AffineSettings:
+    """Settings of :func:`register_affine`.
+
+    ``iterations`` is one count per level, coarsest first; ``points`` the number of fixed voxels
+    sampled per level; ``learning_rate`` the first level's Adam step in (scaled) millimetres,
+    halved at each finer level and decayed to a tenth within each level.
+    """
+
+    model: str = "affine"
+    metric: str = "mi"
+    levels: int = 3
+    iterations: Sequence[int] = (60, 40, 20)
+    points: int = 10_000
+    learning_rate: float = 2.0
+    bins: int = 32
+    seed: int = 0
+    init: str = "center_of_mass"
+
+
+@dataclass
+class AffineOutcome:
+    """The world matrices ``[B, 4, 4]`` (float64, fixed world to moving world) and the metric per iteration."""
+
+    matrix: torch.Tensor
+    metric: list[list[float]] = field(default_factory=list)
+
+
+def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch.Tensor, moving_affine: np.ndarray,
+                    settings: AffineSettings = AffineSettings(), fixed_mask: torch.Tensor | None = None,
+                    initial: torch.Tensor | None = None) -> AffineOutcome:
+    """Register ``moving`` to ``fixed`` (both ``[B, 1, D, H, W]``, affines ``[B, 4, 4]`` or one ``[4, 4]``).
+
+    ``fixed_mask`` (same grid as ``fixed``) restricts the sampled voxels. ``initial`` ``[B, 4, 4]``
+    replaces the centre-of-mass start. Returns the matrices and, per level, the metric of every
+    iteration (the mean over the batch).
+    """
+    batch, device = fixed.shape[0], fixed.device
+    fixed_affines = _per_sample(fixed_affine, batch)
+    moving_affines = _per_sample(moving_affine, batch)
+    center = center_of_mass(fixed, torch.from_numpy(fixed_affines), fixed_mask).to(device)
+    linear0, shift0 = _start(fixed, fixed_affines, moving, moving_affines, center, settings.init, initial, fixed_mask)
+    size = 6 if settings.model == "rigid" else 12
+    params = torch.zeros(batch, size, dtype=torch.float64, device=device, requires_grad=True)
+    fixed_levels = _pyramids(fixed, fixed_affines, settings.levels)
+    moving_levels = _pyramids(moving, moving_affines, settings.levels)
+    mask_levels = _pyramids(fixed_mask.float(), fixed_affines, settings.levels) if fixed_mask is not None else None
+    generator = torch.Generator().manual_seed(settings.seed)
+    history = []
+    for level in range(settings.levels):
+        points, fixed_values = _sample_fixed(fixed_levels[level], mask_levels[level] if mask_levels else None,
+                                             settings.points, generator)
+        moving_volume, moving_affine_level = moving_levels[level]
+        to_voxel = torch.from_numpy(np.linalg.inv(moving_affine_level)).to(device)
+        stacked = with_world_gradient(moving_volume, torch.from_numpy(moving_affine_level))
+        ranges = _ranges(fixed_values, moving_volume)
+        rate = settings.learning_rate / 2**level
+        optimizer = torch.optim.Adam([params], lr=rate)
+        steps = settings.iterations[level]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(steps))
+        trace = []
+        for _ in range(steps):
+            optimizer.zero_grad()
+            matrix = _matrix(params, settings.model, linear0, shift0, center)
+            warped = (matrix[:, None, :3, :3] @ points[..., None])[..., 0] + matrix[:, None, :3, 3]
+            values = sample_world_fast(stacked, to_voxel, warped.to(moving_volume.dtype))
+            loss = _loss(settings, fixed_values, values, ranges)
+            loss.sum().backward()
+            optimizer.step()
+            scheduler.step()
+            trace.append(loss.detach())
+        history.append([float(v) for v in torch.stack(trace).mean(dim=1).cpu()] if trace else [])
+    with torch.no_grad():
+        final = _matrix(params, settings.model, linear0, shift0, center)
+    return AffineOutcome(final.detach(), history)
+
+
+def _linear_decay(steps: int):
+    """The learning-rate factor of iteration ``i``: from 1 down to 0.1 over the level."""
+    return lambda i: 1.0 - 0.9 * i / max(steps - 1, 1)
+
+
+def _per_sample(affine: np.ndarray, batch: int) -> np.ndarray:
+    affine = np.asarray(affine, dtype=np.float64)
+    return np.broadcast_to(affine, (batch, 4, 4)).copy() if affine.ndim == 2 else affine
+
+
+def _pyramids(volume: torch.Tensor, affines: np.ndarray, levels: int) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """Per level, the batch's volume and the affines ``[B, 4, 4]`` (the shrink steps follow the first sample)."""
+    per_level = gaussian_pyramid(volume.float(), affines[0], levels)
+    scales = [np.linalg.inv(affines[0]) @ affine for _, affine in per_level]
+    return [(level_volume, affines @ scale) for (level_volume, _), scale in zip(per_level, scales)]
+
+
+def _sample_fixed(level: tuple[torch.Tensor, np.ndarray], mask: tuple[torch.Tensor, np.ndarray] | None,
+                  count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points ``[B, N, 3]`` of ``count`` fixed voxels (inside the mask when given) and their values ``[B, 1, N]``.
+
+    The same voxel indices serve every sample (drawn on the CPU from the level's seed); with a
+    mask, voxels outside it are drawn but weigh nothing (their value is NaN and the metric skips them).
+    """
+    volume, affines = level
+    batch, channels = volume.shape[:2]
+    total = math.prod(volume.shape[2:])
+    if count >= total:
+        index = torch.arange(total)
+    else:  # with replacement: cheaper than a permutation of millions, and as good a sample; sorted, so that
+        # the moving image is read in memory order (a near-identity transform keeps the order)
+        index = torch.randint(total, (count,), generator=generator).sort().values
+    grid = torch.stack(torch.unravel_index(index, volume.shape[2:]), dim=-1).to(torch.float64)
+    affines_t = torch.from_numpy(affines).to(volume.device)
+    points = (affines_t[:, None, :3, :3] @ grid.to(volume.device)[None, :, :, None])[..., 0] + affines_t[:, None, :3, 3]
+    values = volume.reshape(batch, channels, -1)[:, :, index.to(volume.device)]
+    if mask is not None:
+        inside = mask[0].reshape(batch, 1, -1)[:, :, index.to(volume.device)] > 0.5
+        values = torch.where(inside, values, torch.nan)
+    return points, values
+
+
+def _ranges(fixed_values: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample intensity ranges ``[B, 2]`` of the fixed samples and of the whole moving level (for MI's bins)."""
+    finite = torch.nan_to_num(fixed_values, nan=0.0)
+    fixed_range = torch.stack([finite.amin(dim=(1, 2)), finite.amax(dim=(1, 2))], dim=1)
+    flat = moving.reshape(len(moving), -1)
+    moving_range = torch.stack([flat.amin(dim=1).clamp(max=0.0), flat.amax(dim=1)], dim=1)
+    return fixed_range, moving_range
+
+
+def _loss(settings: AffineSettings, fixed_values: torch.Tensor, moving_values: torch.Tensor,
+          ranges: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The per-pair loss ``[B]`` to minimise (the negative similarity, or the MSE)."""
+    inside = ~torch.isnan(fixed_values)
+    fixed5 = torch.nan_to_num(fixed_values, nan=0.0)[..., None, None]
+    moving5 = moving_values[..., None, None]
+    mask = inside[..., None, None]
+    if settings.metric == "mse":
+        return mean_squared_error(fixed5, moving5, mask=mask)
+    if settings.metric == "ncc":
+        return -normalized_cross_correlation(fixed5, moving5, mask=mask)
+    fixed_range, moving_range = ranges
+    return -mutual_information(fixed5, moving5, bins=settings.bins, mask=mask,
+                               fixed_range=(fixed_range[:, 0], fixed_range[:, 1]),
+                               moving_range=(moving_range[:, 0], moving_range[:, 1]))
+
+
+def _matrix(params: torch.Tensor, model: str, linear0: torch.Tensor, shift0: torch.Tensor,
+            center: torch.Tensor) -> torch.Tensor:
+    """The world matrices ``[B, 4, 4]`` of the scaled parameters, composed after the start ``(linear0, shift0)``."""
+    if model == "rigid":
+        linear = rotation_from_vector(params[:, :3] / RADIUS_MM)
+        translation = params[:, 3:6]
+    else:
+        linear = torch.eye(3, dtype=params.dtype, device=params.device) + params[:, :9].reshape(-1, 3, 3) / RADIUS_MM
+        translation = params[:, 9:12]
+    return world_matrix(linear @ linear0, translation + shift0, center)
+
+
+def _start(fixed, fixed_affines, moving, moving_affines, center, init, initial, fixed_mask):
+    """The starting linear part and translation: ``initial``'s, the centres of mass's, or the identity."""
+    batch = fixed.shape[0]
+    eye = torch.eye(3, dtype=torch.float64, device=fixed.device).expand(batch, 3, 3).clone()
+    if initial is not None:
+        initial = torch.as_tensor(initial, dtype=torch.float64, device=fixed.device).expand(batch, 4, 4)
+        linear = initial[:, :3, :3]
+        # y = L x + b = L (x - c) + c + t  ->  t = b + L c - c
+        shift = initial[:, :3, 3] + (linear @ center[..., None])[..., 0] - center
+        return linear.clone(), shift
+    if init == "center_of_mass":
+        moving_center = center_of_mass(moving, torch.from_numpy(moving_affines)).to(fixed.device)
+        return eye, moving_center - center
+    return eye, torch.zeros(batch, 3, dtype=torch.float64, device=fixed.device)

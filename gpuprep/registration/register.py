@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..sample import get_affine
 from ..validation import check_int
 from .affine import METRICS, MODELS, AffineSettings, register_affine
+from .deformable import DeformableSettings, register_deformable
 
 __all__ = ["RegistrationResult", "register"]
 
@@ -40,6 +41,11 @@ class RegistrationResult:
         (negative similarity for ``"mi"`` and ``"ncc"``, the mean squared error for ``"mse"``).
     seconds:
         Wall time of the registration (pyramids, initialisation and optimisation).
+    displacement, inverse_displacement:
+        Deformable only: ``[3, D, H, W]`` (``[B, 3, D, H, W]`` for a batch) float32 fields on the
+        fixed grid, RAS mm. A fixed-world point ``x`` maps to ``matrix @ (x + displacement(x))``
+        in the moving image; ``inverse_displacement`` undoes ``displacement`` (``exp(-v)``).
+        The metric history then continues with the deformable levels.
     """
 
     matrix: np.ndarray
@@ -49,12 +55,15 @@ class RegistrationResult:
     metric: str
     metric_history: list[list[float]] = field(default_factory=list)
     seconds: float = 0.0
+    displacement: torch.Tensor | None = None
+    inverse_displacement: torch.Tensor | None = None
 
 
 def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi", levels: int = 3,
              iterations: Sequence[int] | None = None, mask: Any = None, *, key: str = "image",
              fixed_affine: Any = None, moving_affine: Any = None, device: str | torch.device | None = None,
-             points: int = 10_000, initial: Any = None, seed: int = 0) -> RegistrationResult:
+             points: int = 10_000, initial: Any = None, seed: int = 0,
+             deformable_iterations: Sequence[int] = (60, 40), control_spacing: float = 12.0) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: the transform that maps fixed-world points onto the moving image.
 
     Parameters
@@ -64,7 +73,9 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
         ``[B, C, D, H, W]`` (one channel; with ``fixed_affine`` / ``moving_affine``, else the
         identity). A batch registers ``B`` pairs at once, each with its own parameters.
     model:
-        ``"rigid"`` (6 parameters) or ``"affine"`` (12).
+        ``"rigid"`` (6 parameters), ``"affine"`` (12) or ``"deformable"``: affine, then a
+        diffeomorphic B-spline velocity field (:mod:`gpuprep.registration.deformable`) with the
+        same metric; for one contrast, ``"mse"`` on images of the same scale is the most precise.
     metric:
         ``"mi"`` (Mattes mutual information, any pair of contrasts), ``"ncc"`` (normalised cross
         correlation, same contrast) or ``"mse"`` (same contrast and scale).
@@ -81,6 +92,9 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
         A starting ``[4, 4]`` (or ``[B, 4, 4]``) matrix; default: the centres of mass aligned.
     seed:
         Seed of the voxel sampling (the result is deterministic for a given seed and device).
+    deformable_iterations, control_spacing:
+        Deformable only: the iterations of each of its pyramid levels (coarsest first) and the
+        distance in mm between the velocity field's control points.
 
     Example
     -------
@@ -91,8 +105,8 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
     >>> result.matrix.shape
     (4, 4)
     """
-    if model not in MODELS:
-        raise ConfigError(f"register: model must be one of {list(MODELS)}, got {model!r}")
+    if model not in (*MODELS, "deformable"):
+        raise ConfigError(f"register: model must be one of {[*MODELS, 'deformable']}, got {model!r}")
     if metric not in METRICS:
         raise ConfigError(f"register: metric must be one of {list(METRICS)}, got {metric!r}")
     levels = check_int("register", "levels", levels, minimum=1)
@@ -103,14 +117,25 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
     fixed_volume, fixed_affines, single = _as_batch(fixed, fixed_affine, key, "fixed", device)
     moving_volume, moving_affines, _ = _as_batch(moving, moving_affine, key, "moving", fixed_volume.device)
     mask_volume = _as_batch(mask, fixed_affines, key, "mask", fixed_volume.device)[0] if mask is not None else None
-    settings = AffineSettings(model=model, metric=metric, levels=levels, iterations=iterations, points=points,
-                              seed=seed)
+    settings = AffineSettings(model="affine" if model == "deformable" else model, metric=metric, levels=levels,
+                              iterations=iterations, points=points, seed=seed)
+    fixed_mask = None if mask_volume is None else mask_volume > 0
     outcome = register_affine(fixed_volume, fixed_affines, moving_volume, moving_affines, settings,
-                              fixed_mask=None if mask_volume is None else mask_volume > 0, initial=initial)
+                              fixed_mask=fixed_mask, initial=initial)
+    history = outcome.metric
+    fields: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    if model == "deformable":
+        warp = register_deformable(fixed_volume, fixed_affines, moving_volume, moving_affines, outcome.matrix,
+                                   DeformableSettings(
+                                       metric=metric, levels=len(deformable_iterations),
+                                       iterations=tuple(deformable_iterations), spacing_mm=control_spacing,
+                                       seed=seed), fixed_mask)
+        history = history + warp.metric
+        fields = (warp.displacement[0], warp.inverse[0]) if single else (warp.displacement, warp.inverse)
     matrix = outcome.matrix.cpu().numpy()
     return RegistrationResult(matrix[0] if single else matrix, fixed_affines[0] if single else fixed_affines,
-                              tuple(fixed_volume.shape[2:]), model, metric, outcome.metric,
-                              time.perf_counter() - start)
+                              tuple(fixed_volume.shape[2:]), model, metric, history,
+                              time.perf_counter() - start, *fields)
 
 
 def _as_batch(value: Any, affine: Any, key: str, name: str, device) -> tuple[torch.Tensor, np.ndarray, bool]:

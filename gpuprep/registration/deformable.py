@@ -1,0 +1,150 @@
+"""Deformable registration: a diffeomorphic B-spline velocity field (an SVF), fitted after the affine step.
+
+The model. A stationary velocity field ``v`` is a cubic B-spline lattice with control points
+``spacing_mm`` apart (smooth by construction, few parameters: the separable evaluation of
+:mod:`gpuprep.functional.bspline_fit` costs three small matrix products). It lives on an
+integration grid of half the control spacing that covers the fixed image, where scaling and
+squaring (:func:`~gpuprep.functional.velocity_field.integrate_velocity`) turns it into the
+displacement ``u = exp(v)``. A fixed-world point ``x`` goes to ``x + d(x)`` (``d`` is ``u`` in mm,
+read trilinearly) and then through the affine matrix ``M`` to the moving image.
+
+Why an SVF and not a plain B-spline FFD: ``exp(v)`` is a diffeomorphism up to discretisation, so
+the warp does not fold for any size of ``v`` (a plain FFD needs its regulariser to prevent
+folding), and its inverse is ``exp(-v)``, one more integration, which is what ``gp.invert`` and
+maps from template space back to the scan need. The B-spline lattice keeps the velocity smooth,
+small and cheap, and the bending energy of ``v`` regularises it (Rueckert et al. 1999; the
+diffeomorphic FFD of Rueckert et al. 2006, with a stationary velocity as in Arsigny et al. 2006).
+
+The fit samples fixed voxels per pyramid level (as the affine step does), so the cost of an
+iteration depends on the number of points and the integration grid, not on the image size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..functional.bspline_fit import evaluate_lattice, grid_bases
+from ..functional.regularizers import bending_energy
+from ..functional.transform_models import sample_world_fast, with_world_gradient
+from ..functional.velocity_field import integrate_velocity
+from .affine import AffineSettings, _loss, _per_sample, _pyramids, _ranges, _sample_fixed
+
+__all__ = ["DeformableOutcome", "DeformableSettings", "register_deformable"]
+
+
+@dataclass(frozen=True)
+class DeformableSettings:
+    """Settings of :func:`register_deformable` (iterations per level, coarsest first)."""
+
+    metric: str = "mse"
+    levels: int = 2
+    iterations: tuple[int, ...] = (60, 40)
+    points: int = 40_000
+    spacing_mm: float = 12.0
+    learning_rate: float = 2.0
+    bending_weight: float = 2.0
+    squaring_steps: int = 6
+    bins: int = 32
+    seed: int = 0
+
+
+@dataclass
+class DeformableOutcome:
+    """``displacement`` and ``inverse`` ``[B, 3, D, H, W]`` (RAS mm, on the fixed grid): ``moving = M (x + d(x))``."""
+
+    displacement: torch.Tensor
+    inverse: torch.Tensor
+    metric: list[list[float]]
+
+
+def register_deformable(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch.Tensor, moving_affine: np.ndarray,
+                        matrix: torch.Tensor, settings: DeformableSettings = DeformableSettings(),
+                        fixed_mask: torch.Tensor | None = None) -> DeformableOutcome:
+    """Fit the velocity field that, after ``matrix`` ``[B, 4, 4]`` (fixed world to moving world), aligns the pair.
+
+    ``fixed`` and ``moving`` are ``[B, 1, D, H, W]`` with affines ``[B, 4, 4]`` or ``[4, 4]``.
+    """
+    batch, device = fixed.shape[0], fixed.device
+    fixed_affines, moving_affines = _per_sample(fixed_affine, batch), _per_sample(moving_affine, batch)
+    grid = _IntegrationGrid(fixed.shape[2:], fixed_affines, settings.spacing_mm, device)
+    lattice = torch.zeros(batch, 3, *grid.control, dtype=torch.float32, device=device, requires_grad=True)
+    matrix = matrix.to(device=device, dtype=torch.float64)
+    fixed_levels = _pyramids(fixed, fixed_affines, settings.levels)
+    moving_levels = _pyramids(moving, moving_affines, settings.levels)
+    mask_levels = _pyramids(fixed_mask.float(), fixed_affines, settings.levels) if fixed_mask is not None else None
+    generator = torch.Generator().manual_seed(settings.seed)
+    scoring = AffineSettings(metric=settings.metric, bins=settings.bins)
+    history = []
+    for level in range(settings.levels):
+        points, fixed_values = _sample_fixed(fixed_levels[level], mask_levels[level] if mask_levels else None,
+                                             settings.points, generator)
+        moving_volume, moving_affine_level = moving_levels[level]
+        stacked = with_world_gradient(moving_volume, torch.from_numpy(moving_affine_level))
+        to_voxel = torch.from_numpy(np.linalg.inv(moving_affine_level)).to(device)
+        ranges = _ranges(fixed_values, moving_volume)
+        optimizer = torch.optim.Adam([lattice], lr=settings.learning_rate / 2**level)
+        trace = []
+        for _ in range(settings.iterations[level]):
+            optimizer.zero_grad()
+            velocity = grid.velocity(lattice)
+            displaced = points + grid.displacement_at(integrate_velocity(velocity, settings.squaring_steps), points)
+            warped = (matrix[:, None, :3, :3] @ displaced[..., None])[..., 0] + matrix[:, None, :3, 3]
+            values = sample_world_fast(stacked, to_voxel, warped.to(moving_volume.dtype))
+            loss = _loss(scoring, fixed_values, values, ranges)
+            velocity_mm = velocity * grid.spacing[:, None, None, None]
+            penalty = settings.bending_weight * bending_energy(velocity_mm, grid.spacing)
+            (loss + penalty).sum().backward()
+            optimizer.step()
+            trace.append(loss.detach())
+        history.append([float(v) for v in torch.stack(trace).mean(dim=1).cpu()] if trace else [])
+    with torch.no_grad():
+        velocity = grid.velocity(lattice)
+        forward = grid.on_fixed_grid(integrate_velocity(velocity, settings.squaring_steps))
+        inverse = grid.on_fixed_grid(integrate_velocity(velocity, settings.squaring_steps, inverse=True))
+    return DeformableOutcome(forward, inverse, history)
+
+
+class _IntegrationGrid:
+    """The grid, aligned with the fixed image's axes, on which the velocity is evaluated and integrated.
+
+    It spans the fixed image's extent with about half the control spacing between its voxels;
+    fields on it are in its voxel units along its axes, which are the fixed image's axes scaled.
+    """
+
+    def __init__(self, shape, fixed_affines: np.ndarray, spacing_mm: float, device) -> None:
+        voxel_mm = np.linalg.norm(fixed_affines[0, :3, :3], axis=0)
+        extent = voxel_mm * (np.asarray(shape) - 1)
+        self.fixed_shape = tuple(int(n) for n in shape)
+        self.shape = tuple(int(max(2, math.ceil(e / (spacing_mm / 2)) + 1)) for e in extent)
+        step = (np.asarray(shape) - 1) / (np.asarray(self.shape) - 1)  # fixed voxels per grid voxel
+        self.affines = torch.from_numpy(fixed_affines @ np.diag([*step, 1.0])).to(device)
+        self.spacing = torch.from_numpy(voxel_mm * step).to(torch.float32).to(device)  # mm per grid voxel
+        self.control = tuple(max(4, math.ceil(e / spacing_mm) + 3) for e in extent)
+        self.bases = grid_bases(self.shape, self.control, device=device)
+        self.to_grid = torch.linalg.inv(self.affines)
+
+    def velocity(self, lattice: torch.Tensor) -> torch.Tensor:
+        """The velocity ``[B, 3, *shape]`` in grid voxels (the lattice holds it in mm)."""
+        batch = lattice.shape[0]
+        field = evaluate_lattice(lattice.reshape(batch * 3, *self.control), self.bases)
+        return field.reshape(batch, 3, *self.shape) / self.spacing[:, None, None, None]
+
+    def displacement_at(self, displacement: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """The displacement in world mm ``[B, N, 3]`` at world ``points`` (trilinear, clamped at the border)."""
+        voxel = (self.to_grid[:, None, :3, :3] @ points[..., None])[..., 0] + self.to_grid[:, None, :3, 3]
+        sizes = torch.tensor(self.shape, dtype=voxel.dtype, device=voxel.device)
+        normalised = (2.0 * voxel / (sizes - 1) - 1.0).flip(-1)[:, :, None, None, :].to(displacement.dtype)
+        sampled = F.grid_sample(displacement, normalised, mode="bilinear", padding_mode="border",
+                                align_corners=True)[:, :, :, 0, 0]  # [B, 3, N] grid voxels
+        return (self.affines[:, None, :3, :3].to(sampled.dtype) @ sampled.transpose(1, 2)[..., None])[..., 0]
+
+    def on_fixed_grid(self, displacement: torch.Tensor) -> torch.Tensor:
+        """The displacement in world mm ``[B, 3, D, H, W]`` at every fixed voxel (trilinear upsampling)."""
+        upsampled = F.interpolate(displacement, size=self.fixed_shape, mode="trilinear", align_corners=True)
+        linear = self.affines[:, :3, :3].to(upsampled.dtype)
+        return torch.einsum("bij,bj...->bi...", linear, upsampled)

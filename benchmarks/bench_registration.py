@@ -6,8 +6,9 @@ the same T1 (mono-modal) or a T2-like image made from the template's tissue frac
 a known transform: rotations up to 15 degrees, translations up to 10 mm and, for affine, scales
 of ±10 %. Each method gets the same pair and its own defaults for Mattes mutual information
 (gpuprep: 3 levels, 60/40/20 iterations, 10,000 points per level; SimpleITK: 3 levels of
-gradient descent, 100 iterations, 5 % random sampling; ANTsPy: ``type_of_transform="Rigid"`` or
-``"Affine"``; elastix: its default rigid or affine parameter map). Reported: the largest and the
+regular-step gradient descent, up to 200 iterations, 5 % random sampling, scales from physical
+shift; ANTsPy: ``type_of_transform="Rigid"`` or ``"Affine"``; elastix: its default rigid or
+affine parameter map). Reported: the largest and the
 mean distance, over the brain, between where the recovered and the true transforms put each
 voxel (mm), the rotation error (degrees) and the wall time.
 
@@ -113,8 +114,8 @@ def simpleitk_method(fixed, moving, affine, model):
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(0.05, seed=1)
     method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsGradientDescent(learningRate=1.0, numberOfIterations=100, convergenceMinimumValue=1e-6,
-                                         convergenceWindowSize=10)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-4, numberOfIterations=200,
+                                                    gradientMagnitudeTolerance=1e-8)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel([4, 2, 1])
     method.SetSmoothingSigmasPerLevel([2, 1, 0])
@@ -230,6 +231,60 @@ def main() -> None:
     print("\nMedian time per registration:\n")
     for (model, name), times in summary.items():
         print(f"- {model}, {name}: {np.median(times):.2f} s")
+    known_deformation(args, t1, tissue, affine)
+
+
+def known_deformation(args: argparse.Namespace, t1: np.ndarray, tissue: np.ndarray, affine: np.ndarray) -> None:
+    """gpuprep's deformable registration of the T1 warped by a known smooth field (up to 6 mm), at 1 mm.
+
+    Reported: the mean end-point error inside the brain (the found map ``x -> M (x + d(x))``
+    against the truth, in mm), the tissue Dice of the labels carried through the found map and
+    then the true warp (1.0 when the two agree to within half a voxel everywhere), the share of
+    voxels with det(J) <= 0 and the time.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    import gpuprep as gp
+    from gpuprep.functional.jacobian import folding_fraction, jacobian_determinant
+    from gpuprep.functional.velocity_field import compose_displacements, warp_volume
+    from gpuprep.functional.warp import invert_displacement
+
+    print("\n## Known deformations (gpuprep; T1 -> T1, MSE)\n")
+    print("| seed | mean EPE before mm | mean EPE after mm | Dice CSF / GM / WM | folding % | time s |")
+    print("|---|---|---|---|---|---|")
+    fixed = torch.from_numpy(t1)[None, None].to(args.device)
+    labels = torch.from_numpy(tissue)[None, None].float().to(args.device)
+    brain = torch.from_numpy(tissue > 0).to(args.device)
+    for seed in range(args.seeds):
+        rng = np.random.default_rng(100 + seed)
+        field = np.stack([gaussian_filter(rng.normal(size=t1.shape), 20.0) for _ in range(3)])
+        truth = torch.from_numpy((field * 6.0 / np.abs(field).max()).astype(np.float32))[None].to(args.device)
+        moving = warp_volume(fixed, truth)  # moving(x) = fixed(x + truth(x)): 1 mm axis-aligned voxels
+        start = time.perf_counter()
+        result = gp.register(fixed[0], moving[0], model="deformable", metric="mse", fixed_affine=affine,
+                             moving_affine=affine)
+        seconds = time.perf_counter() - start
+        found = found_voxels(result, affine, t1.shape).to(args.device)
+        expected = invert_displacement(truth, iterations=20, stride=1)
+        epe = (found - expected).norm(dim=1)[0][brain].mean().item()
+        before = expected.norm(dim=1)[0][brain].mean().item()
+        carried = warp_volume(labels, compose_displacements(truth, found), mode="nearest")[0, 0]
+        dice = [2 * ((carried == k) & (labels[0, 0] == k)).sum().item()
+                / ((carried == k).sum() + (labels[0, 0] == k).sum()).item() for k in (1, 2, 3)]
+        folding = 100 * folding_fraction(jacobian_determinant(found)).item()
+        print(f"| {seed} | {before:.3f} | {epe:.3f} | {dice[0]:.3f} / {dice[1]:.3f} / {dice[2]:.3f} | "
+              f"{folding:.4f} | {seconds:.1f} |", flush=True)
+
+
+def found_voxels(result, affine: np.ndarray, shape) -> torch.Tensor:
+    """The found map ``x -> M (x + d(x))`` as a displacement in voxels ``[1, 3, D, H, W]`` (axis-aligned 1 mm grid)."""
+    voxels = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
+    world = np.einsum("ij,j...->i...", affine[:3, :3], voxels) + affine[:3, 3, None, None, None]
+    moved_points = world + result.displacement.cpu().double().numpy()
+    mapped = np.einsum("ij,j...->i...", result.matrix[:3, :3], moved_points) + result.matrix[:3, 3, None, None, None]
+    to_voxel = np.linalg.inv(affine)
+    target = np.einsum("ij,j...->i...", to_voxel[:3, :3], mapped) + to_voxel[:3, 3, None, None, None]
+    return torch.from_numpy((target - voxels).astype(np.float32))[None]
 
 
 if __name__ == "__main__":

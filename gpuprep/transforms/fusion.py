@@ -65,9 +65,10 @@ def fusion_runs(transforms: Sequence[Transform]) -> list[list[Transform]]:
 
     A transform is fusable when it is spatial and its grid does not depend on the data
     (``SpatialTransform.fusable``). A run holds at most one warping transform (``warps``), and
-    never a warp together with cubic interpolation. Voxel-wise intensity transforms form runs of
-    their own (:func:`~gpuprep.transforms.intensity_fusion.joins_voxel_run`). Every other
-    transform stands alone.
+    never a warp together with cubic interpolation. A transform that reads its input's data to
+    plan its step (``reads_data``, such as registration) can only start a run. Voxel-wise
+    intensity transforms form runs of their own
+    (:func:`~gpuprep.transforms.intensity_fusion.joins_voxel_run`). Every other transform stands alone.
 
     Example
     -------
@@ -78,7 +79,8 @@ def fusion_runs(transforms: Sequence[Transform]) -> list[list[Transform]]:
     """
     runs: list[list[Any]] = []
     for transform in transforms:
-        spatial = runs and _fusable(transform) and _fusable(runs[-1][-1]) and not _conflict(transform, runs[-1])
+        spatial = (runs and _fusable(transform) and not getattr(transform, "reads_data", False)
+                   and _fusable(runs[-1][-1]) and not _conflict(transform, runs[-1]))
         if spatial or (runs and joins_voxel_run(transform, runs[-1])):
             runs[-1].append(transform)
         else:

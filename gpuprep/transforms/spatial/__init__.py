@@ -4,6 +4,7 @@ from .base import SpatialTransform
 from .crop_pad import CropForeground, CropOrPad, PadToMultiple
 from .flip import Flip, Rotate90
 from .orientation import Orientation
+from .register import RegisterToReference
 from .resample import Resample, ResampleToReference, Resize
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "Flip",
     "Orientation",
     "PadToMultiple",
+    "RegisterToReference",
     "Resample",
     "ResampleToReference",
     "Resize",

@@ -1,0 +1,110 @@
+"""RegisterToReference: another modality onto a key or a template file, labels along, invert, fusion, replay."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+import gpuprep as gp
+from gpuprep.errors import ConfigError
+from gpuprep.functional.resample import resample
+from tests.registration.test_register import AFFINE, blob_head, known_transform
+
+
+def two_modalities(seed=0):
+    """A T1-like reference, and a T2-like image with a label map, moved by a known rigid transform."""
+    t1 = blob_head(seed=seed)
+    truth = known_transform(seed + 1, "rigid")
+    t2_source = np.where(t1 > 0, 2.5 - t1, 0.0).astype(np.float32)
+    labels_source = (gaussian_filter(t1, 2.0) > 0.7).astype(np.uint8)  # smooth regions, not speckle
+    voxel_map = np.linalg.inv(AFFINE) @ np.linalg.inv(truth) @ AFFINE
+    t2 = resample(torch.from_numpy(t2_source)[None, None], voxel_map[None], t1.shape, mode="linear")[0]
+    labels = resample(torch.from_numpy(labels_source)[None, None], voxel_map[None], t1.shape, mode="nearest")[0]
+    sample = gp.make_sample({"t1": torch.from_numpy(t1)[None], "t2": t2, "t2_labels": labels}, affine=AFFINE,
+                            labels=["t2_labels"])
+    return sample, truth, t2_source, labels_source
+
+
+def correlation_with_ideal(registered, sample, truth):
+    """Correlation, inside the head, with the moving image resampled through the true transform."""
+    voxel_map = np.linalg.inv(AFFINE) @ truth @ AFFINE
+    ideal = resample(sample["t2"][None], voxel_map[None], sample["t2"].shape[1:], mode="linear")[0]
+    inside = sample["t1"][0] > 0.3
+    return torch.corrcoef(torch.stack([registered[0][inside], ideal[0][inside]]))[0, 1]
+
+
+def test_another_modality_is_registered_and_moved_with_its_labels():
+    sample, truth, _t2_source, labels_source = two_modalities()
+    step = gp.RegisterToReference(["t2", "t2_labels"], reference_key="t1", model="rigid", levels=2,
+                                  iterations=[80, 60], points=20_000)
+    out = step(sample)
+    record = gp.get_history(out)[-1]
+    found = np.array(record["params"]["registration"]["matrix"])
+    centre = np.argwhere(sample["t1"][0].numpy() > 0.3) @ AFFINE[:3, :3].T + AFFINE[:3, 3]
+    points = np.c_[centre, np.ones(len(centre))]
+    assert np.linalg.norm(points @ (found - truth)[:3].T, axis=1).max() < 0.6
+    assert correlation_with_ideal(out["t2"], sample, truth) > 0.99
+    assert out["t2_labels"].dtype == torch.uint8 and set(out["t2_labels"].unique().tolist()) <= {0, 1}
+    agree = (out["t2_labels"][0] == torch.from_numpy(labels_source)).float().mean()
+    assert agree > 0.99
+    assert torch.equal(gp.get_affine(out, "t2"), gp.get_affine(out, "t1"))
+
+
+def test_invert_resamples_back_through_the_inverse_of_the_recorded_matrix():
+    sample, _, _, _ = two_modalities(seed=2)
+    out = gp.RegisterToReference(["t2", "t2_labels"], reference_key="t1", model="rigid", levels=2,
+                                 iterations=[60, 40], points=20_000)(sample)
+    back = gp.invert(out, "t2_labels", mode="nearest")["t2_labels"]
+    found = np.array(gp.get_history(out)[-1]["params"]["registration"]["matrix"])
+    forward = np.linalg.inv(AFFINE) @ found @ AFFINE  # t1 voxel -> t2 voxel
+    labels = sample["t2_labels"][None]
+    there = resample(labels, forward[None], labels.shape[2:], mode="nearest")
+    assert torch.equal(out["t2_labels"], there[0])
+    expected = resample(there, np.linalg.inv(forward)[None], labels.shape[2:], mode="nearest")[0]
+    assert torch.equal(back, expected)
+    inside = torch.from_numpy(np.abs(sample["t1"][0].numpy()) > 0.9)  # away from the edges of the field of view
+    assert (back[0][inside] == labels[0, 0][inside]).float().mean() > 0.98
+
+
+def test_the_steps_after_it_fuse_with_it_and_replay_does_not_register_again(monkeypatch):
+    import gpuprep.transforms.spatial.register as module
+
+    sample, _, _, _ = two_modalities(seed=3)
+    pipeline = gp.Compose([
+        gp.RegisterToReference("t2", reference_key="t1", model="rigid", levels=1, iterations=[30], points=5_000),
+        gp.Flip("t2", axes=0),
+    ])
+    out = pipeline(sample)
+    history = gp.get_history(out)
+    assert [r["name"] for r in history] == ["RegisterToReference", "Flip"]
+    assert all("fused" in record for record in history)
+    step_by_step = gp.Flip("t2", axes=0)(pipeline.transforms[0](sample))
+    torch.testing.assert_close(out["t2"], step_by_step["t2"], atol=1e-4, rtol=0)
+
+    def no_registration(*args, **kwargs):
+        raise AssertionError("replay must reuse the recorded matrix")
+
+    monkeypatch.setattr(module, "register", no_registration)
+    replayed = gp.replay(sample, history)
+    assert torch.equal(replayed["t2"], out["t2"])
+
+
+def test_a_template_file_is_the_reference(tmp_path):
+    sample, truth, _t2_source, _ = two_modalities(seed=4)
+    template = tmp_path / "template.nii.gz"
+    gp.write_image(template, sample["t1"], AFFINE)
+    moving = {key: sample[key] for key in ("t2", "t2_meta", "history")}
+    out = gp.RegisterToReference("t2", template=str(template), model="rigid", levels=2, iterations=[60, 40],
+                                 points=20_000)(moving)
+    assert correlation_with_ideal(out["t2"], sample, truth) > 0.99
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({}, "exactly one of reference_key and template"),
+    ({"reference_key": "a", "template": "b.nii"}, "exactly one of reference_key and template"),
+    ({"reference_key": "a", "model": "deformable"}, "'rigid' or 'affine'"),
+    ({"reference_key": "a", "levels": 0}, "levels"),
+])
+def test_bad_arguments_are_refused(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        gp.RegisterToReference("t2", **kwargs)

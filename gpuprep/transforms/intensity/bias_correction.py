@@ -13,7 +13,7 @@ from ...functional.n4 import N4Settings, n4_bias_field
 from ...functional.threshold import otsu_threshold
 from ...sample import IMAGE, copy_meta, meta_key
 from ...validation import check_int, check_int_or_three
-from ..base import Transform, float_intensity_keys
+from ..base import Transform, float_intensity_keys, intensity_keys
 from ..denoise._common import check_real, voxel_spacing
 from ..mask.foreground import OTSU_BINS
 from ._masking import mask_tensor
@@ -119,7 +119,7 @@ class BiasFieldCorrection(Transform):
     def make_params(self, batch: dict, keys: list[str]) -> list[dict]:
         size = len(batch[keys[0]])
         params: list[dict] = [{} for _ in range(size)]
-        for key in [k for k in keys if k in batch]:
+        for key in intensity_keys(batch, keys):  # label maps are left alone
             counts = self._control_points(batch, key)
             for index in range(size):
                 params[index][key] = {"control_points": [int(v) for v in counts[index]]}

@@ -2,7 +2,7 @@
 
 For every pair of a batch, the transform ``y = L (x - c) + c + t`` maps fixed-world points to
 moving-world points (RAS mm), about the fixed image's centre of mass ``c``. Each pyramid level
-samples a fixed set of fixed-image voxels (all of them when the level is small), maps them
+samples a fixed set of random points of the fixed image (off the voxel centres), maps them
 through the transform, reads the moving image there trilinearly and scores the pair with the
 metric; Adam moves the parameters. The parameters are scaled so that one unit is about one
 millimetre of motion at the brain's periphery (rotations and linear terms are multiplied by a
@@ -24,6 +24,7 @@ from ..functional.similarity import mean_squared_error, mutual_information, norm
 from ..functional.transform_models import (
     center_of_mass,
     rotation_from_vector,
+    sample_world,
     sample_world_fast,
     with_world_gradient,
     world_matrix,
@@ -40,20 +41,24 @@ RADIUS_MM = 50.0  # rotation and linear parameters are scaled by it: a unit is ~
 class AffineSettings:
     """Settings of :func:`register_affine`.
 
-    ``iterations`` is one count per level, coarsest first; ``points`` the number of fixed voxels
-    sampled per level; ``learning_rate`` the first level's Adam step in (scaled) millimetres,
-    halved at each finer level and decayed to a tenth within each level.
+    ``iterations`` is one count per level, coarsest first; ``points`` the number of fixed points
+    sampled per level (one number, or one per level); ``learning_rate`` the first level's Adam
+    step in (scaled) millimetres, halved at each finer level and decayed to 2 % within each level.
     """
 
     model: str = "affine"
     metric: str = "mi"
     levels: int = 3
-    iterations: Sequence[int] = (60, 40, 20)
-    points: int = 10_000
+    iterations: Sequence[int] = (60, 40, 40)
+    points: int | Sequence[int] = 10_000
     learning_rate: float = 2.0
     bins: int = 32
     seed: int = 0
     init: str = "center_of_mass"
+
+    def points_at(self, level: int) -> int:
+        """The number of points sampled at ``level`` (one number for all levels, or one per level)."""
+        return self.points if isinstance(self.points, int) else self.points[level]
 
 
 @dataclass
@@ -87,7 +92,7 @@ def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch
     history = []
     for level in range(settings.levels):
         points, fixed_values = _sample_fixed(fixed_levels[level], mask_levels[level] if mask_levels else None,
-                                             settings.points, generator)
+                                             settings.points_at(level), generator)
         moving_volume, moving_affine_level = moving_levels[level]
         to_voxel = torch.from_numpy(np.linalg.inv(moving_affine_level)).to(device)
         stacked = with_world_gradient(moving_volume, torch.from_numpy(moving_affine_level))
@@ -114,8 +119,8 @@ def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch
 
 
 def _linear_decay(steps: int):
-    """The learning-rate factor of iteration ``i``: from 1 down to 0.1 over the level."""
-    return lambda i: 1.0 - 0.9 * i / max(steps - 1, 1)
+    """The learning-rate factor of iteration ``i``: from 1 down to 0.02 over the level (Adam then settles)."""
+    return lambda i: 1.0 - 0.98 * i / max(steps - 1, 1)
 
 
 def _per_sample(affine: np.ndarray, batch: int) -> np.ndarray:
@@ -132,25 +137,30 @@ def _pyramids(volume: torch.Tensor, affines: np.ndarray, levels: int) -> list[tu
 
 def _sample_fixed(level: tuple[torch.Tensor, np.ndarray], mask: tuple[torch.Tensor, np.ndarray] | None,
                   count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """World points ``[B, N, 3]`` of ``count`` fixed voxels (inside the mask when given) and their values ``[B, 1, N]``.
+    """World points ``[B, N, 3]`` at ``count`` random places of the fixed image and its values there ``[B, 1, N]``.
 
-    The same voxel indices serve every sample (drawn on the CPU from the level's seed); with a
-    mask, voxels outside it are drawn but weigh nothing (their value is NaN and the metric skips them).
+    Each point is a random voxel moved by a random offset within it, and the fixed image is read
+    there by trilinear interpolation, as elastix's random-coordinate sampler does: points on the
+    voxel centres would favour transforms that put them on the moving grid's centres too (where
+    interpolation does not blur), a bias of mutual information towards whole-voxel shifts. The
+    same points serve every sample (drawn on the CPU from the level's seed); with a mask, points
+    outside it weigh nothing (their value is NaN and the metric skips them).
     """
     volume, affines = level
-    batch, channels = volume.shape[:2]
     total = math.prod(volume.shape[2:])
-    if count >= total:
-        index = torch.arange(total)
-    else:  # with replacement: cheaper than a permutation of millions, and as good a sample; sorted, so that
-        # the moving image is read in memory order (a near-identity transform keeps the order)
-        index = torch.randint(total, (count,), generator=generator).sort().values
-    grid = torch.stack(torch.unravel_index(index, volume.shape[2:]), dim=-1).to(torch.float64)
+    # With replacement: cheaper than a permutation of millions, and as good a sample; sorted, so
+    # that the moving image is read in memory order (a near-identity transform keeps the order).
+    index = torch.randint(total, (min(count, total),), generator=generator).sort().values
+    offset = torch.rand(len(index), 3, generator=generator, dtype=torch.float64) - 0.5
+    grid = torch.stack(torch.unravel_index(index, volume.shape[2:]), dim=-1).to(torch.float64) + offset
+    sizes = torch.tensor(volume.shape[2:], dtype=torch.float64)
+    grid = torch.minimum(grid.clamp(min=0.0), sizes - 1)  # stay within the image
     affines_t = torch.from_numpy(affines).to(volume.device)
     points = (affines_t[:, None, :3, :3] @ grid.to(volume.device)[None, :, :, None])[..., 0] + affines_t[:, None, :3, 3]
-    values = volume.reshape(batch, channels, -1)[:, :, index.to(volume.device)]
+    to_voxel = torch.linalg.inv(affines_t)
+    values = sample_world(volume[:, :1].float(), to_voxel, points)
     if mask is not None:
-        inside = mask[0].reshape(batch, 1, -1)[:, :, index.to(volume.device)] > 0.5
+        inside = sample_world(mask[0].float(), to_voxel, points) > 0.5
         values = torch.where(inside, values, torch.nan)
     return points, values
 

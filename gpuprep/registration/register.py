@@ -19,7 +19,7 @@ from .deformable import DeformableSettings, register_deformable
 
 __all__ = ["RegistrationResult", "register"]
 
-DEFAULT_ITERATIONS = {1: (60,), 2: (60, 40), 3: (60, 40, 20), 4: (80, 60, 40, 20)}
+DEFAULT_ITERATIONS = {1: (60,), 2: (60, 40), 3: (60, 40, 40), 4: (80, 60, 40, 40)}
 
 
 @dataclass

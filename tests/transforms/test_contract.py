@@ -31,6 +31,8 @@ EXAMPLES = {
     "Resample": lambda: gp.Resample(KEYS, 1.7),
     "Resize": lambda: gp.Resize(KEYS, (10, 9, 12)),
     "ResampleToReference": lambda: gp.ResampleToReference("label", reference_key="image"),
+    "ApplyTransform": lambda: gp.ApplyTransform(
+        KEYS, transform=[[1, 0, 0, 1.5], [0, 0.9, 0, 0], [0, 0, 1, -1], [0, 0, 0, 1]], reference_key="image"),
     "RegisterToReference": lambda: gp.RegisterToReference(KEYS, reference_key="image", model="rigid", levels=1,
                                                           iterations=[3], points=500),
     "CropOrPad": lambda: gp.CropOrPad(KEYS, (10, 16, 9)),

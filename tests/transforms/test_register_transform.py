@@ -108,3 +108,34 @@ def test_a_template_file_is_the_reference(tmp_path):
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         gp.RegisterToReference("t2", **kwargs)
+
+
+def test_apply_transform_replays_a_registration_saved_as_an_itk_file(tmp_path):
+    from gpuprep.io.transform_files import write_affine
+
+    sample, _, _, _ = two_modalities(seed=5)
+    registered = gp.RegisterToReference(["t2", "t2_labels"], reference_key="t1", model="rigid", levels=1,
+                                        iterations=[30], points=5_000)(sample)
+    matrix = np.array(gp.get_history(registered)[-1]["params"]["registration"]["matrix"])
+    for suffix in (".tfm", ".mat"):
+        path = tmp_path / f"t2_to_t1{suffix}"
+        write_affine(path, matrix)
+        applied = gp.ApplyTransform(["t2", "t2_labels"], transform=str(path), reference_key="t1")(sample)
+        torch.testing.assert_close(applied["t2"], registered["t2"], atol=1e-5, rtol=0)
+        assert torch.equal(applied["t2_labels"], registered["t2_labels"])
+    reference = tmp_path / "t1.nii.gz"
+    gp.write_image(reference, sample["t1"], AFFINE)
+    from_file = gp.ApplyTransform("t2", transform=matrix.tolist(), reference=str(reference))(sample)
+    torch.testing.assert_close(from_file["t2"], registered["t2"], atol=1e-5, rtol=0)
+    back = gp.invert(from_file, "t2")["t2"]
+    assert back.shape == sample["t2"].shape
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"transform": np.eye(4).tolist()}, "exactly one of reference_key and reference"),
+    ({"transform": [[1, 0], [0, 1]], "reference_key": "t1"}, "4x4 matrix"),
+    ({"transform": [[1, 0, 0, 0]] * 4, "reference_key": "t1"}, "last row"),
+])
+def test_apply_transform_refuses_bad_arguments(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        gp.ApplyTransform("t2", **kwargs)

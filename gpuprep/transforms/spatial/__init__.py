@@ -4,10 +4,11 @@ from .base import SpatialTransform
 from .crop_pad import CropForeground, CropOrPad, PadToMultiple
 from .flip import Flip, Rotate90
 from .orientation import Orientation
-from .register import RegisterToReference
+from .register import ApplyTransform, RegisterToReference
 from .resample import Resample, ResampleToReference, Resize
 
 __all__ = [
+    "ApplyTransform",
     "CropForeground",
     "CropOrPad",
     "Flip",

@@ -121,3 +121,90 @@ class RegisterToReference(_Interpolating):
                               f"sample; images: {sorted(grids)}")
         shape, affines = grids[self.reference_key]
         return batch[self.reference_key][:, :1].float(), np.asarray(affines, dtype=np.float64), tuple(shape)
+
+
+class ApplyTransform(_Interpolating):
+    """Move keys onto a reference grid through a saved affine: a registration result, or ANTs', elastix's or ITK's.
+
+    The transform is an ITK ``.tfm``/``.txt`` or ``.mat`` file (as ANTs, SimpleITK and
+    :func:`gpuprep.io.transform_files.write_affine` write it) or a ``[4, 4]`` matrix, mapping
+    reference-world points to the keys' world (RAS mm; ITK's direction). The output grid is the
+    ``reference_key``'s or that of the image file ``reference``. Like :class:`RegisterToReference`
+    it is a spatial step: labels go by nearest neighbour (or one-hot), it fuses with its
+    neighbours and :func:`gpuprep.invert` undoes it.
+
+    Parameters
+    ----------
+    keys:
+        The keys to move.
+    transform:
+        A transform file path or a ``[4, 4]`` matrix (nested lists).
+    reference_key, reference:
+        Exactly one: a key of the sample, or an image path whose grid is the output's.
+    mode, padding_mode, padding_value, label_mode:
+        As in :class:`ResampleToReference`.
+
+    Example
+    -------
+    >>> import gpuprep as gp, torch
+    >>> s = gp.data.phantom(shape=(16, 16, 16), seed=0)
+    >>> shift = [[1, 0, 0, 4.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]   # 4 mm along x
+    >>> out = gp.ApplyTransform(["image", "label"], transform=shift, reference_key="image")(s)
+    >>> bool(torch.equal(out["label"][0, :-2], s["label"][0, 2:]))   # 2 voxels of 2 mm
+    True
+    """
+
+    def __init__(
+        self,
+        keys: str | Sequence[str],
+        transform: str | Sequence[Sequence[float]],
+        reference_key: str | None = None,
+        reference: str | None = None,
+        mode: str = "linear",
+        padding_mode: str = "zeros",
+        label_mode: str = "nearest",
+        padding_value: float | str = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        name = type(self).__name__
+        if (reference_key is None) == (reference is None):
+            raise ConfigError(f"{name}: give exactly one of reference_key and reference, "
+                              f"got reference_key={reference_key!r}, reference={reference!r}")
+        self.transform, self.reference_key, self.reference = transform, reference_key, reference
+        self.matrix = _matrix_from(transform, name)
+        self._set_interpolation(mode, False, padding_mode, label_mode, padding_value)
+
+    def plan(self, grids: Mapping[str, Grid], batch: Mapping, keys: list[str]) -> list[dict]:
+        size = grids[keys[0]][1].shape[0]
+        if self.reference is not None:
+            from ...io.reader import read_image
+
+            volume, meta = read_image(self.reference)
+            out_shape, out_affine = tuple(volume.shape[1:]), np.asarray(meta["affine"], dtype=np.float64)
+            out_affines = np.broadcast_to(out_affine, (size, 4, 4))
+        elif self.reference_key is not None and self.reference_key in grids:
+            out_shape, out_affines = grids[self.reference_key]
+        else:
+            raise ConfigError(f"{type(self).__name__}: reference key {self.reference_key!r} is not an image of the "
+                              f"sample; images: {sorted(grids)}")
+        params: list[dict] = [{} for _ in range(size)]
+        for key in keys:
+            shape, affines = grids[key]
+            for index, param in enumerate(params):
+                voxel_map = np.linalg.inv(affines[index]) @ self.matrix @ out_affines[index]
+                param[key] = make_step(shape, affines[index], out_shape, voxel_map, out_affine=out_affines[index])
+        return params
+
+
+def _matrix_from(transform, owner: str) -> np.ndarray:
+    """The ``[4, 4]`` RAS matrix of a transform file or a nested list."""
+    if isinstance(transform, str):
+        from ...io.transform_files import read_affine
+
+        return read_affine(transform)
+    matrix = np.asarray(transform, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all() or not np.allclose(matrix[3], [0, 0, 0, 1]):
+        raise ConfigError(f"{owner}: transform must be a file path or a finite 4x4 matrix with last row "
+                          f"[0, 0, 0, 1], got {transform!r}")
+    return matrix

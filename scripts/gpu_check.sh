@@ -6,8 +6,8 @@
 # A second argument picks the device (default cuda): `bash scripts/gpu_check.sh out cpu` runs the same
 # steps on the CPU, to check the script end to end without a GPU.
 # Results go to OUT_DIR (default ./gpu-check): machine.txt, triton_tests.txt, bench_triton_sampler.txt,
-# tests.txt, bench_augment.txt, bench_loader.txt, bench_bias.txt, bench_denoise.txt. The whole run stays
-# within 8 minutes: every step's timeout is capped by what is left of that budget.
+# tests.txt, bench_augment.txt, bench_loader.txt, bench_bias.txt, bench_registration.txt, bench_denoise.txt.
+# The whole run stays within 8 minutes: every step's timeout is capped by what is left of that budget.
 # TorchIO (it needs SimpleITK, a 50 MB wheel) does not travel, so only peers without it run there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,11 @@ timeout "$(cap 120)" python3 benchmarks/bench_loader.py --device "$DEVICE" --ski
 # Issue 20: N4 on the device, one seed per field kind and a batch of 4 brains (SimpleITK does not travel).
 timeout "$(cap 90)" python3 benchmarks/bench_bias.py --device "$DEVICE" --threads "$THREADS" --seeds 1 --skip-ants 2>&1 \
   | tee "$OUT_DIR/bench_bias.txt"
+
+# Issue 19: registration on the device (the peers do not travel): known transforms, a batch of 8 pairs,
+# known deformations.
+timeout "$(cap 120)" python3 benchmarks/bench_registration.py --device "$DEVICE" --threads "$THREADS" --seeds 1 \
+  --peers none 2>&1 | tee "$OUT_DIR/bench_registration.txt"
 
 timeout "$(cap 180)" python3 benchmarks/bench_denoise.py --device "$DEVICE" --threads "$THREADS" --repeats 3 2>&1 \
   | tee "$OUT_DIR/bench_denoise.txt"

@@ -22,6 +22,7 @@ Subclasses register themselves by class name, so a pipeline saved as YAML can be
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 from collections.abc import Mapping, Sequence
@@ -258,7 +259,10 @@ def build_transform(name: str, config: Mapping) -> Transform:
     """
     cls = registered_transform(name) if isinstance(name, str) else None
     if cls is None:
-        raise ConfigError(f"unknown transform {short_repr(name)}; known transforms: {sorted(REGISTRY)}")
+        close = difflib.get_close_matches(name, list(REGISTRY), n=3) if isinstance(name, str) else []
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(f"unknown transform {short_repr(name)}; {hint}the {len(REGISTRY)} known transforms are "
+                          f"listed in docs/transforms.md (gpuprep.transforms.base.REGISTRY)")
     if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
         raise ConfigError(
             f"cannot build {name}: its config must be a mapping of argument names, got {short_repr(config)}"

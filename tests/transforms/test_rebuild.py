@@ -91,3 +91,9 @@ def test_compose_config_holds_the_epoch():
     assert rebuilt.get_config()["epoch"] == 6 and rebuilt.transforms[0].epoch == 6
     with pytest.raises(ConfigError, match="'epoch' must be a non-negative integer, got -1"):
         gp.Compose.from_config({**pipeline.get_config(), "epoch": -1})
+
+
+def test_an_unknown_transform_name_suggests_the_closest_ones_in_a_short_message():
+    with pytest.raises(ConfigError, match="did you mean ZNormalize") as caught:
+        gp.Compose.from_config({"transforms": [{"name": "ZNormalise", "config": {"keys": ["image"]}}]})
+    assert len(str(caught.value)) < 300

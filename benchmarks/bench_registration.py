@@ -127,9 +127,14 @@ def simpleitk_method(fixed, moving, affine, model):
 
 
 def lps_transform_to_ras(transform) -> np.ndarray:
-    """The 4x4 RAS matrix of a SimpleITK/ITK transform (fixed -> moving points), sampled at four points."""
+    """The 4x4 RAS matrix of a SimpleITK/ITK transform (fixed -> moving points)."""
+    return ras_matrix(transform.TransformPoint)
+
+
+def ras_matrix(map_point: Callable) -> np.ndarray:
+    """The 4x4 RAS matrix of an affine LPS point map (fixed -> moving), read off at four points."""
     points = np.array([[0.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]) * 50.0
-    mapped = np.array([transform.TransformPoint(p.tolist()) for p in points])
+    mapped = np.array([map_point(p.tolist()) for p in points])
     lps = np.eye(4)
     lps[:3, 3] = mapped[0]
     lps[:3, :3] = (mapped[1:] - mapped[0]).T / 50.0
@@ -147,13 +152,7 @@ def ants_method(fixed, moving, affine, model):
 
     result = ants.registration(to_ants(fixed), to_ants(moving), type_of_transform="Rigid" if model == "rigid"
                                else "Affine", aff_metric="mattes")
-    transform = ants.read_transform(result["fwdtransforms"][0])
-    points = np.array([[0.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]) * 50.0
-    mapped = np.array([transform.apply_to_point(p.tolist()) for p in points])
-    lps = np.eye(4)
-    lps[:3, 3] = mapped[0]
-    lps[:3, :3] = (mapped[1:] - mapped[0]).T / 50.0
-    return FLIP @ lps @ FLIP
+    return ras_matrix(ants.read_transform(result["fwdtransforms"][0]).apply_to_point)
 
 
 def elastix_method(fixed, moving, affine, model):

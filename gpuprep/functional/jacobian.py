@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["folding_fraction", "jacobian_determinant"]
+__all__ = ["folding_fraction", "jacobian_determinant", "per_sample_spacing"]
 
 
 def _gradient(u: torch.Tensor, dim: int) -> torch.Tensor:
@@ -29,11 +29,20 @@ def _gradient(u: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([first, inner, last], dim)
 
 
-def _spacing(spacing: Any, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``spacing`` (None, a number, 3 values or ``[B, 3]``) as a ``[B, 3]`` tensor of positive steps."""
+def per_sample_spacing(spacing: Any, batch: int, owner: str, like: torch.Tensor) -> torch.Tensor:
+    """``spacing`` (None, a number, 3 values or ``[B, 3]``) as a ``[B, 3]`` tensor of positive steps like ``like``.
+
+    Shared by the field functions (:mod:`gpuprep.functional.regularizers` too); the values are
+    metadata, read on the host to check them.
+
+    Example
+    -------
+    >>> per_sample_spacing(2.0, 2, "f", torch.zeros(1)).tolist()
+    [[2.0, 2.0, 2.0], [2.0, 2.0, 2.0]]
+    """
     if spacing is None:
-        return torch.ones(batch, 3, dtype=dtype, device=device)
-    if isinstance(spacing, torch.Tensor):  # metadata: a few numbers, read to check them
+        return torch.ones(batch, 3, dtype=like.dtype, device=like.device)
+    if isinstance(spacing, torch.Tensor):
         spacing = spacing.detach().to("cpu", torch.float64).numpy()
     array = np.asarray(spacing, dtype=np.float64)
     if array.ndim == 0:
@@ -41,10 +50,10 @@ def _spacing(spacing: Any, batch: int, dtype: torch.dtype, device: torch.device)
     elif array.shape == (3,):
         array = np.broadcast_to(array, (batch, 3))
     elif array.shape != (batch, 3):
-        raise ValueError(f"jacobian_determinant: spacing must be 3 values or [B={batch}, 3], got shape {array.shape}")
+        raise ValueError(f"{owner}: spacing must be a number, 3 values or [B={batch}, 3], got shape {array.shape}")
     if not (np.isfinite(array).all() and (array > 0).all()):
-        raise ValueError(f"jacobian_determinant: spacing must be finite and positive, got {array.tolist()}")
-    return torch.tensor(array, dtype=dtype).to(device)  # a copy: broadcast_to gives a read-only view
+        raise ValueError(f"{owner}: spacing must be finite and positive, got {array.tolist()}")
+    return torch.tensor(array, dtype=like.dtype).to(like.device)  # a copy: broadcast_to gives a read-only view
 
 
 def jacobian_determinant(displacement: torch.Tensor, spacing: Any = None) -> torch.Tensor:
@@ -81,7 +90,7 @@ def jacobian_determinant(displacement: torch.Tensor, spacing: Any = None) -> tor
         raise TypeError(f"jacobian_determinant: displacement must be floating point, got {displacement.dtype}")
     u = displacement.float() if displacement.dtype in (torch.float16, torch.bfloat16) else displacement
     batch = u.shape[0]
-    steps = _spacing(spacing, batch, u.dtype, u.device).view(batch, 3, 1, 1, 1)
+    steps = per_sample_spacing(spacing, batch, "jacobian_determinant", u).view(batch, 3, 1, 1, 1)
     # g[k][j] = du_k / dx_j, each [B, D, H, W]
     g = [[_gradient(u[:, k], 1 + j) / steps[:, j] for j in range(3)] for k in range(3)]
     a, b, c = 1 + g[0][0], g[0][1], g[0][2]

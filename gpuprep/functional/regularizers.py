@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
+
+from .jacobian import per_sample_spacing
 
 __all__ = ["bending_energy", "diffusion_energy"]
 
@@ -31,24 +32,6 @@ def _check(field: Any, owner: str) -> torch.Tensor:
     if not field.is_floating_point():
         raise TypeError(f"{owner}: field must be floating point, got {field.dtype}")
     return field.float() if field.dtype in (torch.float16, torch.bfloat16) else field
-
-
-def _spacing(spacing: Any, batch: int, owner: str, like: torch.Tensor) -> torch.Tensor:
-    """``spacing`` (None, a number, 3 values or ``[B, 3]``) as a ``[B, 3]`` tensor of positive steps."""
-    if spacing is None:
-        return torch.ones(batch, 3, dtype=like.dtype, device=like.device)
-    if isinstance(spacing, torch.Tensor):  # metadata: a few numbers, read to check them
-        spacing = spacing.detach().to("cpu", torch.float64).numpy()
-    array = np.asarray(spacing, dtype=np.float64)
-    if array.ndim == 0:
-        array = np.full((batch, 3), float(array))
-    elif array.shape == (3,):
-        array = np.broadcast_to(array, (batch, 3))
-    elif array.shape != (batch, 3):
-        raise ValueError(f"{owner}: spacing must be a number, 3 values or [B={batch}, 3], got shape {array.shape}")
-    if not (np.isfinite(array).all() and (array > 0).all()):
-        raise ValueError(f"{owner}: spacing must be finite and positive, got {array.tolist()}")
-    return torch.tensor(array, dtype=like.dtype).to(like.device)  # a copy: broadcast_to gives a read-only view
 
 
 def _diff(u: torch.Tensor, axis: int) -> torch.Tensor:
@@ -89,7 +72,7 @@ def diffusion_energy(field: torch.Tensor, spacing: Any = None) -> torch.Tensor:
     ([0.25], [0.0625])
     """
     u = _check(field, "diffusion_energy")
-    steps = _spacing(spacing, u.shape[0], "diffusion_energy", u)
+    steps = per_sample_spacing(spacing, u.shape[0], "diffusion_energy", u)
     energy = u.new_zeros(u.shape[0])
     for j in range(3):
         if u.shape[2 + j] > 1:
@@ -123,7 +106,7 @@ def bending_energy(field: torch.Tensor, spacing: Any = None) -> torch.Tensor:
     [0.5]
     """
     u = _check(field, "bending_energy")
-    steps = _spacing(spacing, u.shape[0], "bending_energy", u)
+    steps = per_sample_spacing(spacing, u.shape[0], "bending_energy", u)
     energy = u.new_zeros(u.shape[0])
     first = [_diff(u, j) if u.shape[2 + j] > 1 else None for j in range(3)]
     for j in range(3):

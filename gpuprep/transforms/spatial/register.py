@@ -16,7 +16,53 @@ from ..fusion import Grid
 from .resample import _Interpolating
 
 
-class RegisterToReference(_Interpolating):
+class _ToReference(_Interpolating, abstract=True):
+    """What the two steps share: a reference grid from a key or an image file, and the steps onto it."""
+
+    reference_key: str | None
+    _reference_file: str | None
+    _read: tuple[torch.Tensor, np.ndarray] | None = None
+
+    def _set_reference(self, reference_key: str | None, path: str | None, path_name: str) -> None:
+        if (reference_key is None) == (path is None):
+            raise ConfigError(f"{type(self).__name__}: give exactly one of reference_key and {path_name}, "
+                              f"got reference_key={reference_key!r}, {path_name}={path!r}")
+        self.reference_key, self._reference_file = reference_key, path
+
+    def _reference_image(self) -> tuple[torch.Tensor, np.ndarray]:
+        """The reference file's image ``[C, D, H, W]`` float32 and affine, read once per transform."""
+        if self._read is None:
+            from ...io.reader import read_image
+
+            volume, meta = read_image(self._reference_file, dtype="float32")  # type: ignore[arg-type]
+            self._read = volume, np.asarray(meta["affine"], dtype=np.float64)
+        return self._read
+
+    def _reference_grid(self, grids: Mapping[str, Grid], size: int) -> tuple[tuple, np.ndarray]:
+        """The output grid: its shape and affines ``[B, 4, 4]``."""
+        if self._reference_file is not None:
+            volume, affine = self._reference_image()
+            return tuple(volume.shape[1:]), np.broadcast_to(affine, (size, 4, 4)).copy()
+        if self.reference_key is None or self.reference_key not in grids:
+            raise ConfigError(f"{type(self).__name__}: reference key {self.reference_key!r} is not an image of the "
+                              f"sample; images: {sorted(grids)}")
+        shape, affines = grids[self.reference_key]
+        return tuple(shape), np.asarray(affines, dtype=np.float64)
+
+    @staticmethod
+    def _steps(grids: Mapping[str, Grid], keys: list[str], matrices: np.ndarray, out_shape: tuple,
+               out_affines: np.ndarray) -> list[dict]:
+        """Per sample, every key's step onto the output grid through ``matrices`` (output world to the key's world)."""
+        params: list[dict] = [{} for _ in range(len(out_affines))]
+        for key in keys:
+            shape, affines = grids[key]
+            for index, param in enumerate(params):
+                voxel_map = np.linalg.inv(affines[index]) @ matrices[index] @ out_affines[index]
+                param[key] = make_step(shape, affines[index], out_shape, voxel_map, out_affine=out_affines[index])
+        return params
+
+
+class RegisterToReference(_ToReference):
     """Register the first key to a reference and move every key onto the reference's grid (rigid or affine).
 
     The reference is another key of the sample (``reference_key``: e.g. a T2 or FLAIR onto the T1)
@@ -73,12 +119,10 @@ class RegisterToReference(_Interpolating):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         name = type(self).__name__
-        if (reference_key is None) == (template is None):
-            raise ConfigError(f"{name}: give exactly one of reference_key and template, "
-                              f"got reference_key={reference_key!r}, template={template!r}")
+        self._set_reference(reference_key, template, "template")
         if model not in ("rigid", "affine"):
             raise ConfigError(f"{name}: model must be 'rigid' or 'affine' in a pipeline, got {model!r}")
-        self.reference_key, self.template = reference_key, template
+        self.template = template
         self.model, self.metric = model, metric
         self.levels = check_int(name, "levels", levels, minimum=1)
         self.iterations = None if iterations is None else [check_int(name, "iterations", v, minimum=1)
@@ -88,42 +132,25 @@ class RegisterToReference(_Interpolating):
         self._set_interpolation(mode, False, padding_mode, label_mode, padding_value)
 
     def plan(self, grids: Mapping[str, Grid], batch: Mapping, keys: list[str]) -> list[dict]:
-        fixed, fixed_affines, fixed_shape = self._reference(grids, batch)
-        _moving_shape, moving_affines = grids[keys[0]]
-        moving = batch[keys[0]][:, :1].float()
-        result = register(fixed, moving, model=self.model, metric=self.metric, levels=self.levels,
-                          iterations=self.iterations, fixed_affine=fixed_affines, moving_affine=moving_affines,
-                          points=self.points, seed=self.seed)
-        matrices = result.matrix
-        params: list[dict] = []
-        for index in range(len(matrices)):
-            param: dict = {"registration": {"model": self.model, "metric": self.metric,
-                                            "matrix": matrices[index].tolist()}}
-            for key in keys:
-                shape, affines = grids[key]
-                voxel_map = np.linalg.inv(affines[index]) @ matrices[index] @ fixed_affines[index]
-                param[key] = make_step(shape, affines[index], fixed_shape, voxel_map, out_affine=fixed_affines[index])
-            params.append(param)
+        size = grids[keys[0]][1].shape[0]
+        fixed_shape, fixed_affines = self._reference_grid(grids, size)
+        if self.template is not None:
+            device = batch[keys[0]].device
+            volume = self._reference_image()[0][:1]
+            fixed = volume.expand(size, 1, *volume.shape[1:]).to(device)
+        else:
+            fixed = batch[self.reference_key][:, :1].float()
+        result = register(fixed, batch[keys[0]][:, :1].float(), model=self.model, metric=self.metric,
+                          levels=self.levels, iterations=self.iterations, fixed_affine=fixed_affines,
+                          moving_affine=grids[keys[0]][1], points=self.points, seed=self.seed)
+        matrices = np.asarray(result.matrix).reshape(size, 4, 4)
+        params = self._steps(grids, keys, matrices, fixed_shape, fixed_affines)
+        for param, matrix in zip(params, matrices):
+            param["registration"] = {"model": self.model, "metric": self.metric, "matrix": matrix.tolist()}
         return params
 
-    def _reference(self, grids: Mapping[str, Grid], batch: Mapping) -> tuple[torch.Tensor, np.ndarray, tuple]:
-        """The fixed image ``[B, 1, D, H, W]``, its affines ``[B, 4, 4]`` and its shape."""
-        size = next(iter(grids.values()))[1].shape[0]
-        if self.template is not None:
-            from ...io.reader import read_image
 
-            volume, meta = read_image(self.template, dtype="float32")
-            affines = np.broadcast_to(np.asarray(meta["affine"], dtype=np.float64), (size, 4, 4)).copy()
-            device = next(v for v in batch.values() if isinstance(v, torch.Tensor)).device
-            return volume[:1].expand(size, 1, *volume.shape[1:]).to(device), affines, tuple(volume.shape[1:])
-        if self.reference_key is None or self.reference_key not in grids:
-            raise ConfigError(f"{type(self).__name__}: reference key {self.reference_key!r} is not an image of the "
-                              f"sample; images: {sorted(grids)}")
-        shape, affines = grids[self.reference_key]
-        return batch[self.reference_key][:, :1].float(), np.asarray(affines, dtype=np.float64), tuple(shape)
-
-
-class ApplyTransform(_Interpolating):
+class ApplyTransform(_ToReference):
     """Move keys onto a reference grid through a saved affine: a registration result, or ANTs', elastix's or ITK's.
 
     The transform is an ITK ``.tfm``/``.txt`` or ``.mat`` file (as ANTs, SimpleITK and
@@ -167,34 +194,15 @@ class ApplyTransform(_Interpolating):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        name = type(self).__name__
-        if (reference_key is None) == (reference is None):
-            raise ConfigError(f"{name}: give exactly one of reference_key and reference, "
-                              f"got reference_key={reference_key!r}, reference={reference!r}")
-        self.transform, self.reference_key, self.reference = transform, reference_key, reference
-        self.matrix = _matrix_from(transform, name)
+        self._set_reference(reference_key, reference, "reference")
+        self.transform, self.reference = transform, reference
+        self.matrix = _matrix_from(transform, type(self).__name__)
         self._set_interpolation(mode, False, padding_mode, label_mode, padding_value)
 
     def plan(self, grids: Mapping[str, Grid], batch: Mapping, keys: list[str]) -> list[dict]:
         size = grids[keys[0]][1].shape[0]
-        if self.reference is not None:
-            from ...io.reader import read_image
-
-            volume, meta = read_image(self.reference)
-            out_shape, out_affine = tuple(volume.shape[1:]), np.asarray(meta["affine"], dtype=np.float64)
-            out_affines = np.broadcast_to(out_affine, (size, 4, 4))
-        elif self.reference_key is not None and self.reference_key in grids:
-            out_shape, out_affines = grids[self.reference_key]
-        else:
-            raise ConfigError(f"{type(self).__name__}: reference key {self.reference_key!r} is not an image of the "
-                              f"sample; images: {sorted(grids)}")
-        params: list[dict] = [{} for _ in range(size)]
-        for key in keys:
-            shape, affines = grids[key]
-            for index, param in enumerate(params):
-                voxel_map = np.linalg.inv(affines[index]) @ self.matrix @ out_affines[index]
-                param[key] = make_step(shape, affines[index], out_shape, voxel_map, out_affine=out_affines[index])
-        return params
+        out_shape, out_affines = self._reference_grid(grids, size)
+        return self._steps(grids, keys, np.broadcast_to(self.matrix, (size, 4, 4)), out_shape, out_affines)
 
 
 def _matrix_from(transform, owner: str) -> np.ndarray:

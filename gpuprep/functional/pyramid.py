@@ -5,7 +5,8 @@ level: an axis is only shrunk while its spacing stays below the level's target s
 anisotropic scan (say 1 x 1 x 5 mm) keeps its thick axis until the others catch up, as ANTs' and
 nnU-Net's pyramids do. Shrinking by an
 integer ``step`` is a Gaussian blur (``sigma = step / 2`` voxels) and the mean of each block of
-``step`` voxels, which lies at the block's centre; the level's affine says so.
+``step`` voxels, which lies at the block's centre; the level's affine says so. The two are
+computed as one strided filter per axis.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .filters import gaussian_filter
+from .boundary import pad_volume
+from .filters import gaussian_kernel1d
 
 __all__ = ["gaussian_pyramid", "pyramid_steps", "shrink_volume"]
 
@@ -54,12 +56,38 @@ def shrink_volume(volume: torch.Tensor, affine: np.ndarray, step: Sequence[int])
     step = tuple(int(s) for s in step)
     if step == (1, 1, 1):
         return volume, np.asarray(affine, dtype=np.float64)
-    sigma = [s / 2.0 if s > 1 else 0.0 for s in step]
-    blurred = gaussian_filter(volume.to(torch.float32) if not volume.is_floating_point() else volume, sigma)
-    shrunk = torch.nn.functional.avg_pool3d(blurred, kernel_size=step, stride=step)
+    shrunk = volume if volume.is_floating_point() else volume.to(torch.float32)
+    for axis, axis_step in enumerate(step):
+        if axis_step > 1:
+            shrunk = _blur_and_block_mean(shrunk, axis, axis_step)
     scale = np.diag([*step, 1]).astype(np.float64)
     scale[:3, 3] = (np.asarray(step) - 1) / 2.0
     return shrunk, np.asarray(affine, dtype=np.float64) @ scale
+
+
+def _blur_and_block_mean(volume: torch.Tensor, axis: int, step: int) -> torch.Tensor:
+    """Along spatial ``axis``: the Gaussian blur (``sigma = step / 2``, reflect) then the mean of blocks of ``step``.
+
+    Both are linear and shift-invariant, so they are one kernel (the Gaussian convolved with a
+    box of ``step``) read at every ``step``-th position only: each output voxel is computed once,
+    instead of blurring every voxel and then averaging (about 3x fewer operations per level).
+    """
+    gaussian = gaussian_kernel1d(step / 2.0)
+    kernel = np.convolve(gaussian, np.full(step, 1.0 / step))
+    radius = len(gaussian) // 2
+    pads = [(0, 0), (0, 0), (0, 0)]
+    pads[axis] = (radius, radius)
+    padded = pad_volume(volume, pads, "reflect", 0.0)
+    dim = 2 + axis
+    count = volume.shape[dim] // step
+    index: list[slice] = [slice(None)] * 5
+    out = None
+    for offset, weight in enumerate(kernel.tolist()):
+        index[dim] = slice(offset, offset + (count - 1) * step + 1, step)
+        part = padded[tuple(index)]
+        out = part * weight if out is None else out.add_(part, alpha=weight)
+    assert out is not None
+    return out
 
 
 def gaussian_pyramid(volume: torch.Tensor, affine: np.ndarray, levels: int) -> list[tuple[torch.Tensor, np.ndarray]]:

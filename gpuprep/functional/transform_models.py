@@ -18,7 +18,7 @@ import torch
 
 from .numba_threads import pick_kernel
 
-__all__ = ["center_of_mass", "homogeneous", "rotation_from_vector", "sample_world", "sample_world_fast",
+__all__ = ["center_of_mass", "homogeneous", "map_points", "rotation_from_vector", "sample_world", "sample_world_fast",
            "vector_from_rotation", "with_world_gradient", "world_matrix"]
 
 
@@ -90,6 +90,19 @@ def world_matrix(linear: torch.Tensor, translation: torch.Tensor, center: torch.
     return homogeneous(linear, offset)
 
 
+def map_points(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``matrix [B, 4, 4]`` applied to ``points [B, N, 3]``: one batched matrix product, differentiable.
+
+    Example
+    -------
+    >>> shift = torch.eye(4)[None].clone(); shift[0, :3, 3] = 1.0
+    >>> map_points(shift, torch.zeros(1, 2, 3)).tolist()
+    [[[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]]
+    """
+    matrix = matrix.to(points.dtype)
+    return torch.baddbmm(matrix[:, None, :3, 3], points, matrix[:, :3, :3].transpose(1, 2))
+
+
 def center_of_mass(volume: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The intensity-weighted centre ``[B, 3]`` (world mm) of ``volume [B, C, D, H, W]`` (negative values count 0).
 
@@ -118,8 +131,7 @@ def center_of_mass(volume: torch.Tensor, affine: torch.Tensor, mask: torch.Tenso
 def _sampling_grid(shape: Sequence[int], world_to_voxel: torch.Tensor, points: torch.Tensor,
                    dtype: torch.dtype) -> torch.Tensor:
     """``grid_sample``'s grid ``[B, N, 1, 1, 3]`` (align_corners=True, (W, H, D) order) for ``points [B, N, 3]``."""
-    voxel = (world_to_voxel[:, None, :3, :3].to(points.dtype) @ points[..., None])[..., 0]
-    voxel = voxel + world_to_voxel[:, None, :3, 3].to(points.dtype)
+    voxel = map_points(world_to_voxel, points)
     sizes = torch.tensor(list(shape), dtype=points.dtype, device=points.device)
     normalised = 2.0 * voxel / (sizes - 1).clamp(min=1) - 1.0  # -1 and 1 are the end voxels
     return normalised.flip(-1)[:, :, None, None, :].to(dtype)
@@ -161,9 +173,16 @@ def with_world_gradient(volume: torch.Tensor, affine: torch.Tensor) -> torch.Ten
     [0.5, 0.0, 0.0]
     """
     values = volume[:, 0]
+    inverse = torch.linalg.inv(affine.to(torch.float64).cpu())[:, :3, :3]  # metadata: read on the host
+    kernels = _point_kernels() if volume.device.type == "cpu" and volume.dtype == torch.float32 else None
+    if kernels is not None:  # one pass instead of three gradients and three weighted sums
+        out = torch.empty(*values.shape, 4, dtype=volume.dtype)
+        pick_kernel(kernels, "gradient_stack")(np.from_dlpack(values.detach().contiguous()),
+                                               np.from_dlpack(inverse.to(volume.dtype).contiguous()),
+                                               np.from_dlpack(out))
+        return out
     derivatives = [torch.gradient(values, dim=axis)[0] if values.shape[axis] > 1 else torch.zeros_like(values)
                    for axis in (1, 2, 3)]
-    inverse = torch.linalg.inv(affine.to(torch.float64).cpu())[:, :3, :3]  # metadata: read on the host
     stacked = torch.empty(*values.shape, 4, dtype=volume.dtype, device=volume.device)
     stacked[..., 0] = values
     for world_axis in range(3):  # d value / d world = (d value / d voxel) @ inv(A); zero terms skipped
@@ -221,8 +240,7 @@ class _SampleWithGradient(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, points, stacked, world_to_voxel):
-        voxel = (world_to_voxel[:, None, :3, :3].to(points.dtype) @ points[..., None])[..., 0]
-        voxel = voxel + world_to_voxel[:, None, :3, 3].to(points.dtype)
+        voxel = map_points(world_to_voxel, points)
         sampled = _trilinear(stacked, voxel)  # [B, N, 4]
         ctx.save_for_backward(sampled[..., 1:])
         return sampled[..., 0][:, None]

@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..functional.mattes_points import FixedBins, fixed_bins, point_mutual_information
 from ..functional.pyramid import gaussian_pyramid
-from ..functional.similarity import mean_squared_error, mutual_information, normalized_cross_correlation
+from ..functional.similarity import mean_squared_error, normalized_cross_correlation
 from ..functional.transform_models import (
     center_of_mass,
+    map_points,
     rotation_from_vector,
     sample_world,
     sample_world_fast,
@@ -81,13 +83,13 @@ def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch
     batch, device = fixed.shape[0], fixed.device
     fixed_affines = _per_sample(fixed_affine, batch)
     moving_affines = _per_sample(moving_affine, batch)
-    center = center_of_mass(fixed, torch.from_numpy(fixed_affines), fixed_mask).to(device)
-    linear0, shift0 = _start(fixed, fixed_affines, moving, moving_affines, center, settings.init, initial, fixed_mask)
-    size = 6 if settings.model == "rigid" else 12
-    params = torch.zeros(batch, size, dtype=torch.float64, device=device, requires_grad=True)
     fixed_levels = _pyramids(fixed, fixed_affines, settings.levels)
     moving_levels = _pyramids(moving, moving_affines, settings.levels)
     mask_levels = _pyramids(fixed_mask.float(), fixed_affines, settings.levels) if fixed_mask is not None else None
+    center = _center(fixed_levels, mask_levels)
+    linear0, shift0 = _start(moving_levels, center, settings.init, initial)
+    size = 6 if settings.model == "rigid" else 12
+    params = torch.zeros(batch, size, dtype=torch.float64, device=device, requires_grad=True)
     generator = torch.Generator().manual_seed(settings.seed)
     history = []
     for level in range(settings.levels):
@@ -96,7 +98,7 @@ def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch
         moving_volume, moving_affine_level = moving_levels[level]
         to_voxel = torch.from_numpy(np.linalg.inv(moving_affine_level)).to(device)
         stacked = with_world_gradient(moving_volume, torch.from_numpy(moving_affine_level))
-        ranges = _ranges(fixed_values, moving_volume)
+        moving_range, prepared = _prepare_metric(settings, fixed_values, moving_volume)
         rate = settings.learning_rate / 2**level
         optimizer = torch.optim.Adam([params], lr=rate)
         steps = settings.iterations[level]
@@ -105,9 +107,9 @@ def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch
         for _ in range(steps):
             optimizer.zero_grad()
             matrix = _matrix(params, settings.model, linear0, shift0, center)
-            warped = (matrix[:, None, :3, :3] @ points[..., None])[..., 0] + matrix[:, None, :3, 3]
+            warped = map_points(matrix, points)
             values = sample_world_fast(stacked, to_voxel, warped.to(moving_volume.dtype))
-            loss = _loss(settings, fixed_values, values, ranges)
+            loss = _loss(settings, fixed_values, values, moving_range, prepared)
             loss.sum().backward()
             optimizer.step()
             scheduler.step()
@@ -156,7 +158,7 @@ def _sample_fixed(level: tuple[torch.Tensor, np.ndarray], mask: tuple[torch.Tens
     sizes = torch.tensor(volume.shape[2:], dtype=torch.float64)
     grid = torch.minimum(grid.clamp(min=0.0), sizes - 1)  # stay within the image
     affines_t = torch.from_numpy(affines).to(volume.device)
-    points = (affines_t[:, None, :3, :3] @ grid.to(volume.device)[None, :, :, None])[..., 0] + affines_t[:, None, :3, 3]
+    points = map_points(affines_t, grid.to(volume.device).expand(len(affines_t), -1, -1))
     to_voxel = torch.linalg.inv(affines_t)
     values = sample_world(volume[:, :1].float(), to_voxel, points)
     if mask is not None:
@@ -165,30 +167,34 @@ def _sample_fixed(level: tuple[torch.Tensor, np.ndarray], mask: tuple[torch.Tens
     return points, values
 
 
-def _ranges(fixed_values: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample intensity ranges ``[B, 2]`` of the fixed samples and of the whole moving level (for MI's bins)."""
-    finite = torch.nan_to_num(fixed_values, nan=0.0)
-    fixed_range = torch.stack([finite.amin(dim=(1, 2)), finite.amax(dim=(1, 2))], dim=1)
+def _prepare_metric(settings: AffineSettings, fixed_values: torch.Tensor,
+                    moving: torch.Tensor) -> tuple[torch.Tensor, FixedBins | None]:
+    """A level's constants of the metric: the moving intensity range ``[B, 2]`` and, for MI, the binned fixed samples.
+
+    The ranges are each sample's: the fixed samples' (masked-out ones count as 0) and the whole
+    moving level's, from at most 0 up.
+    """
     flat = moving.reshape(len(moving), -1)
     moving_range = torch.stack([flat.amin(dim=1).clamp(max=0.0), flat.amax(dim=1)], dim=1)
-    return fixed_range, moving_range
+    if settings.metric != "mi":
+        return moving_range, None
+    finite = torch.nan_to_num(fixed_values[:, 0], nan=0.0)
+    fixed_range = torch.stack([finite.amin(dim=1), finite.amax(dim=1)], dim=1)
+    return moving_range, fixed_bins(fixed_values[:, 0], fixed_range, settings.bins)
 
 
 def _loss(settings: AffineSettings, fixed_values: torch.Tensor, moving_values: torch.Tensor,
-          ranges: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+          moving_range: torch.Tensor, prepared: FixedBins | None) -> torch.Tensor:
     """The per-pair loss ``[B]`` to minimise (the negative similarity, or the MSE)."""
+    if prepared is not None:  # the fixed side binned once per level
+        return -point_mutual_information(prepared, moving_values[:, 0], moving_range)
     inside = ~torch.isnan(fixed_values)
     fixed5 = torch.nan_to_num(fixed_values, nan=0.0)[..., None, None]
     moving5 = moving_values[..., None, None]
     mask = inside[..., None, None]
     if settings.metric == "mse":
         return mean_squared_error(fixed5, moving5, mask=mask)
-    if settings.metric == "ncc":
-        return -normalized_cross_correlation(fixed5, moving5, mask=mask)
-    fixed_range, moving_range = ranges
-    return -mutual_information(fixed5, moving5, bins=settings.bins, mask=mask,
-                               fixed_range=(fixed_range[:, 0], fixed_range[:, 1]),
-                               moving_range=(moving_range[:, 0], moving_range[:, 1]))
+    return -normalized_cross_correlation(fixed5, moving5, mask=mask)
 
 
 def _matrix(params: torch.Tensor, model: str, linear0: torch.Tensor, shift0: torch.Tensor,
@@ -203,17 +209,25 @@ def _matrix(params: torch.Tensor, model: str, linear0: torch.Tensor, shift0: tor
     return world_matrix(linear @ linear0, translation + shift0, center)
 
 
-def _start(fixed, fixed_affines, moving, moving_affines, center, init, initial, fixed_mask):
+def _center(levels: list[tuple[torch.Tensor, np.ndarray]],
+            mask_levels: list[tuple[torch.Tensor, np.ndarray]] | None) -> torch.Tensor:
+    """The centre of mass ``[B, 3]`` (world mm) from the second-finest level (an eighth of the cost)."""
+    level = -2 if len(levels) > 1 else -1
+    volume, affines = levels[level]
+    mask = mask_levels[level][0] > 0.5 if mask_levels is not None else None
+    return center_of_mass(volume, torch.from_numpy(affines), mask).to(volume.device)
+
+
+def _start(moving_levels, center, init, initial):
     """The starting linear part and translation: ``initial``'s, the centres of mass's, or the identity."""
-    batch = fixed.shape[0]
-    eye = torch.eye(3, dtype=torch.float64, device=fixed.device).expand(batch, 3, 3).clone()
+    batch, device = len(center), center.device
+    eye = torch.eye(3, dtype=torch.float64, device=device).expand(batch, 3, 3).clone()
     if initial is not None:
-        initial = torch.as_tensor(initial, dtype=torch.float64, device=fixed.device).expand(batch, 4, 4)
+        initial = torch.as_tensor(initial, dtype=torch.float64, device=device).expand(batch, 4, 4)
         linear = initial[:, :3, :3]
         # y = L x + b = L (x - c) + c + t  ->  t = b + L c - c
         shift = initial[:, :3, 3] + (linear @ center[..., None])[..., 0] - center
         return linear.clone(), shift
     if init == "center_of_mass":
-        moving_center = center_of_mass(moving, torch.from_numpy(moving_affines)).to(fixed.device)
-        return eye, moving_center - center
-    return eye, torch.zeros(batch, 3, dtype=torch.float64, device=fixed.device)
+        return eye, _center(moving_levels, None) - center
+    return eye, torch.zeros(batch, 3, dtype=torch.float64, device=device)

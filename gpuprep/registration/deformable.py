@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from ..functional.bspline_fit import evaluate_lattice, grid_bases
 from ..functional.regularizers import bending_energy
-from ..functional.transform_models import sample_world_fast, with_world_gradient
+from ..functional.transform_models import map_points, sample_world_fast, with_world_gradient
 from ..functional.velocity_field import integrate_velocity
-from .affine import AffineSettings, _loss, _per_sample, _pyramids, _ranges, _sample_fixed
+from .affine import AffineSettings, _loss, _per_sample, _prepare_metric, _pyramids, _sample_fixed
 
 __all__ = ["DeformableOutcome", "DeformableSettings", "register_deformable"]
 
@@ -86,16 +86,16 @@ def register_deformable(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: t
         moving_volume, moving_affine_level = moving_levels[level]
         stacked = with_world_gradient(moving_volume, torch.from_numpy(moving_affine_level))
         to_voxel = torch.from_numpy(np.linalg.inv(moving_affine_level)).to(device)
-        ranges = _ranges(fixed_values, moving_volume)
+        moving_range, prepared = _prepare_metric(scoring, fixed_values, moving_volume)
         optimizer = torch.optim.Adam([lattice], lr=settings.learning_rate / 2**level)
         trace = []
         for _ in range(settings.iterations[level]):
             optimizer.zero_grad()
             velocity = grid.velocity(lattice)
             displaced = points + grid.displacement_at(integrate_velocity(velocity, settings.squaring_steps), points)
-            warped = (matrix[:, None, :3, :3] @ displaced[..., None])[..., 0] + matrix[:, None, :3, 3]
+            warped = map_points(matrix, displaced)
             values = sample_world_fast(stacked, to_voxel, warped.to(moving_volume.dtype))
-            loss = _loss(scoring, fixed_values, values, ranges)
+            loss = _loss(scoring, fixed_values, values, moving_range, prepared)
             velocity_mm = velocity * grid.spacing[:, None, None, None]
             penalty = settings.bending_weight * bending_energy(velocity_mm, grid.spacing)
             (loss + penalty).sum().backward()
@@ -136,7 +136,7 @@ class _IntegrationGrid:
 
     def displacement_at(self, displacement: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """The displacement in world mm ``[B, N, 3]`` at world ``points`` (trilinear, clamped at the border)."""
-        voxel = (self.to_grid[:, None, :3, :3] @ points[..., None])[..., 0] + self.to_grid[:, None, :3, 3]
+        voxel = map_points(self.to_grid, points)
         sizes = torch.tensor(self.shape, dtype=voxel.dtype, device=voxel.device)
         normalised = (2.0 * voxel / (sizes - 1) - 1.0).flip(-1)[:, :, None, None, :].to(displacement.dtype)
         sampled = F.grid_sample(displacement, normalised, mode="bilinear", padding_mode="border",

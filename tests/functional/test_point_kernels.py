@@ -19,3 +19,20 @@ def test_the_kernel_equals_the_torch_gather(kernel):
     kernel(volume, voxel, out)
     expected = _trilinear_channels_last(torch.from_numpy(volume), torch.from_numpy(voxel)).numpy()
     np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (1, 1, 4, 3)])
+def test_the_gradient_stack_equals_torch_gradient(shape):
+    import gpuprep.functional.transform_models as models
+
+    volume = torch.rand(shape[0], 1, *shape[1:], generator=torch.Generator().manual_seed(1))
+    affine = torch.tensor([[0.0, 1.2, 0.0, 4.0], [0.9, 0.0, 0.3, -1.0], [0.0, 0.0, 2.0, 3.0], [0, 0, 0, 1]],
+                          dtype=torch.float64).expand(shape[0], 4, 4)
+    compiled = models.with_world_gradient(volume, affine)
+    kernels = models._point_kernels
+    try:
+        models._point_kernels = lambda: None
+        expected = models.with_world_gradient(volume, affine)
+    finally:
+        models._point_kernels = kernels
+    torch.testing.assert_close(compiled, expected, atol=1e-6, rtol=1e-6)

@@ -63,6 +63,7 @@ class Step(_StepGrids, total=False):
     """One sample's and key's spatial step; a warping step adds its field entry (:data:`WARP_ENTRIES`)."""
 
     displacement: list  # B-spline control-point displacements [3, nD, nH, nW], voxels of the input grid
+    velocity: dict  # RegisterToReference (deformable): lattice [3, cD, cH, cW] mm, control_spacing_mm, squaring_steps
     inverse: bool  # the step undoes the warp named by its field entry
 
 
@@ -72,6 +73,7 @@ class Step(_StepGrids, total=False):
 #: entry here and its builder there.
 WARP_ENTRIES = {
     "displacement": "B-spline control-point displacements [3, nD, nH, nW] in voxels (RandElastic)",
+    "velocity": "a registration's stationary velocity: B-spline lattice (mm), control spacing, squaring steps",
 }
 
 

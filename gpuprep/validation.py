@@ -21,6 +21,7 @@ __all__ = [
     "check_bool",
     "check_int",
     "check_int_or_three",
+    "check_positive",
     "check_probability",
     "check_seed",
     "spatial_axes",
@@ -136,6 +137,28 @@ def check_probability(owner: str, name: str, value: Any) -> float:
     """
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
         raise ConfigError(f"{owner}: {name} must be a probability in [0, 1], got {short_repr(value)}")
+    return float(value)
+
+
+def check_positive(owner: str, name: str, value: Any) -> float:
+    """Check that ``value`` is a finite number above 0 (not a bool) and return it as a float.
+
+    Parameters
+    ----------
+    owner, name, value:
+        As in :func:`check_bool`.
+
+    Example
+    -------
+    >>> check_positive("register", "control_spacing", 12)
+    12.0
+    >>> check_positive("register", "control_spacing", 0)
+    Traceback (most recent call last):
+    ...
+    gpuprep.errors.ConfigError: register: control_spacing must be a finite number > 0, got 0
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value < float("inf"):
+        raise ConfigError(f"{owner}: {name} must be a finite number > 0, got {short_repr(value)}")
     return float(value)
 
 

@@ -34,7 +34,7 @@ from ..functional.transform_models import map_points, sample_world_fast, with_wo
 from ..functional.velocity_field import integrate_velocity
 from .affine import AffineSettings, _loss, _per_sample, _prepare_metric, _pyramids, _sample_fixed
 
-__all__ = ["DeformableOutcome", "DeformableSettings", "register_deformable"]
+__all__ = ["DeformableOutcome", "DeformableSettings", "displacement_from_lattice", "register_deformable"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ class DeformableOutcome:
     displacement: torch.Tensor
     inverse: torch.Tensor
     metric: list[list[float]]
+    #: The velocity's B-spline coefficients ``[B, 3, cD, cH, cW]`` (mm along the fixed image's array axes).
+    lattice: torch.Tensor | None = None
 
 
 def register_deformable(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch.Tensor, moving_affine: np.ndarray,
@@ -106,7 +108,40 @@ def register_deformable(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: t
         velocity = grid.velocity(lattice)
         forward = grid.on_fixed_grid(integrate_velocity(velocity, settings.squaring_steps))
         inverse = grid.on_fixed_grid(integrate_velocity(velocity, settings.squaring_steps, inverse=True))
-    return DeformableOutcome(forward, inverse, history)
+    return DeformableOutcome(forward, inverse, history, lattice.detach())
+
+
+def displacement_from_lattice(lattice: torch.Tensor, fixed_shape, fixed_affines: np.ndarray, spacing_mm: float,
+                              squaring_steps: int, inverse: bool = False) -> torch.Tensor:
+    """The displacement ``[B, 3, D, H, W]`` (RAS mm, fixed grid) of a velocity lattice: ``exp(v)`` or ``exp(-v)``.
+
+    This is how :func:`register_deformable` turns its result into fields, so a recorded lattice
+    gives the same fields again (a pipeline's replay and ``gp.invert``).
+
+    Parameters
+    ----------
+    lattice:
+        :attr:`DeformableOutcome.lattice` ``[B, 3, cD, cH, cW]``.
+    fixed_shape, fixed_affines:
+        The fixed grid: its spatial shape and its affines ``[B, 4, 4]`` (or ``[4, 4]``).
+    spacing_mm, squaring_steps:
+        The :class:`DeformableSettings` the lattice was fitted with.
+    inverse:
+        The inverse map's displacement, ``exp(-v)``.
+
+    Example
+    -------
+    >>> zero = torch.zeros(1, 3, 4, 4, 4)
+    >>> displacement_from_lattice(zero, (8, 8, 8), np.eye(4), 12.0, 6).abs().max().item()
+    0.0
+    """
+    affines = _per_sample(np.asarray(fixed_affines, dtype=np.float64), lattice.shape[0])
+    grid = _IntegrationGrid(tuple(fixed_shape), affines, spacing_mm, lattice.device)
+    if tuple(lattice.shape[2:]) != grid.control:
+        raise ValueError(f"displacement_from_lattice: a lattice of {tuple(lattice.shape[2:])} control points does not "
+                         f"fit this grid and spacing, which need {grid.control}")
+    velocity = grid.velocity(lattice.to(torch.float32))
+    return grid.on_fixed_grid(integrate_velocity(velocity, squaring_steps, inverse=inverse))
 
 
 class _IntegrationGrid:

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ConfigError
 from ..sample import get_affine
-from ..validation import check_int
+from ..validation import check_int, check_positive
 from .affine import METRICS, MODELS, AffineSettings, register_affine
 from .deformable import DeformableSettings, register_deformable
 
@@ -46,6 +46,11 @@ class RegistrationResult:
         fixed grid, RAS mm. A fixed-world point ``x`` maps to ``matrix @ (x + displacement(x))``
         in the moving image; ``inverse_displacement`` undoes ``displacement`` (``exp(-v)``).
         The metric history then continues with the deformable levels.
+    velocity_lattice, control_spacing, squaring_steps:
+        Deformable only: the fitted velocity's B-spline coefficients ``[3, cD, cH, cW]`` (``[B, ...]``
+        for a batch; mm along the fixed image's array axes), their spacing in mm and the
+        scaling-and-squaring steps: :func:`~gpuprep.registration.deformable.displacement_from_lattice`
+        rebuilds both fields from them (what a pipeline records).
     """
 
     matrix: np.ndarray
@@ -57,6 +62,9 @@ class RegistrationResult:
     seconds: float = 0.0
     displacement: torch.Tensor | None = None
     inverse_displacement: torch.Tensor | None = None
+    velocity_lattice: torch.Tensor | None = None
+    control_spacing: float = 12.0
+    squaring_steps: int = 6
 
 
 def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi", levels: int = 3,
@@ -113,6 +121,9 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
     iterations = tuple(iterations) if iterations is not None else DEFAULT_ITERATIONS.get(levels, (100,) * levels)
     if len(iterations) != levels:
         raise ConfigError(f"register: iterations needs one count per level ({levels}), got {list(iterations)!r}")
+    control_spacing = check_positive("register", "control_spacing", control_spacing)
+    deformable_iterations = [check_int("register", "deformable_iterations", v, minimum=1)
+                             for v in deformable_iterations]
     start = time.perf_counter()
     fixed_volume, fixed_affines, single = _as_batch(fixed, fixed_affine, key, "fixed", device)
     moving_volume, moving_affines, _ = _as_batch(moving, moving_affine, key, "moving", fixed_volume.device)
@@ -123,19 +134,21 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
     outcome = register_affine(fixed_volume, fixed_affines, moving_volume, moving_affines, settings,
                               fixed_mask=fixed_mask, initial=initial)
     history = outcome.metric
-    fields: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+    deformable = DeformableSettings(metric=metric, levels=len(deformable_iterations),
+                                    iterations=tuple(deformable_iterations), spacing_mm=control_spacing, seed=seed)
+    fields: dict[str, Any] = {}
     if model == "deformable":
         warp = register_deformable(fixed_volume, fixed_affines, moving_volume, moving_affines, outcome.matrix,
-                                   DeformableSettings(
-                                       metric=metric, levels=len(deformable_iterations),
-                                       iterations=tuple(deformable_iterations), spacing_mm=control_spacing,
-                                       seed=seed), fixed_mask)
+                                   deformable, fixed_mask)
         history = history + warp.metric
-        fields = (warp.displacement[0], warp.inverse[0]) if single else (warp.displacement, warp.inverse)
+        fields = {"displacement": warp.displacement, "inverse_displacement": warp.inverse,
+                  "velocity_lattice": warp.lattice}
+        fields = {name: value[0] if single else value for name, value in fields.items()}
     matrix = outcome.matrix.cpu().numpy()
     return RegistrationResult(matrix[0] if single else matrix, fixed_affines[0] if single else fixed_affines,
                               tuple(fixed_volume.shape[2:]), model, metric, history,
-                              time.perf_counter() - start, *fields)
+                              time.perf_counter() - start, **fields, control_spacing=control_spacing,
+                              squaring_steps=deformable.squaring_steps)
 
 
 def _as_batch(value: Any, affine: Any, key: str, name: str, device) -> tuple[torch.Tensor, np.ndarray, bool]:

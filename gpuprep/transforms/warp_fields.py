@@ -15,9 +15,12 @@ import numpy as np
 import torch
 
 from ..functional.elastic import bspline_field, bspline_rows, bspline_taps
+from ..functional.resample import resample
 from ..functional.warp import invert_displacement
+from ..registration.deformable import displacement_from_lattice
 
-__all__ = ["FIELD_BUILDERS", "SEPARABLE_BUILDERS", "bspline_displacement_field", "bspline_displacement_rows"]
+__all__ = ["FIELD_BUILDERS", "SEPARABLE_BUILDERS", "bspline_displacement_field", "bspline_displacement_rows",
+           "velocity_displacement_field"]
 
 
 def _coefficients(steps: Sequence[Mapping]) -> np.ndarray:
@@ -66,11 +69,40 @@ def bspline_displacement_field(steps: Sequence[Mapping], device: torch.device) -
     return field
 
 
+def velocity_displacement_field(steps: Sequence[Mapping], device: torch.device) -> torch.Tensor:
+    """The field ``[B, 3, D, H, W]`` (voxels of the step's output grid) of a deformable registration step.
+
+    The forward step's output grid is the fixed (reference) grid: its field is ``exp(v)``
+    (:func:`~gpuprep.registration.deformable.displacement_from_lattice`) in fixed voxels. The
+    inverse step (for ``gp.invert``) reads the fixed grid at ``W q + u'(q)`` for a voxel ``q`` of
+    the key's grid, where ``W`` is its voxel map; ``exp(-v)`` undoes ``exp(v)`` after ``W``, so
+    ``u'(q) = W_lin^-1 exp(-v)(W q)``: the inverse field resampled through ``W`` and turned into
+    the key's voxel axes.
+    """
+    first = steps[0]
+    inverse = bool(first.get("inverse", False))
+    fixed_shape, fixed_entry = (first["in_shape"], "in_affine") if inverse else (first["out_shape"], "out_affine")
+    fixed_affines = np.stack([np.asarray(s[fixed_entry], dtype=np.float64) for s in steps])
+    lattice = torch.from_numpy(np.stack([np.asarray(s["velocity"]["lattice"], dtype=np.float32) for s in steps]))
+    world = displacement_from_lattice(lattice.to(device), fixed_shape, fixed_affines,
+                                      float(first["velocity"]["control_spacing_mm"]),
+                                      int(first["velocity"]["squaring_steps"]), inverse=inverse)
+    to_voxels = torch.from_numpy(np.linalg.inv(fixed_affines[:, :3, :3])).to(device, world.dtype)
+    field = torch.einsum("bij,bj...->bi...", to_voxels, world)  # fixed voxels
+    if not inverse:
+        return field
+    maps = np.stack([np.asarray(s["voxel_map"], dtype=np.float64) for s in steps])  # key voxel -> fixed voxel
+    moved = resample(field, maps, tuple(first["out_shape"]), "linear", padding_mode="border")
+    back = torch.from_numpy(np.linalg.inv(maps[:, :3, :3])).to(device, moved.dtype)
+    return torch.einsum("bij,bj...->bi...", back, moved)
+
+
 #: Per warp entry of :data:`gpuprep.records.WARP_ENTRIES`, the function ``(steps, device) -> field``
 #: that builds the dense displacement field ``[B, 3, D, H, W]`` (voxels of the input grid) of a
 #: warping step's per-sample steps.
 FIELD_BUILDERS: dict[str, Callable[[Sequence[Mapping], torch.device], torch.Tensor]] = {
     "displacement": bspline_displacement_field,
+    "velocity": velocity_displacement_field,
 }
 
 #: Per warp entry, the function ``(steps, device) -> (rows, first, taps) | None`` giving the field

@@ -102,7 +102,9 @@ def test_a_template_file_is_the_reference(tmp_path):
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({}, "exactly one of reference_key and template"),
     ({"reference_key": "a", "template": "b.nii"}, "exactly one of reference_key and template"),
-    ({"reference_key": "a", "model": "deformable"}, "'rigid' or 'affine'"),
+    ({"reference_key": "a", "model": "spline"}, "'rigid', 'affine' or 'deformable'"),
+    ({"reference_key": "a", "model": "deformable", "mode": "cubic"}, "'linear' or 'nearest'"),
+    ({"reference_key": "a", "model": "deformable", "control_spacing": 0}, "control_spacing must be a finite"),
     ({"reference_key": "a", "levels": 0}, "levels"),
 ])
 def test_bad_arguments_are_refused(kwargs, match):
@@ -139,3 +141,88 @@ def test_apply_transform_replays_a_registration_saved_as_an_itk_file(tmp_path):
 def test_apply_transform_refuses_bad_arguments(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         gp.ApplyTransform("t2", **kwargs)
+
+
+def deformed_pair(seed=20):
+    """The blob head, and a copy deformed by a smooth field (up to 3 mm) with a label map that moved with it."""
+    from gpuprep.functional.velocity_field import warp_volume
+    from tests.registration.test_register import smooth_field
+
+    fixed = torch.from_numpy(blob_head(seed=seed))[None, None]
+    truth = smooth_field(fixed.shape[2:], seed + 1, max_voxels=1.5)
+    moving = warp_volume(fixed, truth)
+    labels = warp_volume((fixed > 0.7).float(), truth, mode="nearest").to(torch.uint8)
+    sample = gp.make_sample({"t1": fixed[0], "m": moving[0], "m_labels": labels[0]}, affine=AFFINE,
+                            labels=["m_labels"])
+    return sample
+
+
+def _world_points(shape):
+    """The world position (mm) ``[D, H, W, 3]`` of every voxel of an AFFINE grid."""
+    voxels = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape], indexing="ij"))
+    return torch.einsum("ij,j...->...i", torch.from_numpy(AFFINE[:3, :3]), voxels) + torch.from_numpy(AFFINE[:3, 3])
+
+
+DEFORMABLE = dict(reference_key="t1", model="deformable", metric="mse", levels=1, iterations=[20], points=8_000,
+                  deformable_iterations=[40], control_spacing=8.0)
+
+
+def test_a_deformable_registration_moves_keys_through_the_found_map_and_records_its_velocity():
+    import json
+
+    from gpuprep.functional.transform_models import sample_world
+
+    sample = deformed_pair()
+    out = gp.RegisterToReference(["m", "m_labels"], **DEFORMABLE)(sample)
+    record = gp.get_history(out)[-1]
+    assert "velocity" in record["params"]["m"] and json.dumps(record)  # a JSON history
+    result = gp.register(sample["t1"], sample["m"], model="deformable", metric="mse", levels=1, iterations=[20],
+                         points=8_000, deformable_iterations=[40], control_spacing=8.0, fixed_affine=AFFINE,
+                         moving_affine=AFFINE)
+    # the output reads the moving image at M (x + d(x)) for every fixed-grid point x
+    shape = sample["t1"].shape[1:]
+    moved = _world_points(shape) + result.displacement.double().permute(1, 2, 3, 0)
+    matrix = torch.from_numpy(result.matrix)
+    points = (moved @ matrix[:3, :3].T + matrix[:3, 3]).reshape(1, -1, 3)
+    expected = sample_world(sample["m"][None], torch.linalg.inv(torch.from_numpy(AFFINE))[None], points)
+    torch.testing.assert_close(out["m"], expected.reshape(1, *shape).float(), atol=2e-3, rtol=0)
+    # closer to the reference than before (the field's accuracy itself is tested in tests/registration)
+    inside = sample["t1"][0] > 0.3
+    before = (sample["m"][0] - sample["t1"][0])[inside].abs().mean()
+    after = (out["m"][0] - sample["t1"][0])[inside].abs().mean()
+    assert after < 0.95 * before
+    reference_labels = sample["t1"][0] > 0.7
+    agree_before = (sample["m_labels"][0] == reference_labels).float().mean()
+    assert (out["m_labels"][0] == reference_labels).float().mean() > agree_before
+
+
+def test_invert_maps_a_deformable_registration_back_and_replay_reuses_the_recorded_velocity(monkeypatch):
+    import gpuprep.transforms.spatial.register as module
+
+    sample = deformed_pair(seed=30)
+    out = gp.RegisterToReference(["m", "m_labels"], **DEFORMABLE)(sample)
+    back = gp.invert(out, "m_labels", mode="nearest")["m_labels"]
+    inside = sample["t1"][0] > 0.1
+    assert (back[0][inside] == sample["m_labels"][0][inside]).float().mean() > 0.98
+    # the inverse reads the registered image at y + d_inv(y), y = M^-1 x, for every point x of the moving grid
+    from gpuprep.functional.transform_models import sample_world
+
+    result = gp.register(sample["t1"], sample["m"], model="deformable", metric="mse", levels=1, iterations=[20],
+                         points=8_000, deformable_iterations=[40], control_spacing=8.0, fixed_affine=AFFINE,
+                         moving_affine=AFFINE)
+    world = _world_points(sample["m"].shape[1:])
+    matrix = torch.from_numpy(np.linalg.inv(result.matrix))
+    inside_fixed = (world @ matrix[:3, :3].T + matrix[:3, 3]).reshape(1, -1, 3)
+    to_voxel = torch.linalg.inv(torch.from_numpy(AFFINE))[None]
+    inverse = sample_world(result.inverse_displacement[None].double(), to_voxel, inside_fixed, padding_mode="border")
+    expected = sample_world(out["m"][None].double(), to_voxel, inside_fixed + inverse.transpose(1, 2))
+    image_back = gp.invert(out, "m")["m"]
+    torch.testing.assert_close(image_back, expected.reshape(image_back.shape).float(), atol=5e-3, rtol=0)
+
+    def no_registration(*args, **kwargs):
+        raise AssertionError("replay must reuse the recorded velocity")
+
+    monkeypatch.setattr(module, "register", no_registration)
+    replayed = gp.replay(sample, gp.get_history(out))
+    torch.testing.assert_close(replayed["m"], out["m"], atol=1e-6, rtol=0)
+    assert torch.equal(replayed["m_labels"], out["m_labels"])

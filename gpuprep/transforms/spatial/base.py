@@ -50,8 +50,9 @@ class SpatialTransform(Transform, abstract=True):
     invertible = True
     #: False when the output grid depends on the data (then Compose cannot fuse it with others).
     fusable: ClassVar[bool] = True
-    #: True for steps that move voxels by a displacement field (elastic); one per fused run.
-    warps: ClassVar[bool] = False
+    #: True for steps that move voxels by a displacement field (elastic, deformable registration);
+    #: one per fused run. An instance may set it (a registration warps only when deformable).
+    warps: bool = False
     #: Interpolation for floating-point images; None for transforms that never interpolate.
     mode: str | None = None
     anti_aliasing: bool = False

@@ -1,7 +1,10 @@
 """``gpuprep register FIXED MOVING OUTPUT``: align MOVING to FIXED and write the warped image with its transform.
 
-OUTPUT is the moving image resampled onto the fixed grid (its folder is made if needed). Beside
-it, named after OUTPUT's stem:
+OUTPUT is the moving image resampled onto the fixed grid (its folder is made if needed). With
+``--template mni`` there is no FIXED: the reference is the MNI152 2009a T1 shipped with gpuprep
+(2 mm, brain only, so register a skull-stripped scan); ``--template mni-1mm`` is nilearn's 1 mm
+copy (needs nilearn). A bar on stderr follows the iterations of every level (``--progress``;
+by default only on a terminal). Beside OUTPUT, named after its stem:
 
 - ``<stem>_affine.tfm`` and ``<stem>_affine.mat``: the affine (fixed world to moving world) as
   ITK text and binary files, which ANTs and SimpleITK read (``antsApplyTransforms -t``,
@@ -18,8 +21,11 @@ Every output is checked before any work; on failure the new files are removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +35,8 @@ if TYPE_CHECKING:
     import torch
 
 MODELS = ("rigid", "affine", "deformable")
+#: ``--template`` names and what they are.
+TEMPLATES = {"mni": "MNI152 2009a T1, 2 mm (gpuprep's sample brain)", "mni-1mm": "MNI152 2009a T1, 1 mm (nilearn)"}
 METRICS = ("mi", "ncc", "mse")
 CHECKER_VOXELS = 16
 
@@ -41,9 +49,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("fixed", type=Path, metavar="FIXED", help="the reference image (its grid is the output's)")
-    parser.add_argument("moving", type=Path, metavar="MOVING", help="the image to align")
-    parser.add_argument("output", type=Path, metavar="OUTPUT", help="the warped image to write (.nii.gz, .nii, .mgz)")
+    parser.add_argument("images", type=Path, nargs="+", metavar="[FIXED] MOVING OUTPUT",
+                        help="the reference image (its grid is the output's; left out with --template), the image "
+                             "to align and the warped image to write (.nii.gz, .nii, .mgz)")
+    parser.add_argument("--template", choices=tuple(TEMPLATES), default=None,
+                        help="register to a template instead of FIXED: mni (MNI152 2009a T1, 2 mm, shipped) or "
+                             "mni-1mm (nilearn's 1 mm copy)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="show a progress bar of the iterations (default: only when stderr is a terminal)")
     parser.add_argument("--model", choices=MODELS, default="affine", help="default: affine")
     parser.add_argument("--metric", choices=METRICS, default="mi",
                         help="mi (any two contrasts, default), ncc or mse (same contrast)")
@@ -83,25 +96,77 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    args.fixed, args.moving, args.output = _positionals(args.images, args.template)
     paths = output_paths(args.output, args.model)
     if not args.moving.exists():
         raise FileNotFoundError(f"MOVING image not found: {args.moving}")
-    _check_paths(args.fixed, {name: path for name, path in paths.items() if name != "json"})
-    print(f"gpuprep register: {args.moving} -> {args.fixed} ({args.model}, {args.metric}, device {device})")
+    _check_paths(args.moving if args.fixed is None else args.fixed,
+                 {name: path for name, path in paths.items() if name != "json"})
+    for name, path in paths.items():
+        if path.resolve() == args.moving.resolve():
+            raise ConfigError(f"{name} {path} is the MOVING image; choose another path (inputs are never overwritten)")
+    reference = args.fixed if args.fixed is not None else f"template {args.template} ({TEMPLATES[args.template]})"
+    print(f"gpuprep register: {args.moving} -> {reference} ({args.model}, {args.metric}, device {device})")
     started = time.perf_counter()
-    fixed, fixed_meta = read_image(args.fixed, dtype="float32")
+    fixed, fixed_affine = _fixed_image(args.fixed, args.template)
     moving, moving_meta = read_image(args.moving, dtype="float32")
-    result = register(fixed[:1].to(device), moving[:1].to(device), model=args.model, metric=args.metric,
-                      fixed_affine=fixed_meta["affine"], moving_affine=moving_meta["affine"])
+    with _iteration_bar(args.progress) as progress:
+        result = register(fixed[:1].to(device), moving[:1].to(device), model=args.model, metric=args.metric,
+                          fixed_affine=fixed_affine, moving_affine=moving_meta["affine"], progress=progress)
     for level, losses in enumerate(result.metric_history):
         print(f"  level {level + 1}/{len(result.metric_history)}: loss {losses[0]:.5f} -> {losses[-1]:.5f}")
     print(f"  registration {result.seconds:.2f} s")
-    warped, points_mm = _warped(moving[:1].to(device), moving_meta["affine"], fixed.shape[1:], fixed_meta["affine"],
-                                result)
+    warped, points_mm = _warped(moving[:1].to(device), moving_meta["affine"], fixed.shape[1:], fixed_affine, result)
     with _all_or_nothing(paths.values()):
-        _write(paths, args, fixed[:1], fixed_meta["affine"], warped, points_mm, result, started)
+        _write(paths, args, fixed[:1], fixed_affine, warped, points_mm, result, started)
     print("done: " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _positionals(images: list[Path], template: str | None) -> tuple[Path | None, Path, Path]:
+    """``(FIXED or None, MOVING, OUTPUT)`` from the positional paths: three, or two with ``--template``."""
+    wanted = 2 if template is not None else 3
+    if len(images) != wanted:
+        form = "MOVING OUTPUT with --template" if template is not None else "FIXED MOVING OUTPUT"
+        raise ConfigError(f"gpuprep register takes {form}, got {len(images)} paths: "
+                          f"{' '.join(str(p) for p in images)}")
+    return (None, *images) if template is not None else tuple(images)  # type: ignore[return-value]
+
+
+def _fixed_image(path: Path | None, template: str | None):
+    """The fixed image ``[C, D, H, W]`` float32 and its affine: the file's, or the template's."""
+    from ..io.reader import read_image
+
+    if template == "mni-1mm":
+        from ..models.mni import mni_t1
+
+        return mni_t1(1)
+    if template == "mni":
+        from ..data.sample_data import sample_brain_paths
+
+        path = sample_brain_paths()["image"]
+    volume, meta = read_image(path, dtype="float32")
+    return volume, meta["affine"]
+
+
+@contextlib.contextmanager
+def _iteration_bar(enabled: bool | None) -> Iterator[Callable[[str, int, int], None]]:
+    """A ``progress(stage, done, total)`` callback drawing one tqdm bar on stderr over every level's iterations."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc="registration", unit="it", file=sys.stderr,
+               disable=None if enabled is None else not enabled)
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.set_description(stage, refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
 
 
 def _warped(moving, moving_affine, fixed_shape, fixed_affine, result) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +204,8 @@ def _write(paths, args, fixed, fixed_affine, warped, displacement, result, start
         write_displacement_field(paths["warp"], displacement, fixed_affine, overwrite=True)
     save_montage(paths["qc"], [("fixed", fixed, fixed_affine), ("moving, warped", warped, fixed_affine),
                                ("checkerboard", _checkerboard(fixed, warped), fixed_affine)])
-    report = {"fixed": str(args.fixed), "moving": str(args.moving), "output": str(paths["OUTPUT"]),
+    fixed_name = str(args.fixed) if args.fixed is not None else f"template:{args.template}"
+    report = {"fixed": fixed_name, "moving": str(args.moving), "output": str(paths["OUTPUT"]),
               "model": result.model, "metric": result.metric, "matrix_ras": result.matrix.tolist(),
               "loss_per_level": [[losses[0], losses[-1]] for losses in result.metric_history],
               "registration_seconds": result.seconds, "total_seconds": time.perf_counter() - started,

@@ -13,7 +13,7 @@ losses are summed, so their gradients, and Adam's per-parameter steps, stay inde
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,12 +73,13 @@ class AffineOutcome:
 
 def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch.Tensor, moving_affine: np.ndarray,
                     settings: AffineSettings = AffineSettings(), fixed_mask: torch.Tensor | None = None,
-                    initial: torch.Tensor | None = None) -> AffineOutcome:
+                    initial: torch.Tensor | None = None,
+                    progress: Callable[[int], None] | None = None) -> AffineOutcome:
     """Register ``moving`` to ``fixed`` (both ``[B, 1, D, H, W]``, affines ``[B, 4, 4]`` or one ``[4, 4]``).
 
     ``fixed_mask`` (same grid as ``fixed``) restricts the sampled voxels. ``initial`` ``[B, 4, 4]``
-    replaces the centre-of-mass start. Returns the matrices and, per level, the metric of every
-    iteration (the mean over the batch).
+    replaces the centre-of-mass start. ``progress(level)`` is called after every iteration.
+    Returns the matrices and, per level, the metric of every iteration (the mean over the batch).
     """
     batch, device = fixed.shape[0], fixed.device
     fixed_affines = _per_sample(fixed_affine, batch)
@@ -114,6 +115,8 @@ def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch
             optimizer.step()
             scheduler.step()
             trace.append(loss.detach())
+            if progress is not None:
+                progress(level)
         history.append([float(v) for v in torch.stack(trace).mean(dim=1).cpu()] if trace else [])
     with torch.no_grad():
         final = _matrix(params, settings.model, linear0, shift0, center)

@@ -22,6 +22,7 @@ iteration depends on the number of points and the integration grid, not on the i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,10 +67,12 @@ class DeformableOutcome:
 
 def register_deformable(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch.Tensor, moving_affine: np.ndarray,
                         matrix: torch.Tensor, settings: DeformableSettings = DeformableSettings(),
-                        fixed_mask: torch.Tensor | None = None) -> DeformableOutcome:
+                        fixed_mask: torch.Tensor | None = None,
+                        progress: Callable[[int], None] | None = None) -> DeformableOutcome:
     """Fit the velocity field that, after ``matrix`` ``[B, 4, 4]`` (fixed world to moving world), aligns the pair.
 
-    ``fixed`` and ``moving`` are ``[B, 1, D, H, W]`` with affines ``[B, 4, 4]`` or ``[4, 4]``.
+    ``fixed`` and ``moving`` are ``[B, 1, D, H, W]`` with affines ``[B, 4, 4]`` or ``[4, 4]``;
+    ``progress(level)`` is called after every iteration.
     """
     batch, device = fixed.shape[0], fixed.device
     fixed_affines, moving_affines = _per_sample(fixed_affine, batch), _per_sample(moving_affine, batch)
@@ -103,6 +106,8 @@ def register_deformable(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: t
             (loss + penalty).sum().backward()
             optimizer.step()
             trace.append(loss.detach())
+            if progress is not None:
+                progress(level)
         history.append([float(v) for v in torch.stack(trace).mean(dim=1).cpu()] if trace else [])
     with torch.no_grad():
         velocity = grid.velocity(lattice)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,8 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
              iterations: Sequence[int] | None = None, mask: Any = None, *, key: str = "image",
              fixed_affine: Any = None, moving_affine: Any = None, device: str | torch.device | None = None,
              points: int = 10_000, initial: Any = None, seed: int = 0,
-             deformable_iterations: Sequence[int] = (60, 40), control_spacing: float = 12.0) -> RegistrationResult:
+             deformable_iterations: Sequence[int] = (60, 40), control_spacing: float = 12.0,
+             progress: Callable[[str, int, int], None] | None = None) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: the transform that maps fixed-world points onto the moving image.
 
     Parameters
@@ -103,6 +104,9 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
     deformable_iterations, control_spacing:
         Deformable only: the iterations of each of its pyramid levels (coarsest first) and the
         distance in mm between the velocity field's control points.
+    progress:
+        Called after every iteration as ``progress(stage, done, total)``: the stage (``"affine
+        level 2/3"``) and the iterations done and planned in all (a command line's progress bar).
 
     Example
     -------
@@ -131,15 +135,18 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
     settings = AffineSettings(model="affine" if model == "deformable" else model, metric=metric, levels=levels,
                               iterations=iterations, points=points, seed=seed)
     fixed_mask = None if mask_volume is None else mask_volume > 0
+    planned = sum(iterations) + (sum(deformable_iterations) if model == "deformable" else 0)
     outcome = register_affine(fixed_volume, fixed_affines, moving_volume, moving_affines, settings,
-                              fixed_mask=fixed_mask, initial=initial)
+                              fixed_mask=fixed_mask, initial=initial,
+                              progress=_counter(progress, settings.model, levels, planned, 0))
     history = outcome.metric
     deformable = DeformableSettings(metric=metric, levels=len(deformable_iterations),
                                     iterations=tuple(deformable_iterations), spacing_mm=control_spacing, seed=seed)
     fields: dict[str, Any] = {}
     if model == "deformable":
         warp = register_deformable(fixed_volume, fixed_affines, moving_volume, moving_affines, outcome.matrix,
-                                   deformable, fixed_mask)
+                                   deformable, fixed_mask,
+                                   _counter(progress, "deformable", deformable.levels, planned, sum(iterations)))
         history = history + warp.metric
         fields = {"displacement": warp.displacement, "inverse_displacement": warp.inverse,
                   "velocity_lattice": warp.lattice}
@@ -149,6 +156,20 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
                               tuple(fixed_volume.shape[2:]), model, metric, history,
                               time.perf_counter() - start, **fields, control_spacing=control_spacing,
                               squaring_steps=deformable.squaring_steps)
+
+
+def _counter(progress: Callable[[str, int, int], None] | None, stage: str, levels: int, planned: int,
+             done: int) -> Callable[[int], None] | None:
+    """A ``tick(level)`` for one stage's loop that reports ``progress(stage, done, planned)``, or None."""
+    if progress is None:
+        return None
+    count = [done]
+
+    def tick(level: int) -> None:
+        count[0] += 1
+        progress(f"{stage} level {level + 1}/{levels}", count[0], planned)
+
+    return tick
 
 
 def _as_batch(value: Any, affine: Any, key: str, name: str, device) -> tuple[torch.Tensor, np.ndarray, bool]:

@@ -63,3 +63,29 @@ def test_a_missing_input_or_a_bad_output_is_refused_before_any_work(tmp_path, ca
     assert "OUTPUT" in capsys.readouterr().err
     for name in ("o_qc.png", "o.json", "o_affine.tfm", "o_affine.mat"):  # nothing written
         assert not (tmp_path / name).exists()
+    assert main(["register", fixed, moving, moving]) == 2
+    assert "is the MOVING image" in capsys.readouterr().err
+    assert main(["register", fixed, moving, str(tmp_path / "o.nii.gz"), "--template", "mni"]) == 2
+    assert "takes MOVING OUTPUT with --template, got 3 paths" in capsys.readouterr().err
+    assert main(["register", moving, str(tmp_path / "o.nii.gz")]) == 2
+    assert "takes FIXED MOVING OUTPUT, got 2 paths" in capsys.readouterr().err
+
+
+def test_the_shipped_mni_template_is_a_reference_and_a_bar_follows_the_levels(tmp_path, capsys):
+    from gpuprep.data.sample_data import sample_brain_paths
+
+    template, meta = gp.read_image(sample_brain_paths()["image"])
+    affine = np.asarray(meta["affine"], dtype=np.float64)
+    shift = np.eye(4)
+    shift[:3, 3] = [4.0, -6.0, 2.0]  # mm
+    voxel_map = np.linalg.inv(affine) @ np.linalg.inv(shift) @ affine
+    moving = resample(template[None].float(), voxel_map[None], template.shape[1:], mode="linear")[0]
+    gp.write_image(tmp_path / "moved.nii.gz", moving, affine)
+    output = tmp_path / "in_mni.nii.gz"
+    assert main(["register", str(tmp_path / "moved.nii.gz"), str(output), "--template", "mni", "--model", "rigid",
+                 "--device", "cpu", "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert "template mni" in captured.out and "rigid level 3/3" in captured.err
+    report = json.loads((tmp_path / "in_mni.json").read_text())
+    assert report["fixed"] == "template:mni"
+    np.testing.assert_allclose(np.array(report["matrix_ras"])[:3, 3], shift[:3, 3], atol=0.3)

@@ -145,6 +145,8 @@ def _fixed_image(path: Path | None, template: str | None):
         from ..data.sample_data import sample_brain_paths
 
         path = sample_brain_paths()["image"]
+    if path is None:
+        raise ConfigError("gpuprep register: give FIXED or --template")
     volume, meta = read_image(path, dtype="float32")
     return volume, meta["affine"]
 

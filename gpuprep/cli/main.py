@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import GpuprepError
-from . import demo, info, register, replay, segment
+from . import demo, info, plan, register, replay, run, segment
 from .help_text import strip_markup
 
-COMMANDS = (demo, info, segment, register, replay)
+COMMANDS = (demo, info, segment, register, replay, plan, run)
 #: Set this environment variable to 1 to see the traceback of an error instead of one line.
 DEBUG_VARIABLE = "GPUPREP_DEBUG"
 

@@ -221,7 +221,8 @@ def _headless(binary: str, profile: Path, *args: str) -> str:
     command = [binary, "--headless", "--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage", "--no-first-run",
                "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1",
                "--window-size=1200,900", "--virtual-time-budget=5000", f"--user-data-dir={profile}", *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=60,
+                          check=False)  # UTF-8 whatever the locale (CI's may be ASCII)
     assert done.returncode == 0, f"{command} failed ({done.returncode}): {done.stderr[-2000:]}"
     return done.stdout
 

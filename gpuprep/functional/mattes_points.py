@@ -26,6 +26,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from dataclasses import dataclass
@@ -73,12 +74,17 @@ def fixed_bins(values: torch.Tensor, value_range: torch.Tensor, bins: int = 32) 
     return FixedBins(torch.floor(position + 0.5).long(), inside.to(values.dtype), bins)
 
 
-def point_mutual_information(fixed: FixedBins, moving: torch.Tensor, moving_range: torch.Tensor) -> torch.Tensor:
+def point_mutual_information(fixed: FixedBins, moving: torch.Tensor, moving_range: torch.Tensor,
+                             inside: torch.Tensor | None = None) -> torch.Tensor:
     """Mattes mutual information ``[B]`` (nats) of :func:`fixed_bins` and the moving samples ``[B, N]``, differentiable.
 
     ``moving_range`` ``[B, 2]`` is each sample's ``(low, high)``; values beyond it are clamped (and
-    get no gradient). The result has ``moving``'s dtype; the histogram and the logarithms are float64.
+    get no gradient). ``inside`` ``[B, N]`` (bool), if given, leaves out the samples where it is
+    False as well: in registration, the points that the transform maps outside the moving image.
+    The result has ``moving``'s dtype; the histogram and the logarithms are float64.
     """
+    if inside is not None:
+        fixed = dataclasses.replace(fixed, weight=fixed.weight * inside.to(fixed.weight.dtype))
     low = moving_range[:, 0].to(torch.float64)
     span = (moving_range[:, 1] - moving_range[:, 0]).to(torch.float64)
     scale = torch.where(span > 0, (fixed.bins - 3) / torch.where(span > 0, span, 1.0), 0.0)

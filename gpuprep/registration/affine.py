@@ -110,7 +110,8 @@ def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch
             matrix = _matrix(params, settings.model, linear0, shift0, center)
             warped = map_points(matrix, points)
             values = sample_world_fast(stacked, to_voxel, warped.to(moving_volume.dtype))
-            loss = _loss(settings, fixed_values, values, moving_range, prepared)
+            inside = inside_grid(warped.detach(), to_voxel, moving_volume.shape[2:])
+            loss = _loss(settings, fixed_values, values, moving_range, prepared, inside)
             loss.sum().backward()
             optimizer.step()
             scheduler.step()
@@ -186,15 +187,32 @@ def _prepare_metric(settings: AffineSettings, fixed_values: torch.Tensor,
     return moving_range, fixed_bins(fixed_values[:, 0], fixed_range, settings.bins)
 
 
+def inside_grid(points: torch.Tensor, world_to_voxel: torch.Tensor, shape) -> torch.Tensor:
+    """``[B, N]``: whether each world point falls within the grid (voxel coordinates in ``[0, size - 1]``).
+
+    The metric leaves out the points a transform maps outside the moving image, as ITK's and
+    elastix's metrics do: a moving scan that covers only part of the fixed one (a slab, a cropped
+    brain) would otherwise be pulled to match its zero padding.
+
+    Example
+    -------
+    >>> inside_grid(torch.tensor([[[0.0, 0, 0], [4.5, 0, 0]]]), torch.eye(4)[None], (4, 4, 4)).tolist()
+    [[True, False]]
+    """
+    voxel = map_points(world_to_voxel, points)
+    sizes = torch.tensor([float(n - 1) for n in shape], dtype=voxel.dtype, device=voxel.device)
+    return ((voxel >= 0) & (voxel <= sizes)).all(dim=-1)
+
+
 def _loss(settings: AffineSettings, fixed_values: torch.Tensor, moving_values: torch.Tensor,
-          moving_range: torch.Tensor, prepared: FixedBins | None) -> torch.Tensor:
-    """The per-pair loss ``[B]`` to minimise (the negative similarity, or the MSE)."""
+          moving_range: torch.Tensor, prepared: FixedBins | None, inside: torch.Tensor) -> torch.Tensor:
+    """The per-pair loss ``[B]`` to minimise (negative similarity, or MSE) over the points ``inside`` ``[B, N]``."""
     if prepared is not None:  # the fixed side binned once per level
-        return -point_mutual_information(prepared, moving_values[:, 0], moving_range)
-    inside = ~torch.isnan(fixed_values)
+        return -point_mutual_information(prepared, moving_values[:, 0], moving_range, inside)
+    used = ~torch.isnan(fixed_values) & inside[:, None]
     fixed5 = torch.nan_to_num(fixed_values, nan=0.0)[..., None, None]
     moving5 = moving_values[..., None, None]
-    mask = inside[..., None, None]
+    mask = used[..., None, None]
     if settings.metric == "mse":
         return mean_squared_error(fixed5, moving5, mask=mask)
     return -normalized_cross_correlation(fixed5, moving5, mask=mask)

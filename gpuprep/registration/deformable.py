@@ -33,7 +33,7 @@ from ..functional.bspline_fit import evaluate_lattice, grid_bases
 from ..functional.regularizers import bending_energy
 from ..functional.transform_models import map_points, sample_world_fast, with_world_gradient
 from ..functional.velocity_field import integrate_velocity
-from .affine import AffineSettings, _loss, _per_sample, _prepare_metric, _pyramids, _sample_fixed
+from .affine import AffineSettings, _loss, _per_sample, _prepare_metric, _pyramids, _sample_fixed, inside_grid
 
 __all__ = ["DeformableOutcome", "DeformableSettings", "displacement_from_lattice", "register_deformable"]
 
@@ -100,7 +100,8 @@ def register_deformable(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: t
             displaced = points + grid.displacement_at(integrate_velocity(velocity, settings.squaring_steps), points)
             warped = map_points(matrix, displaced)
             values = sample_world_fast(stacked, to_voxel, warped.to(moving_volume.dtype))
-            loss = _loss(scoring, fixed_values, values, moving_range, prepared)
+            inside = inside_grid(warped.detach(), to_voxel, moving_volume.shape[2:])
+            loss = _loss(scoring, fixed_values, values, moving_range, prepared, inside)
             velocity_mm = velocity * grid.spacing[:, None, None, None]
             penalty = settings.bending_weight * bending_energy(velocity_mm, grid.spacing)
             (loss + penalty).sum().backward()

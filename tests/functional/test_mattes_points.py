@@ -61,3 +61,14 @@ def test_each_sample_of_a_batch_is_its_own_histogram():
 def test_too_few_bins_are_refused():
     with pytest.raises(ValueError, match="bins must be at least 4, got 3"):
         fixed_bins(torch.rand(1, 10), torch.tensor([[0.0, 1.0]]), bins=3)
+
+
+def test_samples_outside_count_as_masked_out():
+    fixed, moving = _pair(seed=5)
+    fixed_range = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    moving_range = torch.tensor([[0.0, 3.0], [-0.1, 2.5]])
+    inside = torch.rand(2, fixed.shape[-1], generator=torch.Generator().manual_seed(6)) > 0.3
+    masked = torch.where(inside[:, None], fixed, torch.nan)
+    expected = point_mutual_information(fixed_bins(masked[:, 0], fixed_range), moving[:, 0], moving_range)
+    found = point_mutual_information(fixed_bins(fixed[:, 0], fixed_range), moving[:, 0], moving_range, inside)
+    torch.testing.assert_close(found, expected)

@@ -197,3 +197,20 @@ def test_a_batch_of_deformable_pairs_equals_each_alone():
     for index in range(2):
         alone = gp.register(fixed[index], moving[index], **options)
         torch.testing.assert_close(together.displacement[index], alone.displacement, atol=2e-3, rtol=0)
+
+
+def test_a_moving_scan_that_covers_part_of_the_fixed_one_registers_on_its_own_field_of_view():
+    """A cropped moving scan (its own smaller grid) registers; points mapped outside it are left out of the metric."""
+    fixed = blob_head(seed=21)
+    truth = known_transform(22, "rigid")
+    voxel_map = np.linalg.inv(AFFINE) @ np.linalg.inv(truth) @ AFFINE
+    moved = resample(torch.from_numpy(fixed)[None, None], voxel_map[None], fixed.shape, mode="linear")[0]
+    slab = moved[:, 8:32, 6:38, :]  # a cropped scan: its own grid, its own affine
+    slab_affine = AFFINE.copy()
+    slab_affine[:3, 3] += AFFINE[:3, :3] @ np.array([8.0, 6.0, 0.0])
+    result = gp.register(torch.from_numpy(fixed)[None], slab, model="rigid", metric="mi", fixed_affine=AFFINE,
+                         moving_affine=slab_affine, levels=2, iterations=(60, 40), points=20_000,
+                         initial=np.eye(4))
+    inside = np.argwhere(fixed > 0.3) @ AFFINE[:3, :3].T + AFFINE[:3, 3]
+    points = np.c_[inside, np.ones(len(inside))]
+    assert np.linalg.norm(points @ (result.matrix - truth)[:3].T, axis=1).mean() < 0.5

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -253,45 +254,133 @@ def batch_timing(args: argparse.Namespace, t1: np.ndarray, affine: np.ndarray, p
 
 
 def known_deformation(args: argparse.Namespace, t1: np.ndarray, tissue: np.ndarray, affine: np.ndarray) -> None:
-    """gpuprep's deformable registration of the T1 warped by a known smooth field (up to 6 mm), at 1 mm.
+    """Deformable registration of the T1 warped by a known smooth field (up to 6 mm), at 1 mm: gpuprep and the peers.
 
-    Reported: the mean end-point error inside the brain (the found map ``x -> M (x + d(x))``
-    against the truth, in mm), the tissue Dice of the labels carried through the found map and
-    then the true warp (1.0 when the two agree to within half a voxel everywhere), the share of
-    voxels with det(J) <= 0 and the time.
+    gpuprep ``gp.register(model="deformable", metric="mse")``, ANTsPy ``"SyNOnly"`` (identity start, Mattes MI) and
+    elastix's default bspline map. Reported: the mean end-point error in the brain (mm), the Dice of the tissue labels
+    carried through the found map then the true warp (1.0: within half a voxel everywhere), % det(J) <= 0, the time.
     """
     from scipy.ndimage import gaussian_filter
 
-    import gpuprep as gp
-    from gpuprep.functional.jacobian import folding_fraction, jacobian_determinant
-    from gpuprep.functional.velocity_field import compose_displacements, warp_volume
+    from gpuprep.functional.velocity_field import warp_volume
     from gpuprep.functional.warp import invert_displacement
 
-    print("\n## Known deformations (gpuprep; T1 -> T1, MSE)\n")
-    print("| seed | mean EPE before mm | mean EPE after mm | Dice CSF / GM / WM | folding % | time s |")
-    print("|---|---|---|---|---|---|")
+    chosen = peers([p.strip().lower() for p in args.peers.split(",")])
+    methods = {"gpuprep": lambda fixed_, moving_, affine_: gpuprep_deformable(fixed_, moving_, affine_, args.device),
+               **{name: run for name, run in (("ANTsPy", ants_syn), ("elastix", elastix_bspline)) if name in chosen}}
+    print("\n## Known deformations (T1 -> T1; gpuprep MSE, ANTsPy SyNOnly and elastix bspline Mattes MI)\n")
+    print("| seed | mean EPE before mm | mean EPE after mm | Dice CSF / GM / WM | folding % | time s | method |")
+    print("|---|---|---|---|---|---|---|")
     fixed = torch.from_numpy(t1)[None, None].to(args.device)
     labels = torch.from_numpy(tissue)[None, None].float().to(args.device)
-    brain = torch.from_numpy(tissue > 0).to(args.device)
     for seed in range(args.seeds):
         rng = np.random.default_rng(100 + seed)
         field = np.stack([gaussian_filter(rng.normal(size=t1.shape), 20.0) for _ in range(3)])
         truth = torch.from_numpy((field * 6.0 / np.abs(field).max()).astype(np.float32))[None].to(args.device)
-        moving = warp_volume(fixed, truth)  # moving(x) = fixed(x + truth(x)): 1 mm axis-aligned voxels
-        start = time.perf_counter()
-        result = gp.register(fixed[0], moving[0], model="deformable", metric="mse", fixed_affine=affine,
-                             moving_affine=affine)
-        seconds = time.perf_counter() - start
-        found = found_voxels(result, affine, t1.shape).to(args.device)
+        moving = warp_volume(fixed, truth)[0, 0].cpu().numpy()  # moving(x) = fixed(x + truth(x)): 1 mm voxels
         expected = invert_displacement(truth, iterations=20, stride=1)
-        epe = (found - expected).norm(dim=1)[0][brain].mean().item()
-        before = expected.norm(dim=1)[0][brain].mean().item()
-        carried = warp_volume(labels, compose_displacements(truth, found), mode="nearest")[0, 0]
-        dice = [2 * ((carried == k) & (labels[0, 0] == k)).sum().item()
-                / ((carried == k).sum() + (labels[0, 0] == k).sum()).item() for k in (1, 2, 3)]
-        folding = 100 * folding_fraction(jacobian_determinant(found)).item()
-        print(f"| {seed} | {before:.3f} | {epe:.3f} | {dice[0]:.3f} / {dice[1]:.3f} / {dice[2]:.3f} | "
-              f"{folding:.4f} | {seconds:.1f} |", flush=True)
+        for name, method in methods.items():
+            found, seconds = method(t1, moving, affine)
+            before, epe, dice, folding = deformation_errors(found.to(args.device), truth, expected, labels)
+            print(f"| {seed} | {before:.3f} | {epe:.3f} | {dice[0]:.3f} / {dice[1]:.3f} / {dice[2]:.3f} | "
+                  f"{folding:.4f} | {seconds:.1f} | {name} |", flush=True)
+
+
+def deformation_errors(found: torch.Tensor, truth: torch.Tensor, expected: torch.Tensor, labels: torch.Tensor):
+    """Mean EPE before and after (mm, brain), tissue Dice through found then truth, % det(J) <= 0 (1 mm voxels)."""
+    from gpuprep.functional.jacobian import folding_fraction, jacobian_determinant
+    from gpuprep.functional.velocity_field import compose_displacements, warp_volume
+
+    brain = labels[0, 0] > 0
+    epe = (found - expected).norm(dim=1)[0][brain].mean().item()
+    before = expected.norm(dim=1)[0][brain].mean().item()
+    carried = warp_volume(labels, compose_displacements(truth, found), mode="nearest")[0, 0]
+    dice = [2 * ((carried == k) & (labels[0, 0] == k)).sum().item()
+            / ((carried == k).sum() + (labels[0, 0] == k).sum()).item() for k in (1, 2, 3)]
+    return before, epe, dice, 100 * folding_fraction(jacobian_determinant(found)).item()
+
+
+def gpuprep_deformable(fixed: np.ndarray, moving: np.ndarray, affine: np.ndarray, device: str):
+    """gpuprep's deformable registration (MSE): the found map in voxels ``[1, 3, D, H, W]`` and the time."""
+    import gpuprep as gp
+
+    start = time.perf_counter()
+    result = gp.register(torch.from_numpy(fixed)[None].to(device), torch.from_numpy(moving)[None].to(device),
+                         model="deformable", metric="mse", fixed_affine=affine, moving_affine=affine)
+    return found_voxels(result, affine, fixed.shape), time.perf_counter() - start
+
+
+def ants_syn(fixed: np.ndarray, moving: np.ndarray, affine: np.ndarray):
+    """ANTsPy ``SyNOnly`` (identity start): its forward warp as voxel displacements and the time."""
+    import ants
+
+    fixed_image, moving_image_ = ants_image(fixed, affine), ants_image(moving, affine)
+    start = time.perf_counter()
+    result = ants.registration(fixed_image, moving_image_, type_of_transform="SyNOnly")
+    seconds = time.perf_counter() - start
+    return lps_voxels(ants_lps_field(fixed_image, moving_image_, result["fwdtransforms"]), affine), seconds
+
+
+def elastix_bspline(fixed: np.ndarray, moving: np.ndarray, affine: np.ndarray):
+    """elastix with its default bspline map: its deformation field as voxel displacements and the time."""
+    import itk
+
+    fixed_image, moving_image_ = itk_image(fixed, affine), itk_image(moving, affine)
+    parameters = itk.ParameterObject.New()
+    parameters.AddParameterMap(parameters.GetDefaultParameterMap("bspline"))
+    start = time.perf_counter()
+    _, result = itk.elastix_registration_method(fixed_image, moving_image_, parameter_object=parameters,
+                                                log_to_console=False)
+    seconds = time.perf_counter() - start
+    return lps_voxels(elastix_lps_field(moving_image_, result), affine), seconds
+
+
+def ants_image(image: np.ndarray, affine: np.ndarray):
+    """An ANTsPy image with the LPS geometry of a RAS ``affine``."""
+    import ants
+
+    lps = FLIP @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    return ants.from_numpy(image, origin=lps[:3, 3].tolist(), spacing=spacing.tolist(), direction=lps[:3, :3] / spacing)
+
+
+def itk_image(image: np.ndarray, affine: np.ndarray):
+    """An ITK float image (for elastix) with the LPS geometry of a RAS ``affine``, any direction."""
+    import itk
+
+    out = itk.image_from_array(np.ascontiguousarray(image.transpose(2, 1, 0)).astype(np.float32))
+    lps = FLIP @ affine
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    out.SetSpacing(spacing.tolist())
+    out.SetOrigin(lps[:3, 3].tolist())
+    out.SetDirection(itk.matrix_from_array(np.ascontiguousarray(lps[:3, :3] / spacing)))
+    return out
+
+
+def ants_lps_field(fixed, moving, transforms: list[str]) -> np.ndarray:
+    """ANTs transforms (fixed -> moving points) composed into one displacement field ``[z, y, x, 3]``, LPS mm."""
+    import ants
+    import SimpleITK as sitk
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = ants.apply_transforms(fixed, moving, transforms, compose=os.path.join(folder, "map"))
+        return sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float64)
+
+
+def elastix_lps_field(moving, result) -> np.ndarray:
+    """An elastix result as one displacement field ``[z, y, x, 3]``, LPS mm (transformix writes a file: a temp one)."""
+    import itk
+
+    with tempfile.TemporaryDirectory() as folder:
+        field = itk.transformix_deformation_field(moving, result, output_directory=folder)
+        return itk.array_from_image(field).astype(np.float64)
+
+
+def lps_voxels(field_zyx: np.ndarray, affine: np.ndarray) -> torch.Tensor:
+    """An ITK displacement field ``[z, y, x, 3]`` (LPS mm) as voxel displacements ``[1, 3, D, H, W]`` of ``affine``."""
+    ras = field_zyx.transpose(3, 2, 1, 0) * np.array([-1.0, -1.0, 1.0])[:, None, None, None]
+    voxels = np.einsum("ij,j...->i...", np.linalg.inv(affine[:3, :3]), ras)
+    return torch.from_numpy(np.ascontiguousarray(voxels, dtype=np.float32))[None]
 
 
 def found_voxels(result, affine: np.ndarray, shape) -> torch.Tensor:

@@ -85,6 +85,10 @@ def _rank_main(rank: int, world: int, port: int, records: list[dict], out_dir: s
             optimiser.step()
         weights = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"seen": seen, "weights": weights}))
+        # Tear down together: a rank whose DDP reducer outlives its peer's process group can hang
+        # in gloo's destructor (seen once in CI), so free the model and wait for the other rank first.
+        del model, optimiser
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -27,8 +27,6 @@ Example
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -37,6 +35,7 @@ import torch
 
 from .axis_operators import cubic_bspline_weights
 from .numba_threads import pick_kernel
+from .transform_models import _point_kernels
 
 __all__ = ["FixedBins", "fixed_bins", "point_mutual_information"]
 
@@ -124,15 +123,6 @@ def _positions(values: torch.Tensor, value_range: torch.Tensor, bins: int) -> to
 
 def _kernels(moving: torch.Tensor) -> ModuleType | None:
     return _point_kernels() if moving.device.type == "cpu" else None
-
-
-@functools.lru_cache(maxsize=1)
-def _point_kernels() -> ModuleType | None:
-    """:mod:`gpuprep.functional.point_kernels`, or None without numba."""
-    try:
-        return importlib.import_module(f"{__package__}.point_kernels")
-    except ImportError:
-        return None
 
 
 def _joint_histogram(fixed: FixedBins, moving: torch.Tensor, low: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

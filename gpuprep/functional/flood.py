@@ -12,25 +12,62 @@ handful of rounds whatever the shape (a corridor one voxel wide and hundreds lon
 where propagation on the grid needs one round per turn of the corridor. Pure torch: the same
 code on CPU and CUDA.
 
+On the CPU, when numba is installed, :func:`flood` (and the two morphology functions) hand the
+whole fill to the run-labelling kernels of :mod:`gpuprep.functional.flood_kernels` instead:
+the same voxels in one pass on one thread, no rounds, 20 to 40 times faster on a 1 mm head and
+steady when the cores are busy. :func:`cpu_kernels` says which path a tensor takes.
+
 Used by :func:`gpuprep.functional.morphology.fill_holes` and
 :func:`~gpuprep.functional.morphology.largest_component` (through :func:`flood`).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+from types import ModuleType
 
 import torch
 
 from .propagate import propagate_max
 
-__all__ = ["FACTOR", "MIN_SIZE", "block_all", "flood", "graph_flood", "upsample"]
+__all__ = ["FACTOR", "MIN_SIZE", "block_all", "cpu_kernels", "flood", "graph_flood", "upsample"]
 
 #: Block edge in voxels, per level.
 FACTOR = 2
 #: Volumes whose smallest spatial side is below this are flooded directly (no coarser level).
 MIN_SIZE = 16
 _AXES = (-3, -2, -1)
+
+
+def cpu_kernels(*tensors: torch.Tensor) -> ModuleType | None:
+    """:mod:`gpuprep.functional.flood_kernels` if every tensor is on the CPU and numba imports, else None.
+
+    None means the torch path (CUDA tensors, or no numba).
+
+    Parameters
+    ----------
+    tensors:
+        The tensors the fill reads and writes.
+
+    Example
+    -------
+    >>> cpu_kernels(torch.zeros(2, 2, 2, device="meta")) is None
+    True
+    """
+    if any(tensor.device.type != "cpu" for tensor in tensors):
+        return None
+    return _load_kernels()
+
+
+@functools.lru_cache(maxsize=1)
+def _load_kernels() -> ModuleType | None:
+    """:mod:`gpuprep.functional.flood_kernels`, or None without numba (tests patch this to force the torch path)."""
+    try:
+        from . import flood_kernels
+    except ImportError:
+        return None
+    return flood_kernels
 
 
 def block_all(mask: torch.Tensor, factor: int = FACTOR, outside: bool = False) -> torch.Tensor:
@@ -125,8 +162,10 @@ def graph_flood(reached: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
 def flood(seed: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
     """The voxels of ``domain`` 6-connected to ``seed`` (bool, a subset of ``domain``; modified in place).
 
-    Exact: seeded from the same flood fill on 2x2x2 blocks, finished by :func:`graph_flood`;
-    volumes under :data:`MIN_SIZE` a side by :func:`~gpuprep.functional.propagate.propagate_max`.
+    Exact. On the CPU with numba, by :func:`gpuprep.functional.flood_kernels.flood_cpu` (seeds and
+    domain of one shape; a non-contiguous ``seed`` is not modified). Otherwise seeded from the
+    same flood fill on 2x2x2 blocks and finished by :func:`graph_flood`; volumes under
+    :data:`MIN_SIZE` a side by :func:`~gpuprep.functional.propagate.propagate_max`.
 
     Example
     -------
@@ -137,6 +176,9 @@ def flood(seed: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
     >>> int(flood(seed, domain).sum())
     4000
     """
+    kernels = cpu_kernels(seed, domain)
+    if kernels is not None and seed.shape == domain.shape:
+        return kernels.flood_cpu(seed, domain)
     if min(domain.shape[-3:]) < MIN_SIZE:
         return propagate_max(seed, domain)
     blocks = block_all(domain, FACTOR, outside=True)

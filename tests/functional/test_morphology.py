@@ -12,6 +12,7 @@ import scipy.ndimage as ndi
 import torch
 from skimage.morphology import ball as skimage_ball
 
+from gpuprep.functional import flood as F
 from gpuprep.functional import morphology as M
 
 
@@ -25,6 +26,16 @@ def _largest_reference(mask: np.ndarray) -> np.ndarray:
     if count == 0:
         return np.zeros_like(mask)
     return labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def flood_path(request, monkeypatch):
+    """Fill holes and keep the largest component by the numba kernels (CPU, numba installed), then by torch."""
+    if request.param == "torch":
+        monkeypatch.setattr(F, "_load_kernels", lambda: None)
+    elif F._load_kernels() is None:
+        pytest.skip("numba is not installed: the torch path is the only one")
+    return request.param
 
 
 def _t(mask: np.ndarray, device) -> torch.Tensor:
@@ -70,6 +81,7 @@ def test_closing_keeps_objects_touching_the_border():
     assert ndi.binary_closing(mask, skimage_ball(2)).sum() < mask.sum()  # scipy's default erodes it
 
 
+@pytest.mark.usefixtures("flood_path")
 @pytest.mark.parametrize(("fraction", "seed"), [(0.3, 0), (0.45, 0), (0.6, 1), (0.7, 1), (0.8, 0)])
 def test_fill_holes_and_largest_component_match_scipy(fraction, seed, device):
     """Masks with 1 to 13 components and 1 to 32 hole voxels."""
@@ -90,6 +102,7 @@ def test_component_labels_partition_like_scipy(device):
     assert (ours[~mask] == 0).all()
 
 
+@pytest.mark.usefixtures("flood_path")
 def test_nested_holes_and_islands(device):
     """A hollow shell holding an island, inside a hollow shell: both cavities filled."""
     mask = np.zeros((24, 24, 24), dtype=bool)
@@ -103,6 +116,7 @@ def test_nested_holes_and_islands(device):
     np.testing.assert_array_equal(M.largest_component(x)[0].cpu().numpy(), _largest_reference(mask))
 
 
+@pytest.mark.usefixtures("flood_path")
 def test_winding_path_needs_many_rounds(device):
     """A serpentine corridor (many turns) is still one component, and its dead end is a hole."""
     mask = np.zeros((3, 31, 31), dtype=bool)
@@ -120,6 +134,7 @@ def test_winding_path_needs_many_rounds(device):
                                   ndi.binary_fill_holes(walls))
 
 
+@pytest.mark.usefixtures("flood_path")
 def test_ties_go_to_the_first_component_in_raster_order():
     mask = np.zeros((10, 10, 10), dtype=bool)
     mask[6:9, 1:4, 1:4] = True  # 27 voxels, met second in raster order
@@ -129,6 +144,7 @@ def test_ties_go_to_the_first_component_in_raster_order():
     assert ours[2, 7, 7] and not ours[7, 2, 2]
 
 
+@pytest.mark.usefixtures("flood_path")
 def test_batched_and_channels_are_independent(device):
     masks = np.stack([_blobs(seed=s, fraction=f, sigma=1.0) for s, f in enumerate((0.3, 0.45, 0.7, 0.8))])
     masks = masks.reshape(2, 2, 16, 18, 14)
@@ -140,6 +156,7 @@ def test_batched_and_channels_are_independent(device):
             np.testing.assert_array_equal(largest[b, c], _largest_reference(masks[b, c]))
 
 
+@pytest.mark.usefixtures("flood_path")
 def test_empty_and_full_masks():
     empty = torch.zeros(2, 6, 7, 8, dtype=torch.bool)
     full = torch.ones(2, 6, 7, 8, dtype=torch.bool)

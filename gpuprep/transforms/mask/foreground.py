@@ -37,10 +37,12 @@ class ForegroundMask(Transform):
 
     The mask is uint8 ``[1, D, H, W]`` (``[B, 1, D, H, W]`` for a batch) and gets a copy of the
     source's metadata under ``meta_key(mask_key)``. The threshold is not recorded (it would need a
-    host read); replay recomputes it. Steps 2 and 4 give exactly scipy's result; they are flood
-    fills seeded on 2x2x2 blocks and finished on a graph of the voxels left
-    (:mod:`gpuprep.functional.flood`): about 0.3 s for a 1 mm brain on 2 CPU threads (scipy:
-    0.4 s), with a handful of host reads per call.
+    host read); replay recomputes it. Steps 2 and 4 give exactly scipy's result. On the CPU with
+    numba they label the runs of the mask (:mod:`gpuprep.functional.flood_kernels`, one thread):
+    15 ms together for a 1 mm head, the whole transform about 90 ms, most of it Otsu's threshold
+    (scipy's steps 2 and 4 alone: 0.4 s). On CUDA, or without numba, they are flood fills seeded
+    on 2x2x2 blocks and finished on a graph of the voxels left (:mod:`gpuprep.functional.flood`),
+    with a handful of host reads per call (the whole transform about 0.5 s on one CPU thread).
 
     Parameters
     ----------

@@ -21,6 +21,7 @@ __all__ = [
     "check_bool",
     "check_int",
     "check_int_or_three",
+    "check_non_negative",
     "check_positive",
     "check_probability",
     "check_seed",
@@ -159,6 +160,28 @@ def check_positive(owner: str, name: str, value: Any) -> float:
     """
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value < float("inf"):
         raise ConfigError(f"{owner}: {name} must be a finite number > 0, got {short_repr(value)}")
+    return float(value)
+
+
+def check_non_negative(owner: str, name: str, value: Any) -> float:
+    """Check that ``value`` is a finite number of at least 0 (not a bool) and return it as a float.
+
+    Parameters
+    ----------
+    owner, name, value:
+        As in :func:`check_bool`.
+
+    Example
+    -------
+    >>> check_non_negative("register", "bending_weight", 0)
+    0.0
+    >>> check_non_negative("register", "bending_weight", -1.5)
+    Traceback (most recent call last):
+    ...
+    gpuprep.errors.ConfigError: register: bending_weight must be a finite number >= 0, got -1.5
+    """
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < float("inf"):
+        raise ConfigError(f"{owner}: {name} must be a finite number >= 0, got {short_repr(value)}")
     return float(value)
 
 

@@ -11,7 +11,7 @@ import torch
 from ...errors import ConfigError
 from ...records import make_step
 from ...registration import register
-from ...validation import check_int, check_positive
+from ...validation import check_int, check_non_negative, check_positive
 from ..fusion import Grid
 from .resample import _Interpolating
 
@@ -88,7 +88,7 @@ class RegisterToReference(_ToReference):
         The keys to move; the first is registered (one channel, or its first channel).
     reference_key, template:
         Exactly one: a key of the sample, or an image path read with :func:`gpuprep.read_image`.
-    model, metric, levels, iterations, points, seed, deformable_iterations, control_spacing:
+    model, metric, levels, iterations, points, seed, deformable_iterations, control_spacing, bending_weight:
         As in :func:`gpuprep.register`.
     mode, padding_mode, padding_value, label_mode:
         As in :class:`ResampleToReference`.
@@ -115,10 +115,11 @@ class RegisterToReference(_ToReference):
         metric: str = "mi",
         levels: int = 3,
         iterations: Sequence[int] | None = None,
-        points: int = 10_000,
+        points: int = 20_000,
         seed: int = 0,
         deformable_iterations: Sequence[int] = (60, 40),
         control_spacing: float = 12.0,
+        bending_weight: float | None = None,
         mode: str = "linear",
         padding_mode: str = "zeros",
         label_mode: str = "nearest",
@@ -137,6 +138,8 @@ class RegisterToReference(_ToReference):
         self.deformable_iterations = [check_int(name, "deformable_iterations", v, minimum=1)
                                       for v in deformable_iterations]
         self.control_spacing = check_positive(name, "control_spacing", control_spacing)
+        self.bending_weight = None if bending_weight is None else check_non_negative(name, "bending_weight",
+                                                                                     bending_weight)
         self.template = template
         self.model, self.metric = model, metric
         self.levels = check_int(name, "levels", levels, minimum=1)
@@ -158,7 +161,8 @@ class RegisterToReference(_ToReference):
         result = register(fixed, batch[keys[0]][:, :1].float(), model=self.model, metric=self.metric,
                           levels=self.levels, iterations=self.iterations, fixed_affine=fixed_affines,
                           moving_affine=grids[keys[0]][1], points=self.points, seed=self.seed,
-                          deformable_iterations=self.deformable_iterations, control_spacing=self.control_spacing)
+                          deformable_iterations=self.deformable_iterations, control_spacing=self.control_spacing,
+                          bending_weight=self.bending_weight)
         matrices = np.asarray(result.matrix).reshape(size, 4, 4)
         params = self._steps(grids, keys, matrices, fixed_shape, fixed_affines)
         lattices = None if result.velocity_lattice is None else result.velocity_lattice.reshape(

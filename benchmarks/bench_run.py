@@ -10,8 +10,10 @@ file, in a plain loop (MONAI: ``LoadImaged`` ... ``SaveImaged``; TorchIO: ``Scal
 ``save``; the Otsu mask by scikit-image in both), with the same number of workers (``map_jobs``'s
 process pool when ``--workers`` > 1, its server started before any timing) in this process. Also
 timed: ``gpuprep run --resume`` on the finished outputs (every file skipped), the preset with N4
-(gpuprep only), and, when ``gpuprep/data/engines_distributed.py`` and the engine are installed,
-Ray and Dask against local.
+(gpuprep only), and, when the engine is installed, Ray and Dask against local: first as
+``gpuprep run --engine ray|dask`` alone, which starts a local cluster and stops it (cold), then
+on a cluster already running (``ray.init`` in this process; a ``LocalCluster`` found through
+``DASK_SCHEDULER_ADDRESS``), as on a real cluster, where starting it is not part of a run.
 
 Run: ``python benchmarks/bench_run.py [--files 32] [--workers 1] [--threads 2] [--repeats 1] [--no-peers]
 [--no-engines] [--n4]``
@@ -20,6 +22,8 @@ Run: ``python benchmarks/bench_run.py [--files 32] [--workers 1] [--threads 2] [
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -124,6 +128,28 @@ def peer(function, paths: list[Path], output: Path, workers: int) -> float:
     return timed(lambda: list(map_jobs(function, jobs, workers=workers)))
 
 
+@contextlib.contextmanager
+def running_cluster(engine: str, workers: int):
+    """A local Ray (``ray.init`` here) or Dask ``LocalCluster`` (address in ``DASK_SCHEDULER_ADDRESS``), started."""
+    if engine == "ray":
+        import ray
+
+        ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING")
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        os.environ["DASK_SCHEDULER_ADDRESS"] = cluster.scheduler_address
+        try:
+            yield
+        finally:
+            del os.environ["DASK_SCHEDULER_ADDRESS"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=32)
@@ -176,14 +202,17 @@ def run(args: argparse.Namespace, work: Path) -> None:
     line("gpuprep run --resume (all skipped)", timed(run_dataset, pipeline, [work / "data"], work / "gpuprep0",
                                                      workers=workers, resume=True, progress=False), first)
     for engine in ("ray", "dask") if args.engines else ():
-        try:
-            seconds = timed(run_dataset, pipeline, [work / "data"], work / engine, workers=max(workers, 1),
-                            engine=engine, progress=False)
-        except (ImportError, RuntimeError) as error:
-            print(f"  --engine {engine}: not run ({' '.join(str(error).split())[:150]})")
-            continue
-        line(f"gpuprep run --engine {engine}", seconds)
-        print(f"    overhead vs local: {seconds - first:+.2f} s ({(seconds - first) / count * 1000:+.0f} ms/file)")
+        for running in (False, True):
+            label = f"gpuprep run --engine {engine}" + (", cluster running" if running else ", cold")
+            try:
+                with running_cluster(engine, max(workers, 1)) if running else contextlib.nullcontext():
+                    seconds = timed(run_dataset, pipeline, [work / "data"], work / f"{engine}{running}",
+                                    workers=max(workers, 1), engine=engine, progress=False)
+            except (ImportError, RuntimeError) as error:
+                print(f"  {label}: not run ({' '.join(str(error).split())[:150]})")
+                continue
+            line(label, seconds)
+            print(f"    overhead vs local: {seconds - first:+.2f} s ({100 * (seconds - first) / first:+.0f} %)")
     if args.n4:
         n4 = work / "brain_n4.yaml"
         brain_mri_preprocessing().to_yaml(n4)

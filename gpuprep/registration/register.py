@@ -111,7 +111,7 @@ def register(fixed: Any, moving: Any, model: str = "affine", metric: str = "mi",
         distance in mm between the velocity field's control points.
     bending_weight:
         Deformable only: the weight of the velocity's bending energy, the regulariser (larger is
-        smoother). None: 80 for MI, 2 for MSE and NCC (see
+        smoother). None: 500 for MI, 2 for MSE and NCC (see
         :data:`gpuprep.registration.deformable.BENDING_WEIGHTS`).
     progress:
         Called after every iteration as ``progress(stage, done, total)``: the stage (``"affine

@@ -163,7 +163,7 @@ def _world_points(shape):
     return torch.einsum("ij,j...->...i", torch.from_numpy(AFFINE[:3, :3]), voxels) + torch.from_numpy(AFFINE[:3, 3])
 
 
-OPTIONS = dict(model="deformable", metric="mse", levels=1, iterations=[10], points=4_000, deformable_iterations=[25],
+OPTIONS = dict(model="deformable", metric="mse", levels=1, iterations=[10], points=4_000, deformable_iterations=[50],
                control_spacing=8.0)
 DEFORMABLE = dict(reference_key="t1", **OPTIONS)
 

@@ -9,10 +9,10 @@ Example
 -------
 >>> import numpy as np
 >>> volume = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2, 1)
->>> out = np.empty((1, 1, 1), np.float32)
->>> trilinear_points(volume, np.array([[[0.5, 0.5, 0.5]]]), out)
->>> out.ravel().tolist()
-[3.5]
+>>> out, inside = np.empty((1, 1, 1), np.float32), np.empty((1, 1), np.bool_)
+>>> trilinear_points(volume, np.array([[[0.5, 0.5, 0.5]]]), out, inside)
+>>> out.ravel().tolist(), inside.ravel().tolist()
+([3.5], [True])
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ import numpy as np
 from .numba_threads import jit_pair
 
 
-def _trilinear_points(volume, voxel, out):
-    """``out[b, n, :]``: trilinear values of ``volume [B, D, H, W, C]`` at ``voxel[b, n]`` (zeros outside)."""
+def _trilinear_points(volume, voxel, out, inside):
+    """``out[b, n, :]``: trilinear values of ``volume [B, D, H, W, C]`` at ``voxel[b, n]`` (zeros outside).
+
+    ``inside[b, n]``: whether the point lies within the grid, every coordinate in ``[0, size - 1]``.
+    """
     batch, depth, height, width, channels = volume.shape
     points = voxel.shape[1]
     for flat in numba.prange(batch * points):
@@ -35,6 +38,7 @@ def _trilinear_points(volume, voxel, out):
         z, y, x = voxel[b, n, 0], voxel[b, n, 1], voxel[b, n, 2]
         z0, y0, x0 = math.floor(z), math.floor(y), math.floor(x)
         fz, fy, fx = np.float32(z - z0), np.float32(y - y0), np.float32(x - x0)
+        inside[b, n] = 0.0 <= z <= depth - 1 and 0.0 <= y <= height - 1 and 0.0 <= x <= width - 1
         if 0 <= z0 < depth - 1 and 0 <= y0 < height - 1 and 0 <= x0 < width - 1:
             # all eight neighbours inside (nearly every point): nested linear interpolations
             for c in range(channels):

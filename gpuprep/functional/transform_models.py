@@ -18,8 +18,19 @@ import torch
 
 from .numba_threads import pick_kernel
 
-__all__ = ["center_of_mass", "homogeneous", "map_points", "rotation_from_vector", "sample_world", "sample_world_fast",
-           "vector_from_rotation", "with_world_gradient", "world_matrix"]
+__all__ = [
+    "center_of_mass",
+    "compose_matrices",
+    "homogeneous",
+    "map_points",
+    "rotation_from_vector",
+    "sample_voxels_fast",
+    "sample_world",
+    "sample_world_fast",
+    "vector_from_rotation",
+    "with_world_gradient",
+    "world_matrix",
+]
 
 
 def rotation_from_vector(vector: torch.Tensor) -> torch.Tensor:
@@ -106,6 +117,21 @@ def map_points(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     linear = matrix.to(points.dtype)[:, None, :3, :3]  # [B, 1, 3, 3]
     return (points[..., 0:1] * linear[..., 0] + points[..., 1:2] * linear[..., 1] + points[..., 2:3] * linear[..., 2]
             + matrix.to(points.dtype)[:, None, :3, 3])
+
+
+def compose_matrices(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``first @ second`` for ``[B, 4, 4]`` matrices, differentiable, each sample's bits the same in a batch as alone.
+
+    Broadcast products summed over the inner axis, as :func:`map_points`, instead of a batched
+    matrix product (whose blocking depends on the batch size).
+
+    Example
+    -------
+    >>> shift = torch.eye(4)[None].clone(); shift[0, 0, 3] = 2.0
+    >>> compose_matrices(shift, 3 * torch.eye(4)[None])[0, 0].tolist()
+    [3.0, 0.0, 0.0, 2.0]
+    """
+    return (first[:, :, :, None] * second[:, None, :, :]).sum(dim=2)
 
 
 def center_of_mass(volume: torch.Tensor, affine: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,16 +245,23 @@ def _trilinear_channels_last(stacked: torch.Tensor, voxel: torch.Tensor) -> torc
     return (values * weight[..., None]).sum(dim=2)
 
 
-def _trilinear(stacked: torch.Tensor, voxel: torch.Tensor) -> torch.Tensor:
-    """:func:`_trilinear_channels_last` by the numba kernel on the CPU when numba is there, else in torch."""
+def _trilinear(stacked: torch.Tensor, voxel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_trilinear_channels_last` and :func:`_within` by the numba kernel on the CPU, else in torch."""
     kernels = _point_kernels() if stacked.device.type == "cpu" and stacked.dtype == torch.float32 else None
     if kernels is None:
-        return _trilinear_channels_last(stacked, voxel)
+        return _trilinear_channels_last(stacked, voxel), _within(voxel, stacked.shape[1:4])
     out = torch.empty(*voxel.shape[:2], stacked.shape[-1], dtype=stacked.dtype)
+    inside = torch.empty(*voxel.shape[:2], dtype=torch.bool)
     pick_kernel(kernels, "trilinear_points")(np.from_dlpack(stacked.detach().contiguous()),
                                              np.from_dlpack(voxel.detach().to(torch.float64).contiguous()),
-                                             np.from_dlpack(out))
-    return out
+                                             np.from_dlpack(out), inside.numpy())
+    return out, inside
+
+
+def _within(voxel: torch.Tensor, shape) -> torch.Tensor:
+    """``[B, N]``: whether each voxel coordinate ``[B, N, 3]`` lies in ``[0, size - 1]`` on every axis."""
+    sizes = torch.tensor([float(n - 1) for n in shape], dtype=voxel.dtype, device=voxel.device)
+    return ((voxel >= 0) & (voxel <= sizes)).all(dim=-1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -240,13 +273,29 @@ def _point_kernels() -> ModuleType | None:
         return None
 
 
-class _SampleWithGradient(torch.autograd.Function):
-    """Values at world points whose derivative is the interpolated gradient image."""
+class _SampleVoxelsWithGradient(torch.autograd.Function):
+    """Values at voxel coordinates whose derivative is the interpolated gradient image; and which are inside."""
+
+    @staticmethod
+    def forward(ctx, voxel, stacked):
+        sampled, inside = _trilinear(stacked, voxel)  # [B, N, 4], [B, N]
+        ctx.save_for_backward(sampled[..., 1:])
+        ctx.voxel_dtype = voxel.dtype
+        ctx.mark_non_differentiable(inside)
+        return sampled[..., 0][:, None], inside
+
+    @staticmethod
+    def backward(ctx, grad_values, grad_inside):
+        (gradient,) = ctx.saved_tensors  # [B, N, 3]
+        return (grad_values[:, 0, :, None] * gradient).to(ctx.voxel_dtype), None
+
+
+class _SampleWorldWithGradient(torch.autograd.Function):
+    """Values at world points whose derivative is the interpolated (world) gradient image."""
 
     @staticmethod
     def forward(ctx, points, stacked, world_to_voxel):
-        voxel = map_points(world_to_voxel, points)
-        sampled = _trilinear(stacked, voxel)  # [B, N, 4]
+        sampled, _ = _trilinear(stacked, map_points(world_to_voxel, points))  # [B, N, 4]
         ctx.save_for_backward(sampled[..., 1:])
         return sampled[..., 0][:, None]
 
@@ -254,6 +303,26 @@ class _SampleWithGradient(torch.autograd.Function):
     def backward(ctx, grad_values):
         (gradient,) = ctx.saved_tensors  # [B, N, 3]
         return (grad_values[:, 0, :, None] * gradient).to(grad_values.dtype), None, None
+
+
+def sample_voxels_fast(stacked: torch.Tensor, voxel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values ``[B, 1, N]`` at voxel coordinates ``[B, N, 3]`` of a :func:`with_world_gradient` stack; which are inside.
+
+    The values are trilinear (zeros outside); their derivative with respect to ``voxel`` is the
+    stack's gradient read there, so build the stack with the identity affine for voxel units.
+    ``inside`` ``[B, N]`` (not differentiable) says which points lie within the grid, every
+    coordinate in ``[0, size - 1]``: the registration metrics leave out the others.
+
+    Example
+    -------
+    >>> ramp = torch.arange(4.0).reshape(1, 1, 4, 1, 1).expand(1, 1, 4, 3, 3)
+    >>> stacked = with_world_gradient(ramp, torch.eye(4)[None])
+    >>> voxel = torch.tensor([[[1.5, 1.0, 1.0], [3.5, 1.0, 1.0]]], requires_grad=True)
+    >>> values, inside = sample_voxels_fast(stacked, voxel)
+    >>> values.tolist(), inside.tolist()
+    ([[[1.5, 0.0]]], [[True, False]])
+    """
+    return _SampleVoxelsWithGradient.apply(voxel, stacked)
 
 
 def sample_world_fast(stacked: torch.Tensor, world_to_voxel: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -272,4 +341,4 @@ def sample_world_fast(stacked: torch.Tensor, world_to_voxel: torch.Tensor, point
     >>> p.grad.tolist()
     [[[1.0, 0.0, 0.0]]]
     """
-    return _SampleWithGradient.apply(points, stacked, world_to_voxel)
+    return _SampleWorldWithGradient.apply(points, stacked, world_to_voxel)

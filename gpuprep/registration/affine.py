@@ -23,13 +23,14 @@ from ..functional.pyramid import gaussian_pyramid
 from ..functional.similarity import mean_squared_error, normalized_cross_correlation
 from ..functional.transform_models import (
     center_of_mass,
+    compose_matrices,
     map_points,
     rotation_from_vector,
-    sample_world_fast,
+    sample_voxels_fast,
     with_world_gradient,
     world_matrix,
 )
-from .sampling import inside_grid, inside_moving, sample_fixed_points
+from .sampling import inside_moving, sample_fixed_points
 
 __all__ = ["METRICS", "MODELS", "AffineSettings", "register_affine"]
 
@@ -37,6 +38,7 @@ MODELS = ("rigid", "affine")
 METRICS = ("mi", "ncc", "mse")
 PARAMETERS = {"rigid": 6, "affine": 12}
 RADIUS_MM = 50.0  # rotation and linear parameters are scaled by it: a unit is ~1 mm at the periphery
+VOXEL_UNITS = torch.eye(4, dtype=torch.float64)[None]  # the affine under which the gradient stack is per voxel
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch
         points, fixed_values = sample_fixed_points(fixed_levels[level], mask_levels[level] if mask_levels else None,
                                                    settings.points_at(level), settings.seed + 1000 * level,
                                                    inside_moving(current, to_voxel, moving_volume.shape[2:]))
-        stacked = with_world_gradient(moving_volume, torch.from_numpy(moving_affine_level))
+        stacked = with_world_gradient(moving_volume, VOXEL_UNITS.expand(batch, 4, 4))  # derivatives per voxel
         moving_range, prepared = _prepare_metric(settings, fixed_values, moving_volume)
         rate = settings.learning_rate / 2**level
         optimizer = torch.optim.Adam([params], lr=rate)
@@ -123,9 +125,8 @@ def register_affine(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: torch
         for _ in range(steps):
             optimizer.zero_grad()
             matrix = _matrix(params, model, linear0, shift0, center)
-            warped = map_points(matrix, points)
-            values = sample_world_fast(stacked, to_voxel, warped.to(moving_volume.dtype))
-            inside = inside_grid(warped.detach(), to_voxel, moving_volume.shape[2:])
+            voxel = map_points(compose_matrices(to_voxel, matrix), points)  # in the moving level's grid
+            values, inside = sample_voxels_fast(stacked, voxel)
             loss = _loss(settings, fixed_values, values, moving_range, prepared, inside)
             loss.sum().backward()
             optimizer.step()

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 
 from ..functional.bspline_fit import evaluate_lattice, grid_bases
 from ..functional.regularizers import bending_energy
-from ..functional.transform_models import map_points, sample_world_fast, with_world_gradient
+from ..functional.transform_models import compose_matrices, map_points, sample_voxels_fast, with_world_gradient
 from ..functional.velocity_field import integrate_velocity
-from .affine import AffineSettings, _loss, _per_sample, _prepare_metric, _pyramids
-from .sampling import inside_grid, inside_moving, sample_fixed_points
+from .affine import VOXEL_UNITS, AffineSettings, _loss, _per_sample, _prepare_metric, _pyramids
+from .sampling import inside_moving, sample_fixed_points
 
 __all__ = [
     "BENDING_WEIGHTS", "DeformableOutcome", "DeformableSettings", "displacement_from_lattice", "register_deformable",
@@ -107,8 +107,9 @@ def register_deformable(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: t
     history = []
     for level in range(settings.levels):
         moving_volume, moving_affine_level = moving_levels[level]
-        stacked = with_world_gradient(moving_volume, torch.from_numpy(moving_affine_level))
+        stacked = with_world_gradient(moving_volume, VOXEL_UNITS.expand(batch, 4, 4))  # derivatives per voxel
         to_voxel = torch.from_numpy(np.linalg.inv(moving_affine_level)).to(device)
+        to_moving_voxel = compose_matrices(to_voxel, matrix)
         points, fixed_values = sample_fixed_points(fixed_levels[level], mask_levels[level] if mask_levels else None,
                                                    settings.points, settings.seed + 1000 * level,
                                                    inside_moving(matrix, to_voxel, moving_volume.shape[2:]))
@@ -119,9 +120,7 @@ def register_deformable(fixed: torch.Tensor, fixed_affine: np.ndarray, moving: t
             optimizer.zero_grad()
             velocity = grid.velocity(lattice)
             displaced = points + grid.displacement_at(_ExpFirstOrder.apply(velocity, settings.squaring_steps), points)
-            warped = map_points(matrix, displaced)
-            values = sample_world_fast(stacked, to_voxel, warped.to(moving_volume.dtype))
-            inside = inside_grid(warped.detach(), to_voxel, moving_volume.shape[2:])
+            values, inside = sample_voxels_fast(stacked, map_points(to_moving_voxel, displaced))
             loss = _loss(scoring, fixed_values, values, moving_range, prepared, inside)
             velocity_mm = velocity * grid.spacing[:, None, None, None]
             penalty = settings.bending_at() * bending_energy(velocity_mm, grid.spacing)

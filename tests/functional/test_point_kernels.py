@@ -15,10 +15,13 @@ def test_the_kernel_equals_the_torch_gather(kernel):
     rng = np.random.default_rng(0)
     volume = rng.random((2, 5, 6, 7, 4)).astype(np.float32)
     voxel = rng.uniform(-1.5, 7.5, size=(2, 300, 3))  # many beyond the grid
-    out = np.empty((2, 300, 4), np.float32)
-    kernel(volume, voxel, out)
+    out, inside = np.empty((2, 300, 4), np.float32), np.empty((2, 300), np.bool_)
+    kernel(volume, voxel, out, inside)
     expected = _trilinear_channels_last(torch.from_numpy(volume), torch.from_numpy(voxel)).numpy()
     np.testing.assert_allclose(out, expected, atol=1e-6)
+    within = np.all((voxel >= 0) & (voxel <= np.array([4, 5, 6])), axis=-1)
+    assert within.any() and not within.all()
+    np.testing.assert_array_equal(inside, within)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 6, 7), (1, 1, 4, 3)])

@@ -85,3 +85,24 @@ def test_fast_sampling_gradient_is_the_interpolated_world_gradient(numba_path, m
     torch.testing.assert_close(points.grad[0], expected.expand(2, 3), atol=1e-5, rtol=0)
     expected_values = [3 * 2.1 - 2 * 3.3 + 0.5 * 4.2, 3 * 4.5 - 2 * 5.5 + 0.5 * 2.5]  # the voxel coordinates
     np.testing.assert_allclose(values.detach().numpy()[0, 0], expected_values, rtol=1e-5)
+
+
+@pytest.mark.parametrize("numba_path", [True, False])
+def test_voxel_sampling_gives_the_voxel_gradient_and_which_points_are_inside(numba_path, monkeypatch):
+    import gpuprep.functional.transform_models as models
+
+    if not numba_path:
+        monkeypatch.setattr(models, "_point_kernels", lambda: None)
+    x, y, z = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in (8, 9, 10)], indexing="ij")
+    volume = torch.from_numpy(3.0 * x - 2.0 * y + 0.5 * z)[None, None]
+    stacked = with_world_gradient(volume, torch.eye(4, dtype=torch.float64)[None])
+    voxel = torch.tensor([[[4.2, 3.3, 2.1], [7.0, 8.0, 9.0], [7.5, 1.0, 1.0], [-0.1, 2.0, 2.0]]],
+                         dtype=torch.float64, requires_grad=True)
+    values, inside = models.sample_voxels_fast(stacked, voxel)
+    assert inside.tolist() == [[True, True, False, False]]  # [0, size - 1] on every axis
+    np.testing.assert_allclose(values.detach().numpy()[0, 0, :2], [3 * 4.2 - 2 * 3.3 + 0.5 * 2.1, 21 - 16 + 4.5],
+                               rtol=1e-5)
+    values[0, 0, 0].backward()
+    torch.testing.assert_close(voxel.grad[0, 0], torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64), atol=1e-5,
+                               rtol=0)
+    assert voxel.grad.dtype == torch.float64

@@ -23,14 +23,19 @@ diffeomorphisms", MICCAI 2006. J. Ashburner, "A fast diffeomorphic image registr
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..validation import check_int
 from .filters import gaussian_filter
+from .numba_threads import pick_kernel
 
 __all__ = ["compose_displacements", "gaussian_smooth_field", "identity_grid", "integrate_velocity", "warp_volume"]
 
@@ -162,8 +167,32 @@ def compose_displacements(outer: torch.Tensor, inner: torch.Tensor) -> torch.Ten
         raise ValueError(f"{owner}: outer {tuple(outer.shape)} {outer.dtype} and inner {tuple(inner.shape)} "
                          f"{inner.dtype} must share the grid and the dtype")
     outer, inner = _same_batch(outer, inner, owner)
+    kernels = _compose_kernels(outer, inner)
+    if kernels is not None:  # one pass, no sampling grid (CPU, float32, nothing to differentiate)
+        out = torch.empty(outer.shape, dtype=outer.dtype)
+        pick_kernel(kernels, "compose_border")(np.from_dlpack(outer.detach().contiguous()),
+                                               np.from_dlpack(inner.detach().contiguous()), np.from_dlpack(out))
+        return out
     moved = F.grid_sample(outer, _sampling_grid(inner), mode="bilinear", padding_mode="border", align_corners=True)
     return inner + moved
+
+
+def _compose_kernels(outer: torch.Tensor, inner: torch.Tensor) -> ModuleType | None:
+    """:mod:`gpuprep.functional.velocity_kernels` where it applies (CPU float32, no gradient needed), else None."""
+    if outer.device.type != "cpu" or outer.dtype != torch.float32:
+        return None
+    if torch.is_grad_enabled() and (outer.requires_grad or inner.requires_grad):
+        return None
+    return _load_kernels()
+
+
+@functools.lru_cache(maxsize=1)
+def _load_kernels() -> ModuleType | None:
+    """:mod:`gpuprep.functional.velocity_kernels`, or None without numba (tests patch this to force torch)."""
+    try:
+        return importlib.import_module(f"{__package__}.velocity_kernels")
+    except ImportError:
+        return None
 
 
 def integrate_velocity(velocity: torch.Tensor, steps: int = 7, inverse: bool = False) -> torch.Tensor:

@@ -128,7 +128,8 @@ def compose_matrices(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     Example
     -------
     >>> shift = torch.eye(4)[None].clone(); shift[0, 0, 3] = 2.0
-    >>> compose_matrices(shift, 3 * torch.eye(4)[None])[0, 0].tolist()
+    >>> scale = torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0]))[None]
+    >>> compose_matrices(shift, scale)[0, 0].tolist()              # scale first, then shift
     [3.0, 0.0, 0.0, 2.0]
     """
     return (first[:, :, :, None] * second[:, None, :, :]).sum(dim=2)
@@ -317,10 +318,10 @@ def sample_voxels_fast(stacked: torch.Tensor, voxel: torch.Tensor) -> tuple[torc
     -------
     >>> ramp = torch.arange(4.0).reshape(1, 1, 4, 1, 1).expand(1, 1, 4, 3, 3)
     >>> stacked = with_world_gradient(ramp, torch.eye(4)[None])
-    >>> voxel = torch.tensor([[[1.5, 1.0, 1.0], [3.5, 1.0, 1.0]]], requires_grad=True)
-    >>> values, inside = sample_voxels_fast(stacked, voxel)
+    >>> voxel = torch.tensor([[[1.5, 1.0, 1.0], [3.5, 1.0, 1.0], [5.0, 1.0, 1.0]]], requires_grad=True)
+    >>> values, inside = sample_voxels_fast(stacked, voxel)     # towards 0 within a voxel of the edge
     >>> values.tolist(), inside.tolist()
-    ([[[1.5, 0.0]]], [[True, False]])
+    ([[[1.5, 1.5, 0.0]]], [[True, False, False]])
     """
     return _SampleVoxelsWithGradient.apply(voxel, stacked)
 

@@ -158,9 +158,7 @@ def check_positive(owner: str, name: str, value: Any) -> float:
     ...
     gpuprep.errors.ConfigError: register: control_spacing must be a finite number > 0, got 0
     """
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value < float("inf"):
-        raise ConfigError(f"{owner}: {name} must be a finite number > 0, got {short_repr(value)}")
-    return float(value)
+    return _finite_number(owner, name, value, zero_allowed=False)
 
 
 def check_non_negative(owner: str, name: str, value: Any) -> float:
@@ -180,8 +178,15 @@ def check_non_negative(owner: str, name: str, value: Any) -> float:
     ...
     gpuprep.errors.ConfigError: register: bending_weight must be a finite number >= 0, got -1.5
     """
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < float("inf"):
-        raise ConfigError(f"{owner}: {name} must be a finite number >= 0, got {short_repr(value)}")
+    return _finite_number(owner, name, value, zero_allowed=True)
+
+
+def _finite_number(owner: str, name: str, value: Any, zero_allowed: bool) -> float:
+    """``value`` as a float if it is a finite number (not a bool) above 0, or at least 0 with ``zero_allowed``."""
+    bound = ">=" if zero_allowed else ">"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (value >= 0.0 if zero_allowed else value > 0.0) or not value < float("inf"):
+        raise ConfigError(f"{owner}: {name} must be a finite number {bound} 0, got {short_repr(value)}")
     return float(value)
 
 

@@ -22,16 +22,6 @@ from gpuprep.models.mni import mni_t1
 from tests.functional.test_morphology import _blobs, _largest_reference
 
 
-@pytest.fixture(params=["compiled", "torch"])
-def flood_path(request, monkeypatch):
-    """Fill by the numba kernels (skipped without numba), then by the torch path."""
-    if request.param == "torch":
-        monkeypatch.setattr(F, "_load_kernels", lambda: None)
-    elif F._load_kernels() is None:
-        pytest.skip("numba is not installed: the torch path is the only one")
-    return request.param
-
-
 @pytest.mark.usefixtures("flood_path")
 @pytest.mark.parametrize("fraction", [0.25, 0.5, 0.75, 0.9])
 def test_seeded_fill_holes_and_largest_component_on_odd_shaped_masks_match_scipy(fraction, device):

@@ -12,7 +12,6 @@ import scipy.ndimage as ndi
 import torch
 from skimage.morphology import ball as skimage_ball
 
-from gpuprep.functional import flood as F
 from gpuprep.functional import morphology as M
 
 
@@ -26,16 +25,6 @@ def _largest_reference(mask: np.ndarray) -> np.ndarray:
     if count == 0:
         return np.zeros_like(mask)
     return labels == 1 + np.argmax(np.bincount(labels.ravel())[1:])
-
-
-@pytest.fixture(params=["compiled", "torch"])
-def flood_path(request, monkeypatch):
-    """Fill holes and keep the largest component by the numba kernels (CPU, numba installed), then by torch."""
-    if request.param == "torch":
-        monkeypatch.setattr(F, "_load_kernels", lambda: None)
-    elif F._load_kernels() is None:
-        pytest.skip("numba is not installed: the torch path is the only one")
-    return request.param
 
 
 def _t(mask: np.ndarray, device) -> torch.Tensor:
